@@ -1,0 +1,143 @@
+//! Configuration: the JSON rules file, parsed (not just validated) into a
+//! [`Config`] that cannot be invalid.
+//!
+//! Pipeline: text -> `serde_json::Value` (syntax errors with line/column) ->
+//! `raw::RawConfig` (serde, `deny_unknown_fields`) -> [`Config`] via
+//! `compile`, which reports *every* semantic error with its JSON path.
+//! A file with any error yields no `Config` at all: never a partial rule set.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::rules::RuleSet;
+use crate::types::Action;
+
+/// A whole, valid configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub rules: RuleSet,
+    pub policy: Policy,
+    pub scan: ScanConfig,
+    pub events: EventConfig,
+    pub dns: DnsConfig,
+    /// Our own networks, used to tell direction in pcap replay and passive
+    /// capture (Suricata's `HOME_NET`). Empty: every packet is inbound.
+    pub home_net: Vec<IpNet>,
+}
+
+/// Verdicts when nothing else decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// When no rule matches. Default: accept.
+    pub default: Action,
+    /// For packets that cannot be decoded. Default: drop.
+    pub malformed: Action,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            default: Action::Accept,
+            malformed: Action::Drop,
+        }
+    }
+}
+
+/// Port-scan detection and banning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanConfig {
+    pub enabled: bool,
+    /// Sliding window for the port and host counts. Default 10 s.
+    pub window: Duration,
+    /// A source is a scanner when it probes *more than* this many distinct
+    /// destination ports within `window`. Default 5.
+    pub port_threshold: u32,
+    /// Horizontal sweep: more than this many distinct destination addresses
+    /// on one port within `window`. Default 10.
+    pub host_threshold: u32,
+    /// Optional long window for slow scans. Default: off.
+    pub slow: Option<SlowScan>,
+    /// Ban detected scanners. Default: true.
+    pub ban: bool,
+    /// How long a ban lasts. Default 600 s.
+    pub ban_duration: Duration,
+    /// Cap on sources tracked at once; the least recently seen is evicted.
+    /// Default 65 536.
+    pub max_sources: usize,
+    /// Cap on flows remembered (to tell replies and established flows from
+    /// probes). Default 262 144.
+    pub max_flows: usize,
+    /// How long a remembered flow stays without packets. Default 120 s.
+    pub flow_timeout: Duration,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: Duration::from_secs(10),
+            port_threshold: 5,
+            host_threshold: 10,
+            slow: None,
+            ban: true,
+            ban_duration: Duration::from_secs(600),
+            max_sources: 65_536,
+            max_flows: 262_144,
+            flow_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The long window that catches slow scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowScan {
+    pub window: Duration,
+    pub port_threshold: u32,
+}
+
+/// What is written to the event log, and how floods are held back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventConfig {
+    /// Log allowed DNS queries as `dns` events. Default: true.
+    pub dns_queries: bool,
+    /// Drops from one source for one reason within this window become one
+    /// event with a count. Default 60 s.
+    pub drop_window: Duration,
+    /// At most this many drop sources tracked for aggregation at once.
+    /// Default 4096.
+    pub max_drop_keys: usize,
+    /// At most this many events per second are written (token bucket,
+    /// burst of twice the rate); the rest are counted and reported in one
+    /// summary event per second. Default 500.
+    pub max_events_per_second: u32,
+    /// Community ID seed (Corelight spec). Default 0.
+    pub community_id_seed: u16,
+}
+
+impl Default for EventConfig {
+    fn default() -> Self {
+        Self {
+            dns_queries: true,
+            drop_window: Duration::from_secs(60),
+            max_drop_keys: 4096,
+            max_events_per_second: 500,
+            community_id_seed: 0,
+        }
+    }
+}
+
+/// How blocked DNS queries are answered (inline mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockedDnsResponse {
+    /// Answer NXDOMAIN so the client fails fast. Default.
+    #[default]
+    Nxdomain,
+    /// Drop silently.
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DnsConfig {
+    pub blocked_response: BlockedDnsResponse,
+}

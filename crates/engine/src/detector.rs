@@ -1,0 +1,1 @@
+//! Port-scan detector (being written).

@@ -1,0 +1,15 @@
+//! The portcullis engine: rules, verdicts, port-scan detection and events.
+//!
+//! **Invariant: no I/O and no clock.** Every function here is a pure
+//! function of its inputs and the engine's own state; time arrives with each
+//! packet as a [`Timestamp`]. Live inline mode, passive capture, pcap replay
+//! and tests therefore decide identically for the same packets.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod detector;
+pub mod rules;
+pub mod types;
+
+pub use types::{Action, Direction, Probe, ProbeShape, Reason, RuleRef, Timestamp, Verdict};

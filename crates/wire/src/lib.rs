@@ -1,0 +1,26 @@
+//! Zero-copy packet and DNS decoding for portcullis.
+//!
+//! Guarantees, relied on by every caller:
+//! - **No input can panic.** Every length is checked before it is read; the
+//!   decoders never index out of bounds, never loop without a bound and never
+//!   allocate.
+//! - **A non-first IP fragment carries no ports.** [`PacketSummary::dst_port`]
+//!   is `None` for it, so it can never be read as port 0 or slip past a port
+//!   rule; the verdict for it is made on what it does carry (addresses,
+//!   protocol, fragment flags).
+//! - Decoding is pure: no I/O, no clock, no global state.
+//!
+//! The per-packet decoder is written by hand (smoltcp style) because it is
+//! the hot path of the firewall; `etherparse` serves as the reference in the
+//! property tests, and `simple-dns` builds the DNS messages those tests feed
+//! to [`dns`].
+
+#![forbid(unsafe_code)]
+
+pub mod dns;
+mod packet;
+
+pub use packet::{
+    decode, DecodeError, Fragment, IpProto, LinkType, PacketSummary, TcpFlags, MAX_IPV6_EXT_HEADERS,
+    MAX_VLAN_TAGS,
+};
