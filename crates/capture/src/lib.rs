@@ -37,7 +37,9 @@ pub enum CaptureError {
     UnknownFormat(u32),
     #[error("pcap: {0}")]
     Pcap(#[from] pcap_file::PcapError),
-    #[error("link type {0} is not supported (Ethernet, raw IP, Linux cooked and BSD loopback are)")]
+    #[error(
+        "link type {0} is not supported (Ethernet, raw IP, Linux cooked and BSD loopback are)"
+    )]
     UnsupportedLinkType(u32),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -204,58 +206,58 @@ impl PacketSource for FileSource {
                 last_ts,
             } => {
                 let (link, ts) = loop {
-                // Two-phase: look at the block kind without holding the
-                // borrow across iterations.
-                let block = match reader.next_block() {
-                    None => return Ok(None),
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(b)) => b,
-                };
-                match block {
-                    Block::SectionHeader(_) => ifaces.clear(),
-                    Block::InterfaceDescription(idb) => {
-                        let tsresol = idb
-                            .options
-                            .iter()
-                            .find_map(|o| match o {
-                                InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
-                                _ => None,
-                            })
-                            .unwrap_or(6);
-                        ifaces.push(Iface {
-                            link: LinkType::from_pcap(u32::from(idb.linktype)),
-                            tsresol,
-                        });
+                    // Two-phase: look at the block kind without holding the
+                    // borrow across iterations.
+                    let block = match reader.next_block() {
+                        None => return Ok(None),
+                        Some(Err(e)) => return Err(e.into()),
+                        Some(Ok(b)) => b,
+                    };
+                    match block {
+                        Block::SectionHeader(_) => ifaces.clear(),
+                        Block::InterfaceDescription(idb) => {
+                            let tsresol = idb
+                                .options
+                                .iter()
+                                .find_map(|o| match o {
+                                    InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+                                    _ => None,
+                                })
+                                .unwrap_or(6);
+                            ifaces.push(Iface {
+                                link: LinkType::from_pcap(u32::from(idb.linktype)),
+                                tsresol,
+                            });
+                        }
+                        Block::EnhancedPacket(epb) => {
+                            let Some(iface) = ifaces.get(epb.interface_id as usize).copied() else {
+                                self.skipped += 1;
+                                continue;
+                            };
+                            let Some(link) = iface.link else {
+                                self.skipped += 1;
+                                continue;
+                            };
+                            // pcap-file reads the raw 64-bit stamp as nanoseconds
+                            // whatever if_tsresol says; undo that, then scale.
+                            let raw = epb.timestamp.as_nanos() as u64;
+                            let ts = Timestamp::from_micros(iface.micros(raw));
+                            *last_ts = ts;
+                            self.buf.clear();
+                            self.buf.extend_from_slice(&epb.data);
+                            break (link, ts);
+                        }
+                        Block::SimplePacket(spb) => {
+                            let Some(link) = ifaces.first().and_then(|i| i.link) else {
+                                self.skipped += 1;
+                                continue;
+                            };
+                            self.buf.clear();
+                            self.buf.extend_from_slice(&spb.data);
+                            break (link, *last_ts);
+                        }
+                        _ => {}
                     }
-                    Block::EnhancedPacket(epb) => {
-                        let Some(iface) = ifaces.get(epb.interface_id as usize).copied() else {
-                            self.skipped += 1;
-                            continue;
-                        };
-                        let Some(link) = iface.link else {
-                            self.skipped += 1;
-                            continue;
-                        };
-                        // pcap-file reads the raw 64-bit stamp as nanoseconds
-                        // whatever if_tsresol says; undo that, then scale.
-                        let raw = epb.timestamp.as_nanos() as u64;
-                        let ts = Timestamp::from_micros(iface.micros(raw));
-                        *last_ts = ts;
-                        self.buf.clear();
-                        self.buf.extend_from_slice(&epb.data);
-                        break (link, ts);
-                    }
-                    Block::SimplePacket(spb) => {
-                        let Some(link) = ifaces.first().and_then(|i| i.link) else {
-                            self.skipped += 1;
-                            continue;
-                        };
-                        self.buf.clear();
-                        self.buf.extend_from_slice(&spb.data);
-                        break (link, *last_ts);
-                    }
-                    _ => {}
-                }
                 };
                 Ok(Some(RawPacket {
                     data: &self.buf,
@@ -311,7 +313,10 @@ mod tests {
             ],
         );
         assert_eq!(s.next_packet().unwrap().unwrap().data, &[1]);
-        assert_eq!(s.next_packet().unwrap().unwrap().ts, Timestamp::from_secs(2));
+        assert_eq!(
+            s.next_packet().unwrap().unwrap().ts,
+            Timestamp::from_secs(2)
+        );
         assert!(s.next_packet().unwrap().is_none());
     }
 }

@@ -7,9 +7,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod community_id;
 pub mod config;
 pub mod detector;
+pub mod engine;
+pub mod events;
 pub mod rules;
 pub mod types;
 
 pub use types::{Action, Direction, Probe, ProbeShape, Reason, RuleRef, Timestamp, Verdict};
+
+pub use engine::{DetectorMode, Engine, PacketIn};

@@ -2,16 +2,114 @@
 //! [`Config`] that cannot be invalid.
 //!
 //! Pipeline: text -> `serde_json::Value` (syntax errors with line/column) ->
-//! `raw::RawConfig` (serde, `deny_unknown_fields`) -> [`Config`] via
-//! `compile`, which reports *every* semantic error with its JSON path.
-//! A file with any error yields no `Config` at all: never a partial rule set.
+//! [`raw::RawConfig`] (serde, `deny_unknown_fields`, read section by
+//! section) -> [`Config`] via `compile`, which reports *every* semantic
+//! error with its JSON path and line. A file with any error yields no
+//! `Config` at all: never a partial rule set.
+//!
+//! **Invariant: no I/O.** Domain list files named by the rules file are read
+//! through a [`ListLoader`] the caller supplies (the binary's resolves paths
+//! against the rules file's directory); tests use a `HashMap`.
+//!
+//! The format is specified in `docs/rules.md`; [`schema`] is its JSON
+//! Schema (`portcullis schema`).
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use ipnet::IpNet;
 
 use crate::rules::RuleSet;
 use crate::types::Action;
+
+mod compile;
+mod error;
+mod lists;
+mod locate;
+pub mod raw;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use lists::FIRST_SKIPPED;
+pub use locate::line_of;
+
+/// The built-in policy for "protect this host": accept by default, drop
+/// malformed packets, detect and ban port scanners, log DNS queries, block
+/// nothing else. `policy/default.json` in the repository.
+pub const DEFAULT_POLICY: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../policy/default.json"
+));
+
+/// Reads the domain list files a rules file names. The engine does no I/O:
+/// the caller decides what a path means.
+pub trait ListLoader {
+    /// The whole text of the file at `path` (as written in the rules file),
+    /// or why it could not be read.
+    fn load(&self, path: &str) -> Result<String, String>;
+}
+
+/// A loader for rules files that name no list: any path is an error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLists;
+
+impl ListLoader for NoLists {
+    fn load(&self, path: &str) -> Result<String, String> {
+        Err(format!(
+            "no list files can be read here (asked for {path:?})"
+        ))
+    }
+}
+
+/// In-memory lists, by path (tests, embedded lists).
+impl ListLoader for HashMap<String, String> {
+    fn load(&self, path: &str) -> Result<String, String> {
+        self.get(path)
+            .cloned()
+            .ok_or_else(|| "no such file".to_string())
+    }
+}
+
+/// In-memory lists, by path.
+impl ListLoader for BTreeMap<String, String> {
+    fn load(&self, path: &str) -> Result<String, String> {
+        self.get(path)
+            .cloned()
+            .ok_or_else(|| "no such file".to_string())
+    }
+}
+
+/// The JSON Schema of the rules file (`portcullis schema`), with the
+/// descriptions of [`raw::RawConfig`]'s doc comments.
+pub fn schema() -> serde_json::Value {
+    schemars::schema_for!(raw::RawConfig).to_value()
+}
+
+impl Config {
+    /// Parses and compiles a rules file. Every error is reported, each with
+    /// its path and line; any error means no `Config`.
+    pub fn from_json_str(text: &str, loader: &dyn ListLoader) -> Result<Config, ConfigErrors> {
+        compile::compile(text, loader)
+    }
+
+    /// The built-in [`DEFAULT_POLICY`], compiled.
+    pub fn default_policy() -> Result<Config, ConfigErrors> {
+        Self::from_json_str(DEFAULT_POLICY, &NoLists)
+    }
+}
+
+impl Default for Config {
+    /// No rules, every setting at its default (what `{}` compiles to).
+    fn default() -> Self {
+        Self {
+            rules: RuleSet::empty(),
+            policy: Policy::default(),
+            scan: ScanConfig::default(),
+            events: EventConfig::default(),
+            dns: DnsConfig::default(),
+            home_net: Vec::new(),
+        }
+    }
+}
 
 /// A whole, valid configuration.
 #[derive(Debug)]
@@ -141,3 +239,6 @@ pub enum BlockedDnsResponse {
 pub struct DnsConfig {
     pub blocked_response: BlockedDnsResponse,
 }
+
+#[cfg(test)]
+mod tests;

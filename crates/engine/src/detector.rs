@@ -1,1 +1,0 @@
-//! Port-scan detector (being written).

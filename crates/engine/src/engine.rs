@@ -1,0 +1,757 @@
+//! The packet path: one packet in (bytes, link type, timestamp, direction),
+//! one [`Verdict`] out, events on the side.
+//!
+//! Order of decisions (docs/rules.md, "Precedence"):
+//! 1. undecodable -> the `malformed` policy;
+//! 2. loopback or an allowlisted peer -> accept (never banned);
+//! 3. a banned peer -> drop `banned`;
+//! 4. a DNS query: allowed names pass on, blocked names drop `blocked_domain`;
+//! 5. allow port/protocol/rules -> accept; block ip/port/protocol/rules -> drop;
+//! 6. the default policy.
+//!
+//! Scan probes (see [`ProbeShape`]) of packets that reach step 5 are handed
+//! to the detector, inline or on its own thread; the packet path never waits
+//! for it. Findings come back as `scan` events and bans.
+//!
+//! **Invariant: time only moves with packets.** [`Engine::process`] and
+//! [`Engine::tick`] take the time; bans expire, drop windows close and the
+//! rate limit refills on that time alone.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_wire::dns;
+use portcullis_wire::{decode, DecodeError, IpProto, LinkType, PacketSummary};
+use rustc_hash::FxHashMap;
+
+use crate::community_id::community_id;
+use crate::config::Config;
+use crate::detector::{Detector, DetectorStats, DetectorThread, ScanFinding};
+use crate::events::{
+    rrtype_name, Aggregated, BanInfo, DnsInfo, DropAggregator, DropInfo, DropKey, Event, EventType,
+    Flow, ScanInfo, SuppressedInfo, TokenBucket,
+};
+use crate::rules::DomainMatch;
+use crate::types::{Action, Direction, Probe, ProbeShape, Reason, Timestamp, Verdict};
+
+/// One packet handed to the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct PacketIn<'a> {
+    pub data: &'a [u8],
+    pub link: LinkType,
+    pub ts: Timestamp,
+    /// The netfilter hook's direction; `None` (replay, passive capture):
+    /// inferred from the config's `home_net`.
+    pub dir: Option<Direction>,
+}
+
+/// A decoded packet's context inside the engine.
+struct Pkt<'a> {
+    data: &'a [u8],
+    ts: Timestamp,
+    dir: Direction,
+}
+
+/// Direction from `home_net`: to it is inbound, from it outbound, within or
+/// outside it forwarded. Without `home_net`, everything is inbound.
+pub fn infer_direction(home_net: &[ipnet::IpNet], p: &PacketSummary) -> Direction {
+    if home_net.is_empty() {
+        return Direction::Inbound;
+    }
+    let src_home = home_net.iter().any(|n| n.contains(&p.src));
+    let dst_home = home_net.iter().any(|n| n.contains(&p.dst));
+    match (src_home, dst_home) {
+        (false, true) => Direction::Inbound,
+        (true, false) => Direction::Outbound,
+        _ => Direction::Forwarded,
+    }
+}
+
+/// Where scan detection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetectorMode {
+    /// No detection.
+    Off,
+    /// In the caller's thread, right after each probe: deterministic, for
+    /// replay and tests (a ban applies from the next packet on).
+    Inline,
+    /// On its own thread behind a bounded channel of `capacity` probes (live
+    /// mode). A full channel drops the probe and counts it.
+    Thread { capacity: usize },
+}
+
+enum DetectorLink {
+    Off,
+    Inline(Box<Detector>),
+    Thread(DetectorThread),
+}
+
+/// An active ban.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub addr: IpAddr,
+    pub since: Timestamp,
+    pub until: Timestamp,
+    /// `scan:syn`, `manual`, ...
+    pub reason: String,
+}
+
+/// Bans with per-entry expiry; lookups are one hash probe, expiry is a heap
+/// peek per tick.
+#[derive(Debug, Default)]
+pub struct BanTable {
+    bans: FxHashMap<IpAddr, Ban>,
+    expiry: BinaryHeap<Reverse<(Timestamp, IpAddr)>>,
+}
+
+impl BanTable {
+    pub fn get(&self, addr: &IpAddr) -> Option<&Ban> {
+        self.bans.get(addr)
+    }
+
+    pub fn len(&self) -> usize {
+        self.bans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bans.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Ban> {
+        self.bans.values()
+    }
+
+    /// Adds or extends a ban. Returns false if an existing ban already lasts
+    /// at least as long (nothing changed).
+    pub fn insert(&mut self, ban: Ban) -> bool {
+        if let Some(old) = self.bans.get(&ban.addr) {
+            if old.until >= ban.until {
+                return false;
+            }
+        }
+        self.expiry.push(Reverse((ban.until, ban.addr)));
+        self.bans.insert(ban.addr, ban);
+        true
+    }
+
+    pub fn remove(&mut self, addr: &IpAddr) -> Option<Ban> {
+        self.bans.remove(addr)
+    }
+
+    /// Removes and returns the bans that ended at or before `now`.
+    pub fn expire(&mut self, now: Timestamp) -> Vec<Ban> {
+        let mut gone = Vec::new();
+        while let Some(Reverse((until, addr))) = self.expiry.peek().copied() {
+            if until > now {
+                break;
+            }
+            self.expiry.pop();
+            // The heap may hold stale entries for bans extended or lifted.
+            if self.bans.get(&addr).is_some_and(|b| b.until == until) {
+                if let Some(b) = self.bans.remove(&addr) {
+                    gone.push(b);
+                }
+            }
+        }
+        gone
+    }
+}
+
+/// Packet and decision counters (the daemon's metrics read these).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub accepted: u64,
+    pub dropped: u64,
+    /// Verdicts by [`Reason::index`].
+    pub by_reason: [u64; Reason::ALL.len()],
+    /// Frames that were not IP (ARP...): accepted, not inspected.
+    pub not_ip: u64,
+    pub dns_queries: u64,
+    pub probes: u64,
+    /// Probes lost because the detector's channel was full.
+    pub probes_dropped: u64,
+    pub scans: u64,
+    pub bans: u64,
+    pub unbans: u64,
+    pub events: u64,
+    /// Drop and dns events held back by the rate limit.
+    pub events_suppressed: u64,
+}
+
+impl Counters {
+    pub fn reason(&self, r: Reason) -> u64 {
+        self.by_reason[r.index()]
+    }
+}
+
+/// How often housekeeping runs, in packet time.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The engine. Owns the compiled config, the ban table, the detector link
+/// and the event queue. Not `Sync`: one packet thread drives it.
+pub struct Engine {
+    cfg: Arc<Config>,
+    bans: BanTable,
+    detector: DetectorLink,
+    aggregator: DropAggregator,
+    bucket: TokenBucket,
+    suppressed_drop: u64,
+    suppressed_dns: u64,
+    suppressed_since: Option<Timestamp>,
+    events: Vec<Event>,
+    counters: Counters,
+    next_tick: Timestamp,
+    now: Timestamp,
+    /// `would_block` instead of `blocked` in drop events (monitor, dry run).
+    enforcing: bool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("bans", &self.bans.len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds an engine; spawning the detector thread is the only thing that
+    /// can fail.
+    pub fn new(cfg: Arc<Config>, mode: DetectorMode) -> std::io::Result<Self> {
+        let detector = match mode {
+            _ if !cfg.scan.enabled => DetectorLink::Off,
+            DetectorMode::Off => DetectorLink::Off,
+            DetectorMode::Inline => DetectorLink::Inline(Box::new(Detector::new(&cfg.scan))),
+            DetectorMode::Thread { capacity } => {
+                DetectorLink::Thread(DetectorThread::spawn(cfg.scan.clone(), capacity)?)
+            }
+        };
+        Ok(Self {
+            aggregator: DropAggregator::new(cfg.events.drop_window, cfg.events.max_drop_keys),
+            bucket: TokenBucket::new(cfg.events.max_events_per_second),
+            cfg,
+            bans: BanTable::default(),
+            detector,
+            suppressed_drop: 0,
+            suppressed_dns: 0,
+            suppressed_since: None,
+            events: Vec::new(),
+            counters: Counters::default(),
+            next_tick: Timestamp::default(),
+            now: Timestamp::default(),
+            enforcing: true,
+        })
+    }
+
+    /// Drop events say `would_block` instead of `blocked` (passive monitor,
+    /// dry run). Verdicts are unchanged: the caller decides not to enforce.
+    pub fn set_enforcing(&mut self, enforcing: bool) {
+        self.enforcing = enforcing;
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn bans(&self) -> &BanTable {
+        &self.bans
+    }
+
+    /// The latest detector statistics (the thread publishes them as it goes).
+    pub fn detector_stats(&self) -> Option<DetectorStats> {
+        match &self.detector {
+            DetectorLink::Off => None,
+            DetectorLink::Inline(d) => Some(d.stats()),
+            DetectorLink::Thread(t) => Some(t.stats()),
+        }
+    }
+
+    /// Events produced since the last drain, in order.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
+    }
+
+    /// Decides one packet.
+    pub fn process(&mut self, pkt: &PacketIn<'_>) -> Verdict {
+        self.counters.packets += 1;
+        if pkt.ts >= self.next_tick {
+            self.tick(pkt.ts);
+        }
+        self.now = self.now.max(pkt.ts);
+        if let DetectorLink::Thread(_) = self.detector {
+            self.collect_findings(pkt.ts);
+        }
+        let verdict = match decode(pkt.link, pkt.data) {
+            Ok(p) => {
+                let dir = pkt
+                    .dir
+                    .unwrap_or_else(|| infer_direction(&self.cfg.home_net, &p));
+                let ctx = Pkt {
+                    data: pkt.data,
+                    ts: pkt.ts,
+                    dir,
+                };
+                self.decide(&p, &ctx)
+            }
+            Err(DecodeError::NotIp) => {
+                self.counters.not_ip += 1;
+                return Verdict::accept(Reason::Default, None);
+            }
+            Err(e) => self.malformed(e, pkt.ts),
+        };
+        self.counters.by_reason[verdict.reason.index()] += 1;
+        match verdict.action {
+            Action::Accept => self.counters.accepted += 1,
+            Action::Drop => self.counters.dropped += 1,
+        }
+        verdict
+    }
+
+    fn malformed(&mut self, e: DecodeError, ts: Timestamp) -> Verdict {
+        let v = match self.cfg.policy.malformed {
+            Action::Accept => Verdict::accept(Reason::Malformed, None),
+            Action::Drop => Verdict::drop(Reason::Malformed, None),
+        };
+        if v.action == Action::Drop {
+            let key = DropKey {
+                reason: Reason::Malformed,
+                src: None,
+            };
+            let action = self.drop_action();
+            self.report_drop_with(key, ts, |_| {
+                let mut ev = Event::new(ts, EventType::Drop, None);
+                ev.drop = Some(DropInfo {
+                    reason: Reason::Malformed,
+                    rule: Some("policy.malformed".into()),
+                    action,
+                    count: 1,
+                    first_seen: ts,
+                    last_seen: ts,
+                    error: Some(e.as_str()),
+                });
+                ev
+            });
+        }
+        v
+    }
+
+    fn decide(&mut self, p: &PacketSummary, pkt: &Pkt<'_>) -> Verdict {
+        let dir = pkt.dir;
+        let shape = ProbeShape::classify(p);
+        if let Some(v) = self.cfg.rules.allowed_peer(p, dir) {
+            if let Some(shape) = shape {
+                self.offer_probe(p, pkt, shape, true);
+            }
+            return v;
+        }
+        if !self.bans.is_empty() {
+            let banned = self.bans.get(&dir.remote(p)).is_some()
+                || (dir == Direction::Forwarded && self.bans.get(&p.dst).is_some());
+            if banned {
+                let v = Verdict::drop(Reason::Banned, None);
+                self.report_drop(p, pkt, v, None);
+                return v;
+            }
+        }
+        if p.dst_port == Some(53) && matches!(p.proto, IpProto::Udp | IpProto::Tcp) {
+            if let Some(v) = self.inspect_dns(p, pkt) {
+                return v;
+            }
+        }
+        let v = self.cfg.rules.evaluate(p, dir, self.cfg.policy.default);
+        if v.action == Action::Drop {
+            self.report_drop(p, pkt, v, None);
+        }
+        if let Some(shape) = shape {
+            self.offer_probe(p, pkt, shape, false);
+        }
+        v
+    }
+
+    /// Step 4: DNS queries. Returns a verdict only when the name is blocked.
+    fn inspect_dns(&mut self, p: &PacketSummary, pkt: &Pkt<'_>) -> Option<Verdict> {
+        let payload = p.payload(pkt.data);
+        let (msg, transport) = match p.proto {
+            IpProto::Tcp => (dns::tcp_message(payload)?, "tcp"),
+            _ => (payload, "udp"),
+        };
+        let query = dns::parse_query(msg).ok()?;
+        self.counters.dns_queries += 1;
+        let mut blocked = None;
+        for q in query.questions() {
+            if let DomainMatch::Blocked(rule) = self.cfg.rules.match_domain(&q.name) {
+                blocked = Some((q, rule));
+                break;
+            }
+        }
+        let info = |q: &dns::Question| DnsInfo {
+            kind: "query",
+            id: query.header.id,
+            rrname: q.name.to_text(),
+            rrtype: rrtype_name(q.qtype),
+            transport,
+        };
+        match blocked {
+            Some((q, rule)) => {
+                let v = Verdict::drop(Reason::BlockedDomain, Some(rule));
+                self.report_drop(p, pkt, v, Some(info(q)));
+                Some(v)
+            }
+            None => {
+                if self.cfg.events.dns_queries {
+                    if let Some(q) = query.first() {
+                        if self.admit(pkt.ts, EventType::Dns) {
+                            let mut ev = Event::new(
+                                pkt.ts,
+                                EventType::Dns,
+                                Some(flow(&self.cfg, p, pkt.dir)),
+                            );
+                            ev.dns = Some(info(q));
+                            self.push(ev);
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn drop_action(&self) -> &'static str {
+        if self.enforcing {
+            "blocked"
+        } else {
+            "would_block"
+        }
+    }
+
+    fn report_drop(&mut self, p: &PacketSummary, pkt: &Pkt<'_>, v: Verdict, dns: Option<DnsInfo>) {
+        let ts = pkt.ts;
+        let remote = pkt.dir.remote(p);
+        let key = DropKey {
+            reason: v.reason,
+            src: Some(remote),
+        };
+        let action = self.drop_action();
+        self.report_drop_with(key, ts, |s| {
+            let rule = match (v.rule, v.reason) {
+                (Some(r), _) => Some(s.cfg.rules.describe(r)),
+                (None, Reason::Banned) => s.bans.get(&remote).map(|b| {
+                    format!(
+                        "ban ({}) until {}",
+                        b.reason,
+                        crate::events::rfc3339(b.until)
+                    )
+                }),
+                _ => None,
+            };
+            let mut ev = Event::new(ts, EventType::Drop, Some(flow(&s.cfg, p, pkt.dir)));
+            ev.drop = Some(DropInfo {
+                reason: v.reason,
+                rule,
+                action,
+                count: 1,
+                first_seen: ts,
+                last_seen: ts,
+                error: None,
+            });
+            ev.dns = dns;
+            ev
+        });
+    }
+
+    /// Aggregates a drop; builds and writes its event only when it opens a
+    /// window and the rate limit admits it, so a flood costs a hash probe
+    /// per packet, not an event.
+    fn report_drop_with(
+        &mut self,
+        key: DropKey,
+        ts: Timestamp,
+        build: impl FnOnce(&Self) -> Event,
+    ) {
+        let mut closed = Vec::new();
+        let state = self.aggregator.count(key, ts, &mut closed);
+        for ev in closed {
+            self.emit_limited(ev, EventType::Drop);
+        }
+        if state == Aggregated::Open && self.admit(ts, EventType::Drop) {
+            let ev = build(self);
+            self.aggregator.open(key, ts, &ev);
+            self.push(ev);
+        }
+    }
+
+    /// Takes a rate-limit token for a drop or dns event; counts it as
+    /// suppressed when there is none.
+    fn admit(&mut self, ts: Timestamp, kind: EventType) -> bool {
+        if self.bucket.take(ts) {
+            return true;
+        }
+        self.counters.events_suppressed += 1;
+        self.suppressed_since.get_or_insert(ts);
+        match kind {
+            EventType::Dns => self.suppressed_dns += 1,
+            _ => self.suppressed_drop += 1,
+        }
+        false
+    }
+
+    /// Writes an already built drop or dns event if the rate limit admits it.
+    fn emit_limited(&mut self, ev: Event, kind: EventType) {
+        if self.admit(ev.timestamp, kind) {
+            self.push(ev);
+        }
+    }
+
+    fn push(&mut self, ev: Event) {
+        self.counters.events += 1;
+        self.events.push(ev);
+    }
+
+    fn offer_probe(
+        &mut self,
+        p: &PacketSummary,
+        pkt: &Pkt<'_>,
+        shape: ProbeShape,
+        allowlisted: bool,
+    ) {
+        let (Some(src_port), Some(dst_port)) = (p.src_port, p.dst_port) else {
+            return;
+        };
+        // A gateway's own LAN clients talk through it: for the detector,
+        // what home_net sends out is "ours" (it registers flows, never
+        // counts as probing), like the host's own outbound traffic.
+        let dir = match pkt.dir {
+            Direction::Forwarded if self.cfg.home_net.iter().any(|n| n.contains(&p.src)) => {
+                Direction::Outbound
+            }
+            d => d,
+        };
+        let probe = Probe {
+            ts: pkt.ts,
+            src: p.src,
+            dst: p.dst,
+            src_port,
+            dst_port,
+            shape,
+            dir,
+            allowlisted,
+        };
+        self.counters.probes += 1;
+        match &mut self.detector {
+            DetectorLink::Off => {}
+            DetectorLink::Inline(d) => {
+                if let Some(f) = d.observe(&probe) {
+                    self.on_finding(f, pkt.ts);
+                }
+            }
+            DetectorLink::Thread(t) => {
+                if !t.offer(probe) {
+                    self.counters.probes_dropped += 1;
+                }
+            }
+        }
+    }
+
+    fn collect_findings(&mut self, now: Timestamp) {
+        if let DetectorLink::Thread(t) = &self.detector {
+            for f in t.try_findings() {
+                self.on_finding(f, now);
+            }
+        }
+    }
+
+    /// A scan: report it and, unless the source may never be banned, ban it.
+    fn on_finding(&mut self, f: ScanFinding, now: Timestamp) {
+        self.counters.scans += 1;
+        let protected = f.allowlisted || self.cfg.rules.is_allowlisted(f.src);
+        let (action, note) = match (protected, self.cfg.scan.ban) {
+            (true, _) => ("alert", Some("allowlisted")),
+            (false, false) => ("alert", Some("ban disabled")),
+            (false, true) => ("ban", None),
+        };
+        let mut ev = Event::new(
+            now.max(f.last_seen),
+            EventType::Scan,
+            Some(Flow::addr(f.src)),
+        );
+        ev.scan = Some(ScanInfo {
+            kind: f.kind.as_str(),
+            pattern: f.pattern.as_str(),
+            slow: f.slow,
+            ports: f.ports,
+            hosts: f.hosts,
+            port_sample: f.port_sample.clone(),
+            probes: f.probes,
+            first_seen: f.first_seen,
+            last_seen: f.last_seen,
+            action,
+            note,
+        });
+        let ts = ev.timestamp;
+        self.push(ev);
+        if action == "ban" {
+            let reason = format!("scan:{}", f.kind.as_str());
+            self.ban(f.src, ts, self.cfg.scan.ban_duration, reason);
+        }
+    }
+
+    /// Bans `addr` from `now` for `duration`. Allowlisted and loopback
+    /// addresses are refused (returns false). Emits a `ban` event.
+    pub fn ban(
+        &mut self,
+        addr: IpAddr,
+        now: Timestamp,
+        duration: Duration,
+        reason: String,
+    ) -> bool {
+        if self.cfg.rules.is_allowlisted(addr) {
+            return false;
+        }
+        let until = now.saturating_add(duration);
+        let ban = Ban {
+            addr,
+            since: now,
+            until,
+            reason: reason.clone(),
+        };
+        if !self.bans.insert(ban) {
+            return false;
+        }
+        self.counters.bans += 1;
+        let mut ev = Event::new(now, EventType::Ban, Some(Flow::addr(addr)));
+        ev.ban = Some(BanInfo {
+            reason,
+            duration: duration.as_secs(),
+            expires: until,
+        });
+        self.push(ev);
+        true
+    }
+
+    /// Lifts a ban by hand. Emits an `unban` event.
+    pub fn unban(&mut self, addr: IpAddr, now: Timestamp) -> bool {
+        match self.bans.remove(&addr) {
+            Some(b) => {
+                self.unbanned(b, now, "manual");
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn unbanned(&mut self, b: Ban, now: Timestamp, why: &str) {
+        self.counters.unbans += 1;
+        let mut ev = Event::new(now, EventType::Unban, Some(Flow::addr(b.addr)));
+        ev.ban = Some(BanInfo {
+            reason: why.to_owned(),
+            duration: b.until.since(b.since).as_secs(),
+            expires: b.until,
+        });
+        self.push(ev);
+    }
+
+    /// Housekeeping at `now` (packet time): expire bans, close drop windows,
+    /// report suppressed events, age the detector. Called by `process` once
+    /// per second of packet time; live sources also call it on a timer so
+    /// bans end when traffic is quiet.
+    pub fn tick(&mut self, now: Timestamp) {
+        self.now = self.now.max(now);
+        self.next_tick = now.saturating_add(TICK);
+        for b in self.bans.expire(now) {
+            let at = b.until;
+            self.unbanned(b, at, "expired");
+        }
+        let mut out = Vec::new();
+        self.aggregator.flush_due(now, &mut out);
+        for ev in out {
+            self.emit_limited(ev, EventType::Drop);
+        }
+        self.flush_suppressed(now);
+        match &mut self.detector {
+            DetectorLink::Inline(d) => d.expire(now),
+            DetectorLink::Thread(_) => self.collect_findings(now),
+            DetectorLink::Off => {}
+        }
+    }
+
+    fn flush_suppressed(&mut self, now: Timestamp) {
+        if let Some(since) = self.suppressed_since {
+            if now.since(since) >= TICK || now == self.now {
+                let mut ev = Event::new(now, EventType::Suppressed, None);
+                ev.suppressed = Some(SuppressedInfo {
+                    drop: self.suppressed_drop,
+                    dns: self.suppressed_dns,
+                    since,
+                });
+                self.suppressed_drop = 0;
+                self.suppressed_dns = 0;
+                self.suppressed_since = None;
+                self.push(ev);
+            }
+        }
+    }
+
+    /// End of input (replay end, shutdown): closes every drop window and
+    /// reports what is pending, at the last packet time seen. Bans stay.
+    pub fn finish(&mut self) {
+        let now = self.now;
+        if let DetectorLink::Thread(t) = std::mem::replace(&mut self.detector, DetectorLink::Off) {
+            let (_, findings) = t.shutdown();
+            for f in findings {
+                self.on_finding(f, now);
+            }
+        }
+        for b in self.bans.expire(now) {
+            let at = b.until;
+            self.unbanned(b, at, "expired");
+        }
+        let mut out = Vec::new();
+        self.aggregator.flush_all(now, &mut out);
+        for ev in out {
+            self.emit_limited(ev, EventType::Drop);
+        }
+        if self.suppressed_since.is_some() {
+            self.flush_suppressed(now);
+        }
+    }
+
+    /// The latest packet time seen.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+}
+
+/// The flow fields of an event about `p`.
+fn flow(cfg: &Config, p: &PacketSummary, dir: Direction) -> Flow {
+    let ports = match (p.src_port, p.dst_port, p.icmp) {
+        (Some(s), Some(d), _) => Some((s, d)),
+        (_, _, Some((t, c))) => Some((u16::from(t), u16::from(c))),
+        _ => None,
+    };
+    Flow {
+        src_ip: p.src,
+        src_port: p.src_port,
+        dest_ip: Some(p.dst),
+        dest_port: p.dst_port,
+        proto: Some(p.proto.name().to_string()),
+        direction: Some(dir),
+        community_id: Some(community_id(
+            cfg.events.community_id_seed,
+            p.src,
+            p.dst,
+            p.proto,
+            ports,
+        )),
+        icmp_type: p.icmp.map(|(t, _)| t),
+        icmp_code: p.icmp.map(|(_, c)| c),
+    }
+}

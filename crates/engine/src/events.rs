@@ -1,0 +1,687 @@
+//! Events: what portcullis tells a SIEM and a person.
+//!
+//! One [`Event`] serializes to one JSON object (one line of the JSON Lines
+//! event log, specified field by field in `docs/events.md`) and displays as
+//! one readable console line. Field names follow Suricata's EVE where one
+//! exists.
+//!
+//! **Invariant: a flood cannot fill the disk.** Drops are aggregated per
+//! (reason, source) over `drop_window` ([`DropAggregator`]), and `drop` and
+//! `dns` events pass a token bucket on packet time ([`TokenBucket`]); what
+//! the bucket refuses is counted and reported in one `suppressed` event per
+//! second. `scan`, `ban` and `unban` events are bounded by the detector and
+//! the ban table and are never suppressed.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+use serde::ser::{Serialize, Serializer};
+
+use crate::types::{Direction, Reason, Timestamp};
+
+/// RFC 3339 UTC with microseconds: `2026-11-22T03:01:00.123456Z`.
+pub fn rfc3339(ts: Timestamp) -> String {
+    let us = ts.as_micros();
+    let secs = i64::try_from(us / 1_000_000).unwrap_or(i64::MAX);
+    let nanos = ((us % 1_000_000) * 1000) as u32;
+    match chrono::DateTime::from_timestamp(secs, nanos) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        None => "9999-12-31T23:59:59.999999Z".to_owned(),
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&rfc3339(*self))
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for Direction {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// `event_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Drop,
+    Dns,
+    Scan,
+    Ban,
+    Unban,
+    Suppressed,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Drop => "drop",
+            Self::Dns => "dns",
+            Self::Scan => "scan",
+            Self::Ban => "ban",
+            Self::Unban => "unban",
+            Self::Suppressed => "suppressed",
+        }
+    }
+}
+
+/// The flow (or, for `scan`/`ban`/`unban`, the address) an event is about.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Flow {
+    pub src_ip: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dest_ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dest_port: Option<u16>,
+    /// `TCP`, `UDP`, `ICMP`, `IPv6-ICMP` or the protocol number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub community_id: Option<String>,
+    /// ICMP type and code, as EVE names them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+}
+
+impl Flow {
+    /// A flow with only a source address (scan, ban, unban).
+    pub fn addr(src_ip: IpAddr) -> Self {
+        Self {
+            src_ip,
+            src_port: None,
+            dest_ip: None,
+            dest_port: None,
+            proto: None,
+            direction: None,
+            community_id: None,
+            icmp_type: None,
+            icmp_code: None,
+        }
+    }
+}
+
+/// `drop` object of a drop event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DropInfo {
+    pub reason: Reason,
+    /// The rule, list entry or ban that decided, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// `blocked` when the packet was dropped; `would_block` when it was not
+    /// enforced (passive monitor, dry run).
+    pub action: &'static str,
+    /// Packets this event stands for (1 for the first of a window).
+    pub count: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    /// For `malformed`: what was wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+}
+
+/// `dns` object (EVE `dns` query record).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DnsInfo {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: u16,
+    pub rrname: String,
+    pub rrtype: String,
+    /// `tcp` or `udp`.
+    pub transport: &'static str,
+}
+
+/// `scan` object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScanInfo {
+    pub kind: &'static str,
+    pub pattern: &'static str,
+    pub slow: bool,
+    pub ports: u32,
+    pub hosts: u32,
+    pub port_sample: Vec<u16>,
+    pub probes: u32,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    /// `ban` or `alert` (not banned: see `note`).
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
+}
+
+/// `ban` object of ban and unban events.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BanInfo {
+    /// Why: `scan:syn`, `manual`, ... for bans; `expired`, `manual` for unbans.
+    pub reason: String,
+    /// Ban length in seconds.
+    pub duration: u64,
+    pub expires: Timestamp,
+}
+
+/// `suppressed` object: what the rate limit held back since the last one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SuppressedInfo {
+    pub drop: u64,
+    pub dns: u64,
+    pub since: Timestamp,
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Event {
+    pub timestamp: Timestamp,
+    pub event_type: EventType,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Flow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop: Option<DropInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ban: Option<BanInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<SuppressedInfo>,
+}
+
+impl Event {
+    pub fn new(timestamp: Timestamp, event_type: EventType, flow: Option<Flow>) -> Self {
+        Self {
+            timestamp,
+            event_type,
+            flow,
+            drop: None,
+            dns: None,
+            scan: None,
+            ban: None,
+            suppressed: None,
+        }
+    }
+
+    /// The JSON Lines record (no trailing newline).
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: no maps with non-string
+        // keys, no custom errors.
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// DNS query type mnemonic for the common types, `TYPEnn` (RFC 3597) else.
+pub fn rrtype_name(t: u16) -> String {
+    let s = match t {
+        1 => "A",
+        2 => "NS",
+        5 => "CNAME",
+        6 => "SOA",
+        12 => "PTR",
+        15 => "MX",
+        16 => "TXT",
+        28 => "AAAA",
+        33 => "SRV",
+        35 => "NAPTR",
+        43 => "DS",
+        48 => "DNSKEY",
+        64 => "SVCB",
+        65 => "HTTPS",
+        255 => "ANY",
+        t => return format!("TYPE{t}"),
+    };
+    s.to_owned()
+}
+
+struct Endpoint<'a>(&'a IpAddr, Option<u16>);
+
+impl fmt::Display for Endpoint<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0, self.1) {
+            (IpAddr::V6(a), Some(p)) => write!(f, "[{a}]:{p}"),
+            (a, Some(p)) => write!(f, "{a}:{p}"),
+            (a, None) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    /// The console line: time, a bracketed tag, then the facts.
+    /// `[BLOCKED] 192.168.1.100:40000 (TCP) -> 198.18.0.1:80 blocked_ip (block.ip[0] 192.168.1.100)`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ", rfc3339(self.timestamp))?;
+        let flow = self.flow.as_ref();
+        let path = |f: &mut fmt::Formatter<'_>| -> fmt::Result {
+            if let Some(fl) = flow {
+                write!(f, "{}", Endpoint(&fl.src_ip, fl.src_port))?;
+                if let Some(p) = &fl.proto {
+                    write!(f, " ({p})")?;
+                }
+                if let Some(d) = &fl.dest_ip {
+                    write!(f, " -> {}", Endpoint(d, fl.dest_port))?;
+                }
+                if let (Some(t), Some(c)) = (fl.icmp_type, fl.icmp_code) {
+                    write!(f, " icmp {t}/{c}")?;
+                }
+            }
+            Ok(())
+        };
+        match self.event_type {
+            EventType::Drop => {
+                let tag = match &self.drop {
+                    Some(d) if d.action == "would_block" => "[WOULD BLOCK]",
+                    _ => "[BLOCKED]",
+                };
+                write!(f, "{tag} ")?;
+                path(f)?;
+                if let Some(d) = &self.drop {
+                    write!(f, " {}", d.reason)?;
+                    if let Some(r) = &d.rule {
+                        write!(f, " ({r})")?;
+                    }
+                    if let Some(e) = d.error {
+                        write!(f, " error={e}")?;
+                    }
+                    if d.count > 1 {
+                        write!(f, " x{} since {}", d.count, rfc3339(d.first_seen))?;
+                    }
+                }
+                if let Some(q) = &self.dns {
+                    write!(f, " {} {}", q.rrtype, q.rrname)?;
+                }
+                Ok(())
+            }
+            EventType::Dns => {
+                f.write_str("[DNS] ")?;
+                path(f)?;
+                if let Some(q) = &self.dns {
+                    write!(f, " {} {}", q.rrtype, q.rrname)?;
+                }
+                Ok(())
+            }
+            EventType::Scan => {
+                f.write_str("[SCAN] ")?;
+                path(f)?;
+                if let Some(s) = &self.scan {
+                    let span = s.last_seen.since(s.first_seen).as_secs_f64();
+                    write!(
+                        f,
+                        " {}{} scan ({}): {} ports, {} hosts, {} probes in {:.1}s, ports {:?}",
+                        if s.slow { "slow " } else { "" },
+                        s.kind,
+                        s.pattern,
+                        s.ports,
+                        s.hosts,
+                        s.probes,
+                        span,
+                        s.port_sample
+                    )?;
+                    match s.note {
+                        Some(n) => write!(f, " -> {} ({n})", s.action)?,
+                        None => write!(f, " -> {}", s.action)?,
+                    }
+                }
+                Ok(())
+            }
+            EventType::Ban | EventType::Unban => {
+                f.write_str(if self.event_type == EventType::Ban {
+                    "[BAN] "
+                } else {
+                    "[UNBAN] "
+                })?;
+                path(f)?;
+                if let Some(b) = &self.ban {
+                    if self.event_type == EventType::Ban {
+                        write!(
+                            f,
+                            " for {}s ({}) until {}",
+                            b.duration,
+                            b.reason,
+                            rfc3339(b.expires)
+                        )?;
+                    } else {
+                        write!(f, " ({})", b.reason)?;
+                    }
+                }
+                Ok(())
+            }
+            EventType::Suppressed => {
+                f.write_str("[SUPPRESSED] rate limit held back")?;
+                if let Some(s) = &self.suppressed {
+                    write!(
+                        f,
+                        " {} drop and {} dns events since {}",
+                        s.drop,
+                        s.dns,
+                        rfc3339(s.since)
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A token bucket on packet time: `rate` tokens per second, holding at most
+/// `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: u64,
+    burst: u64,
+    /// Tokens in millionths, so refills at microsecond resolution add up.
+    micro_tokens: u64,
+    last: Timestamp,
+}
+
+impl TokenBucket {
+    pub fn new(rate_per_sec: u32) -> Self {
+        let rate = u64::from(rate_per_sec.max(1));
+        let burst = rate * 2;
+        Self {
+            rate,
+            burst,
+            micro_tokens: burst * 1_000_000,
+            last: Timestamp::default(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Timestamp) -> bool {
+        if now > self.last {
+            let add = now.since(self.last).as_micros() as u64;
+            self.micro_tokens = self
+                .micro_tokens
+                .saturating_add(add.saturating_mul(self.rate))
+                .min(self.burst * 1_000_000);
+            self.last = now;
+        }
+        if self.micro_tokens >= 1_000_000 {
+            self.micro_tokens -= 1_000_000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What identifies drops that aggregate into one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    pub reason: Reason,
+    pub src: Option<IpAddr>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    window_start: Timestamp,
+    last_seen: Timestamp,
+    /// Drops since the last event for this key.
+    unreported: u64,
+    /// The first event of the window, reused as the template of the
+    /// summary.
+    template: Event,
+}
+
+/// Aggregates drops per (reason, source): the first drop of a window is
+/// reported at once, the rest of the window as one event with a count when
+/// the window closes. At most `max_keys` keys are held; past that, drops are
+/// reported one by one (and then held back by the token bucket).
+#[derive(Debug)]
+pub struct DropAggregator {
+    window: Duration,
+    max_keys: usize,
+    pending: FxHashMap<DropKey, Pending>,
+}
+
+/// What [`DropAggregator::count`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Aggregated {
+    /// Counted into an open window; nothing to write now.
+    Counted,
+    /// No open window: report this drop (if the rate limit admits it) and
+    /// [`DropAggregator::open`] one with the event as its template.
+    Open,
+}
+
+impl DropAggregator {
+    pub fn new(window: Duration, max_keys: usize) -> Self {
+        Self {
+            window,
+            max_keys,
+            pending: FxHashMap::default(),
+        }
+    }
+
+    /// Counts one drop into its open window if it has one. A window for this
+    /// key that has already ended is closed first: its summary goes to `out`.
+    pub fn count(&mut self, key: DropKey, ts: Timestamp, out: &mut Vec<Event>) -> Aggregated {
+        let Some(p) = self.pending.get_mut(&key) else {
+            return Aggregated::Open;
+        };
+        if ts.since(p.window_start) < self.window {
+            p.unreported += 1;
+            p.last_seen = ts;
+            return Aggregated::Counted;
+        }
+        if let Some(p) = self.pending.remove(&key) {
+            if p.unreported > 0 {
+                out.push(summary(&p, ts));
+            }
+        }
+        Aggregated::Open
+    }
+
+    /// Opens a window for `key` at `ts` with `first` (the event just
+    /// reported) as the template of its summary. When `max_keys` windows are
+    /// open, nothing is opened: later drops of this key are reported one by
+    /// one, and the rate limit holds them back.
+    pub fn open(&mut self, key: DropKey, ts: Timestamp, first: &Event) {
+        if self.pending.len() < self.max_keys {
+            self.pending.insert(
+                key,
+                Pending {
+                    window_start: ts,
+                    last_seen: ts,
+                    unreported: 0,
+                    template: first.clone(),
+                },
+            );
+        }
+    }
+
+    /// Closes windows that ended before `now`: one summary event for each
+    /// that counted drops; keys without new drops are forgotten.
+    pub fn flush_due(&mut self, now: Timestamp, out: &mut Vec<Event>) {
+        let window = self.window;
+        self.pending.retain(|_, p| {
+            if now.since(p.window_start) < window {
+                return true;
+            }
+            if p.unreported > 0 {
+                out.push(summary(p, now));
+            }
+            false
+        });
+    }
+
+    /// Closes every window (end of a replay, shutdown).
+    pub fn flush_all(&mut self, now: Timestamp, out: &mut Vec<Event>) {
+        let mut keys: Vec<_> = self.pending.drain().map(|(_, p)| p).collect();
+        keys.sort_by_key(|p| p.window_start);
+        for p in keys.iter().filter(|p| p.unreported > 0) {
+            out.push(summary(p, now));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+fn summary(p: &Pending, now: Timestamp) -> Event {
+    let mut ev = p.template.clone();
+    ev.timestamp = now.max(p.last_seen);
+    if let Some(d) = ev.drop.as_mut() {
+        d.count = p.unreported;
+        d.first_seen = p.window_start;
+        d.last_seen = p.last_seen;
+    }
+    ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drop_event(ts: Timestamp) -> Event {
+        let mut e = Event::new(
+            ts,
+            EventType::Drop,
+            Some(Flow {
+                src_ip: "198.18.0.9".parse().unwrap(),
+                src_port: Some(40000),
+                dest_ip: Some("198.18.0.1".parse().unwrap()),
+                dest_port: Some(80),
+                proto: Some("TCP".into()),
+                direction: Some(Direction::Inbound),
+                community_id: None,
+                icmp_type: None,
+                icmp_code: None,
+            }),
+        );
+        e.drop = Some(DropInfo {
+            reason: Reason::BlockedIp,
+            rule: Some("block.ip[0] 198.18.0.9".into()),
+            action: "blocked",
+            count: 1,
+            first_seen: ts,
+            last_seen: ts,
+            error: None,
+        });
+        e
+    }
+
+    #[test]
+    fn timestamp_format() {
+        assert_eq!(
+            rfc3339(Timestamp::from_micros(1_700_000_000_123_456)),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(
+            rfc3339(Timestamp::from_micros(0)),
+            "1970-01-01T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn drop_event_json_and_console() {
+        let e = drop_event(Timestamp::from_secs(1_700_000_000));
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["event_type"], "drop");
+        assert_eq!(v["src_ip"], "198.18.0.9");
+        assert_eq!(v["dest_port"], 80);
+        assert_eq!(v["proto"], "TCP");
+        assert_eq!(v["drop"]["reason"], "blocked_ip");
+        assert_eq!(v["drop"]["count"], 1);
+        assert!(v.get("dns").is_none());
+        assert_eq!(
+            e.to_string(),
+            "2023-11-14T22:13:20.000000Z [BLOCKED] 198.18.0.9:40000 (TCP) -> 198.18.0.1:80 \
+             blocked_ip (block.ip[0] 198.18.0.9)"
+        );
+    }
+
+    #[test]
+    fn aggregation_reports_first_then_one_summary() {
+        let mut agg = DropAggregator::new(Duration::from_secs(60), 16);
+        let key = DropKey {
+            reason: Reason::BlockedIp,
+            src: Some("198.18.0.9".parse().unwrap()),
+        };
+        let t0 = Timestamp::from_secs(1000);
+        let mut out = Vec::new();
+        assert_eq!(agg.count(key, t0, &mut out), Aggregated::Open);
+        agg.open(key, t0, &drop_event(t0));
+        for i in 1..=99u64 {
+            let t = Timestamp::from_micros(t0.as_micros() + i * 100_000);
+            assert_eq!(agg.count(key, t, &mut out), Aggregated::Counted);
+        }
+        agg.flush_due(Timestamp::from_secs(1030), &mut out);
+        assert!(out.is_empty(), "window still open");
+        agg.flush_due(Timestamp::from_secs(1060), &mut out);
+        assert_eq!(out.len(), 1);
+        let d = out[0].drop.as_ref().unwrap();
+        assert_eq!(d.count, 99);
+        assert_eq!(d.first_seen, t0);
+        assert_eq!(
+            d.last_seen,
+            Timestamp::from_micros(t0.as_micros() + 99 * 100_000)
+        );
+        assert!(agg.is_empty());
+    }
+
+    #[test]
+    fn a_late_drop_closes_the_old_window_first() {
+        let mut agg = DropAggregator::new(Duration::from_secs(60), 16);
+        let key = DropKey {
+            reason: Reason::BlockedIp,
+            src: None,
+        };
+        let mut out = Vec::new();
+        let t0 = Timestamp::from_secs(1000);
+        agg.count(key, t0, &mut out);
+        agg.open(key, t0, &drop_event(t0));
+        agg.count(key, Timestamp::from_secs(1001), &mut out);
+        // No tick ran; a drop after the window must not lose the count of 1.
+        assert_eq!(
+            agg.count(key, Timestamp::from_secs(1100), &mut out),
+            Aggregated::Open
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].drop.as_ref().unwrap().count, 1);
+    }
+
+    #[test]
+    fn aggregator_is_bounded() {
+        let mut agg = DropAggregator::new(Duration::from_secs(60), 4);
+        for i in 0..100u32 {
+            let key = DropKey {
+                reason: Reason::BlockedIp,
+                src: Some(IpAddr::from(i.to_be_bytes())),
+            };
+            let t = Timestamp::from_secs(1);
+            assert_eq!(agg.count(key, t, &mut Vec::new()), Aggregated::Open);
+            agg.open(key, t, &drop_event(t));
+        }
+        assert_eq!(agg.len(), 4);
+    }
+
+    #[test]
+    fn token_bucket_limits_rate_on_packet_time() {
+        let mut b = TokenBucket::new(10);
+        let t0 = Timestamp::from_secs(100);
+        let granted = (0..1000).filter(|_| b.take(t0)).count();
+        assert_eq!(granted, 20, "burst is twice the rate");
+        let t1 = Timestamp::from_secs(101);
+        let granted = (0..1000).filter(|_| b.take(t1)).count();
+        assert_eq!(granted, 10, "one second refills `rate` tokens");
+    }
+}

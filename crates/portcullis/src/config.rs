@@ -1,0 +1,96 @@
+//! Loading the rules file: the filesystem side of the engine's pure config
+//! compiler.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use portcullis_engine::config::{Config, ListLoader, DEFAULT_POLICY};
+
+/// Reads domain list files, relative paths from the config file's folder.
+#[derive(Debug)]
+pub struct FsLoader {
+    pub base: PathBuf,
+}
+
+impl ListLoader for FsLoader {
+    fn load(&self, path: &str) -> std::result::Result<String, String> {
+        let p = self.base.join(path);
+        std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    }
+}
+
+/// The config at `path`, or the default policy embedded in the binary.
+pub fn load(path: Option<&Path>) -> Result<Arc<Config>> {
+    let (text, base, name) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            p.display().to_string(),
+        ),
+        None => (
+            DEFAULT_POLICY.to_owned(),
+            PathBuf::from("."),
+            "the default policy".to_owned(),
+        ),
+    };
+    let cfg = Config::from_json_str(&text, &FsLoader { base })
+        .map_err(|errs| anyhow::anyhow!("{name} is invalid:\n{errs}"))?;
+    Ok(Arc::new(cfg))
+}
+
+/// What `portcullis check` prints about a valid config.
+pub fn summary(cfg: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "configuration is valid");
+    let _ = writeln!(s, "{}", cfg.rules.stats().to_string().trim_end());
+    let p = &cfg.policy;
+    let _ = writeln!(
+        s,
+        "policy: default {}, malformed packets {}",
+        p.default.as_str(),
+        p.malformed.as_str()
+    );
+    let sc = &cfg.scan;
+    if sc.enabled {
+        let _ = writeln!(
+            s,
+            "scan detection: more than {} ports or {} hosts from one source within {}s; {}",
+            sc.port_threshold,
+            sc.host_threshold,
+            sc.window.as_secs(),
+            if sc.ban {
+                format!("ban for {}s", sc.ban_duration.as_secs())
+            } else {
+                "report only, no bans".to_owned()
+            }
+        );
+        if let Some(slow) = sc.slow {
+            let _ = writeln!(
+                s,
+                "slow scans: more than {} ports within {}s",
+                slow.port_threshold,
+                slow.window.as_secs()
+            );
+        }
+    } else {
+        let _ = writeln!(s, "scan detection: off");
+    }
+    let _ = writeln!(
+        s,
+        "events: dns queries {}, drops aggregated over {}s, at most {} events/s",
+        if cfg.events.dns_queries {
+            "logged"
+        } else {
+            "not logged"
+        },
+        cfg.events.drop_window.as_secs(),
+        cfg.events.max_events_per_second
+    );
+    if !cfg.home_net.is_empty() {
+        let nets: Vec<String> = cfg.home_net.iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "home_net: {}", nets.join(", "));
+    }
+    s
+}

@@ -1,0 +1,118 @@
+//! The command line: `check`, `schema`, `demo`, errors and exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+
+fn portcullis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_accepts_the_default_policy_and_the_seed_file() {
+    let out = portcullis(&["check"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("configuration is valid\n"), "{text}");
+    assert!(text.contains("scan detection: more than 5 ports"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.json");
+    std::fs::write(
+        &seed,
+        r#"{"block":{"ip":["192.168.1.100"],"port":[80,443],"protocol":["TCP"]},"allow":{"ip":["127.0.0.1"],"port":[22],"protocol":["ICMP"]}}"#,
+    )
+    .unwrap();
+    let out = portcullis(&["check", "--config", seed.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("block: 1 IPv4 prefixes"), "{text}");
+}
+
+#[test]
+fn check_reports_every_error_with_path_and_line_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        "{\n  \"block\": {\n    \"ip\": [\"198.18.0.1\", \"300.1.1.1\"],\n    \"port\": [\"90-80\"],\n    \"domain_lists\": [\"missing.txt\"]\n  },\n  \"scan\": {\"window\": \"soon\"}\n}\n",
+    )
+    .unwrap();
+    let out = portcullis(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for needle in [
+        "block.ip[1] (line 3)",
+        "300.1.1.1",
+        "block.port[0] (line 4)",
+        "block.domain_lists[0] (line 5)",
+        "missing.txt",
+        "scan.window (line 7)",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_reports_a_json_syntax_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\n  \"block\": {\"ip\": [\"198.18.0.1\",]}\n}\n").unwrap();
+    let out = portcullis(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn schema_is_json_schema_for_the_rules_file() {
+    let out = portcullis(&["schema"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["$schema"].as_str().unwrap().contains("json-schema.org"));
+    let props = &v["properties"];
+    for key in [
+        "block", "allow", "rules", "policy", "scan", "events", "home_net",
+    ] {
+        assert!(props.get(key).is_some(), "schema lacks {key}");
+    }
+}
+
+#[test]
+fn demo_runs_the_default_policy_over_its_own_capture() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let out = portcullis(&["demo", "--quiet", "--events", events.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
+    let evs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scanners: Vec<_> = evs
+        .iter()
+        .filter(|e| e["event_type"] == "scan")
+        .map(|e| e["src_ip"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(scanners, ["198.18.0.66", "2001:2::66"]);
+    assert_eq!(evs.iter().filter(|e| e["event_type"] == "ban").count(), 2);
+}
+
+#[test]
+fn replay_of_a_missing_file_says_so() {
+    let out = portcullis(&["replay", "/nonexistent/x.pcap"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("cannot open /nonexistent/x.pcap"), "{err}");
+}
