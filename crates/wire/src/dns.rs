@@ -28,7 +28,9 @@ pub enum DnsError {
     NotQuery,
     /// No question.
     NoQuestion,
-    /// A label type other than a plain label or a pointer (0x40/0x80 types).
+    /// A label type other than a plain label or a pointer (0x40/0x80
+    /// types), or a label holding a `.` (which would make suffix matching
+    /// ambiguous; no real host name has one).
     BadLabel,
     /// A pointer that does not point backwards, or too many pointers.
     PointerLoop,
@@ -53,7 +55,7 @@ impl std::error::Error for DnsError {}
 
 /// A domain name in presentation form, lower case, no trailing dot; the root
 /// is the empty name. Label bytes are kept as they are apart from ASCII case
-/// folding (a label may hold any byte, including `.`).
+/// folding; a label never holds a `.` (the decoder rejects it).
 #[derive(Clone, Copy)]
 pub struct Name {
     buf: [u8; MAX_NAME_WIRE_LEN],
@@ -93,6 +95,9 @@ impl Name {
         if need > MAX_NAME_WIRE_LEN - 2 {
             return Err(DnsError::NameTooLong);
         }
+        if label.contains(&b'.') {
+            return Err(DnsError::BadLabel);
+        }
         let mut at = usize::from(self.len);
         if dot == 1 {
             self.buf[at] = b'.';
@@ -126,9 +131,8 @@ impl fmt::Display for Name {
     }
 }
 
-/// Iterator from [`Name::suffixes`]. Label boundaries are the dots between
-/// labels; a `.` inside a label also splits here, which can only make a name
-/// match *more* block entries, never fewer.
+/// Iterator from [`Name::suffixes`]. Label boundaries are exactly the dots
+/// between labels: the decoder rejects labels that contain a `.`.
 #[derive(Debug)]
 pub struct Suffixes<'a> {
     name: &'a [u8],
@@ -145,10 +149,7 @@ impl<'a> Iterator for Suffixes<'a> {
             return None;
         }
         let rest = &self.name[start..];
-        self.next = rest
-            .iter()
-            .position(|&b| b == b'.')
-            .map(|i| start + i + 1);
+        self.next = rest.iter().position(|&b| b == b'.').map(|i| start + i + 1);
         Some(rest)
     }
 }
@@ -355,7 +356,10 @@ mod tests {
             wire.extend_from_slice(&[b'a'; 63]);
         }
         wire.push(0);
-        assert_eq!(parse_query(&query(&wire)).unwrap_err(), DnsError::NameTooLong);
+        assert_eq!(
+            parse_query(&query(&wire)).unwrap_err(),
+            DnsError::NameTooLong
+        );
     }
 
     #[test]
@@ -369,7 +373,17 @@ mod tests {
     }
 
     #[test]
+    fn a_dot_inside_a_label_is_rejected() {
+        // One label "tracker.example" under "good": not tracker.example.
+        let m = query(b"\x0ftracker.example\x04good\x00");
+        assert_eq!(parse_query(&m).unwrap_err(), DnsError::BadLabel);
+    }
+
+    #[test]
     fn extended_label_types_are_rejected() {
-        assert_eq!(parse_query(&query(b"\x41a\x00")).unwrap_err(), DnsError::BadLabel);
+        assert_eq!(
+            parse_query(&query(b"\x41a\x00")).unwrap_err(),
+            DnsError::BadLabel
+        );
     }
 }

@@ -21,6 +21,6 @@ pub mod dns;
 mod packet;
 
 pub use packet::{
-    decode, DecodeError, Fragment, IpProto, LinkType, PacketSummary, TcpFlags, MAX_IPV6_EXT_HEADERS,
-    MAX_VLAN_TAGS,
+    decode, DecodeError, Fragment, IpProto, LinkType, PacketSummary, TcpFlags,
+    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
 };

@@ -386,10 +386,12 @@ fn decode_ipv6(data: &[u8], l3: usize) -> Result<PacketSummary, DecodeError> {
         return Err(DecodeError::Truncated);
     }
     let payload_len = be16(ip, 4)?;
-    // Jumbograms (payload length 0 with a hop-by-hop jumbo option) are not
-    // seen on the links we protect; treat the captured length as the end.
+    // Payload length 0 means a jumbogram (RFC 2675) only behind a
+    // hop-by-hop header (where the jumbo option lives; Linux "BIG TCP" uses
+    // it): read to the end of the capture then. Otherwise the datagram is
+    // empty and what follows is link padding, not payload.
     let announced = 40 + usize::from(payload_len);
-    let end = if payload_len == 0 {
+    let end = if payload_len == 0 && ip[6] == 0 {
         ip.len()
     } else {
         ip.len().min(announced)
@@ -583,7 +585,10 @@ mod tests {
         }
         f.extend_from_slice(&[0x08, 0x00]);
         f.extend_from_slice(&SYN_V4);
-        assert_eq!(decode(LinkType::Ethernet, &f), Err(DecodeError::TooManyHeaders));
+        assert_eq!(
+            decode(LinkType::Ethernet, &f),
+            Err(DecodeError::TooManyHeaders)
+        );
     }
 
     #[test]
@@ -671,12 +676,23 @@ mod tests {
         // hop-by-hop (8 bytes) -> destination options (8) -> UDP 5353 -> 53
         let mut pl = vec![60, 0, 1, 4, 0, 0, 0, 0];
         pl.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
-        pl.extend_from_slice(&[0x14, 0xe9, 0x00, 0x35, 0x00, 0x0c, 0, 0, b'a', b'b', b'c', b'd']);
+        pl.extend_from_slice(&[
+            0x14, 0xe9, 0x00, 0x35, 0x00, 0x0c, 0, 0, b'a', b'b', b'c', b'd',
+        ]);
         let p = v6_header(0, &pl);
         let s = decode(LinkType::Raw, &p).unwrap();
         assert_eq!(s.proto, IpProto::Udp);
         assert_eq!(s.dst_port, Some(53));
         assert_eq!(s.payload(&p), b"abcd");
+    }
+
+    #[test]
+    fn ipv6_zero_payload_length_without_hop_by_hop_is_empty() {
+        // A 40-byte IPv6 header (next header TCP, payload length 0) followed
+        // by Ethernet padding that looks like a TCP SYN: not a segment.
+        let mut p = v6_header(6, &[]);
+        p.extend_from_slice(&SYN_V4[20..]);
+        assert_eq!(decode(LinkType::Raw, &p), Err(DecodeError::Truncated));
     }
 
     #[test]
@@ -717,7 +733,10 @@ mod tests {
     #[test]
     fn flags_display() {
         assert_eq!(TcpFlags(TcpFlags::SYN | TcpFlags::ACK).to_string(), "SA");
-        assert_eq!(TcpFlags(TcpFlags::FIN | TcpFlags::PSH | TcpFlags::URG).to_string(), "FPU");
+        assert_eq!(
+            TcpFlags(TcpFlags::FIN | TcpFlags::PSH | TcpFlags::URG).to_string(),
+            "FPU"
+        );
         assert_eq!(TcpFlags(0).to_string(), ".");
     }
 }
