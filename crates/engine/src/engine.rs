@@ -79,7 +79,9 @@ pub enum DetectorMode {
     /// replay and tests (a ban applies from the next packet on).
     Inline,
     /// On its own thread behind a bounded channel of `capacity` probes (live
-    /// mode). A full channel drops the probe and counts it.
+    /// mode), handed over in batches of [`PROBE_BATCH`]: a batch goes when it
+    /// is full, on every [`Engine::tick`] and on [`Engine::flush`]. A full
+    /// channel drops the batch and counts its probes.
     Thread { capacity: usize },
 }
 
@@ -188,6 +190,9 @@ impl Counters {
     }
 }
 
+/// Probes handed to the detector thread in one channel operation.
+pub const PROBE_BATCH: usize = 64;
+
 /// How often housekeeping runs, in packet time.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -203,6 +208,8 @@ pub struct Engine {
     suppressed_dns: u64,
     suppressed_since: Option<Timestamp>,
     events: Vec<Event>,
+    /// Probes waiting for the next hand-off to the detector thread.
+    probe_batch: Vec<Probe>,
     counters: Counters,
     next_tick: Timestamp,
     now: Timestamp,
@@ -241,6 +248,7 @@ impl Engine {
             suppressed_dns: 0,
             suppressed_since: None,
             events: Vec::new(),
+            probe_batch: Vec::new(),
             counters: Counters::default(),
             next_tick: Timestamp::default(),
             now: Timestamp::default(),
@@ -553,9 +561,28 @@ impl Engine {
                     self.on_finding(f, pkt.ts);
                 }
             }
-            DetectorLink::Thread(t) => {
-                if !t.offer(probe) {
-                    self.counters.probes_dropped += 1;
+            DetectorLink::Thread(_) => {
+                if self.probe_batch.capacity() == 0 {
+                    self.probe_batch.reserve_exact(PROBE_BATCH);
+                }
+                self.probe_batch.push(probe);
+                if self.probe_batch.len() >= PROBE_BATCH {
+                    self.flush();
+                }
+            }
+        }
+    }
+
+    /// Hands waiting probes to the detector thread now. Live sources call
+    /// this after each batch of packets so that a scan is seen within one
+    /// batch; `tick` and `finish` call it too.
+    pub fn flush(&mut self) {
+        if let DetectorLink::Thread(t) = &self.detector {
+            if !self.probe_batch.is_empty() {
+                let batch = std::mem::take(&mut self.probe_batch);
+                let n = batch.len() as u64;
+                if !t.offer_batch(batch) {
+                    self.counters.probes_dropped += n;
                 }
             }
         }
@@ -563,6 +590,9 @@ impl Engine {
 
     fn collect_findings(&mut self, now: Timestamp) {
         if let DetectorLink::Thread(t) = &self.detector {
+            if !t.has_findings() {
+                return;
+            }
             for f in t.try_findings() {
                 self.on_finding(f, now);
             }
@@ -676,6 +706,7 @@ impl Engine {
             self.emit_limited(ev, EventType::Drop);
         }
         self.flush_suppressed(now);
+        self.flush();
         match &mut self.detector {
             DetectorLink::Inline(d) => d.expire(now),
             DetectorLink::Thread(_) => self.collect_findings(now),
@@ -704,6 +735,7 @@ impl Engine {
     /// reports what is pending, at the last packet time seen. Bans stay.
     pub fn finish(&mut self) {
         let now = self.now;
+        self.flush();
         if let DetectorLink::Thread(t) = std::mem::replace(&mut self.detector, DetectorLink::Off) {
             let (_, findings) = t.shutdown();
             for f in findings {
