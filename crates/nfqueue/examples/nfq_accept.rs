@@ -1,0 +1,58 @@
+//! Bind an NFQUEUE, print each packet briefly and accept it.
+//!
+//! `cargo run -p portcullis-nfqueue --example nfq_accept -- QUEUE [SECONDS]`
+//! (needs CAP_NET_ADMIN and an NFQUEUE rule for QUEUE; stops after SECONDS,
+//! default 10).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use portcullis_nfqueue::{Queue, QueueConfig, Verdict};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let num: u16 = args
+        .next()
+        .ok_or("usage: nfq_accept QUEUE [SECONDS]")?
+        .parse()?;
+    let secs: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let mut q = Queue::open(&QueueConfig::new(num))?;
+    println!(
+        "bound queue {num} (netlink port id {}, rcvbuf {} bytes)",
+        q.portid(),
+        q.rcvbuf()
+    );
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if q.recv_batch(Some(Duration::from_millis(200)))? == 0 {
+            continue;
+        }
+        q.decide_each(|p| {
+            println!(
+                "id {} hook {:?} proto {:#06x} len {} mark {} in {:?} out {:?} gso {}",
+                p.id,
+                p.hook,
+                p.hw_protocol,
+                p.payload.len(),
+                p.mark,
+                p.indev,
+                p.outdev,
+                p.is_gso
+            );
+            (Verdict::Accept, None)
+        });
+        q.flush()?;
+    }
+    println!("{:?}", q.counters());
+    Ok(())
+}
