@@ -91,6 +91,19 @@ enum DetectorLink {
     Thread(DetectorThread),
 }
 
+impl DetectorLink {
+    fn new(cfg: &Config, mode: DetectorMode) -> std::io::Result<Self> {
+        Ok(match mode {
+            _ if !cfg.scan.enabled => Self::Off,
+            DetectorMode::Off => Self::Off,
+            DetectorMode::Inline => Self::Inline(Box::new(Detector::new(&cfg.scan))),
+            DetectorMode::Thread { capacity } => {
+                Self::Thread(DetectorThread::spawn(cfg.scan.clone(), capacity)?)
+            }
+        })
+    }
+}
+
 /// An active ban.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ban {
@@ -200,6 +213,7 @@ const TICK: Duration = Duration::from_secs(1);
 /// and the event queue. Not `Sync`: one packet thread drives it.
 pub struct Engine {
     cfg: Arc<Config>,
+    mode: DetectorMode,
     bans: BanTable,
     detector: DetectorLink,
     aggregator: DropAggregator,
@@ -230,15 +244,9 @@ impl Engine {
     /// Builds an engine; spawning the detector thread is the only thing that
     /// can fail.
     pub fn new(cfg: Arc<Config>, mode: DetectorMode) -> std::io::Result<Self> {
-        let detector = match mode {
-            _ if !cfg.scan.enabled => DetectorLink::Off,
-            DetectorMode::Off => DetectorLink::Off,
-            DetectorMode::Inline => DetectorLink::Inline(Box::new(Detector::new(&cfg.scan))),
-            DetectorMode::Thread { capacity } => {
-                DetectorLink::Thread(DetectorThread::spawn(cfg.scan.clone(), capacity)?)
-            }
-        };
+        let detector = DetectorLink::new(&cfg, mode)?;
         Ok(Self {
+            mode,
             aggregator: DropAggregator::new(cfg.events.drop_window, cfg.events.max_drop_keys),
             bucket: TokenBucket::new(cfg.events.max_events_per_second),
             cfg,
@@ -667,6 +675,58 @@ impl Engine {
         true
     }
 
+    /// Puts back a ban saved before a restart, without a new `ban` event
+    /// (it was reported when it began). Refused for allowlisted addresses
+    /// and bans already over at `now`.
+    pub fn restore_ban(&mut self, ban: Ban, now: Timestamp) -> bool {
+        if ban.until <= now || self.cfg.rules.is_allowlisted(ban.addr) {
+            return false;
+        }
+        self.bans.insert(ban)
+    }
+
+    /// Swaps in a new configuration (SIGHUP). Bans survive, except those on
+    /// addresses the new allowlist covers (lifted, with an `unban` event);
+    /// the detector is restarted only if its settings changed; open drop
+    /// windows are closed first.
+    pub fn reload(&mut self, cfg: Arc<Config>) -> std::io::Result<()> {
+        let now = self.now;
+        self.flush();
+        if cfg.scan != self.cfg.scan {
+            if let DetectorLink::Thread(t) =
+                std::mem::replace(&mut self.detector, DetectorLink::Off)
+            {
+                let (_, findings) = t.shutdown();
+                for f in findings {
+                    self.on_finding(f, now);
+                }
+            }
+            self.detector = DetectorLink::new(&cfg, self.mode)?;
+        }
+        let mut out = Vec::new();
+        self.aggregator.flush_all(now, &mut out);
+        for ev in out {
+            self.emit_limited(ev, EventType::Drop);
+        }
+        if cfg.events != self.cfg.events {
+            self.aggregator = DropAggregator::new(cfg.events.drop_window, cfg.events.max_drop_keys);
+            self.bucket = TokenBucket::new(cfg.events.max_events_per_second);
+        }
+        let lifted: Vec<IpAddr> = self
+            .bans
+            .iter()
+            .map(|b| b.addr)
+            .filter(|a| cfg.rules.is_allowlisted(*a))
+            .collect();
+        self.cfg = cfg;
+        for addr in lifted {
+            if let Some(b) = self.bans.remove(&addr) {
+                self.unbanned(b, now, "allowlisted");
+            }
+        }
+        Ok(())
+    }
+
     /// Lifts a ban by hand. Emits an `unban` event.
     pub fn unban(&mut self, addr: IpAddr, now: Timestamp) -> bool {
         match self.bans.remove(&addr) {
@@ -787,3 +847,7 @@ fn flow(cfg: &Config, p: &PacketSummary, dir: Direction) -> Flow {
         icmp_code: p.icmp.map(|(_, c)| c),
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

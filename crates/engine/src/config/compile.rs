@@ -8,7 +8,8 @@ use serde_json::Value;
 use super::error::{ConfigError, ConfigErrors};
 use super::raw::{self, kind, RawConfig, RawLists, RawRule};
 use super::{
-    BlockedDnsResponse, Config, DnsConfig, EventConfig, ListLoader, Policy, ScanConfig, SlowScan,
+    BlockedDnsResponse, Config, DnsConfig, EventConfig, InlineConfig, ListLoader, Policy,
+    ScanConfig, SlowScan,
 };
 use crate::rules::domains::{self, Side};
 use crate::rules::{RuleSetBuilder, RuleSpec, SideSpec};
@@ -129,7 +130,21 @@ impl Compiler<'_> {
                     Some(raw::RawBlockedResponse::Drop) => BlockedDnsResponse::Drop,
                 },
             },
+            inline: self.inline(raw.inline.unwrap_or_default()),
             home_net,
+        }
+    }
+
+    fn inline(&mut self, raw: raw::RawInline) -> InlineConfig {
+        let d = InlineConfig::default();
+        InlineConfig {
+            queue: raw.queue.unwrap_or(d.queue),
+            fail_closed: raw.danger_fail_closed.unwrap_or(d.fail_closed),
+            block_log_rate: self.positive(
+                raw.block_log_rate,
+                "inline.block_log_rate",
+                d.block_log_rate,
+            ),
         }
     }
 

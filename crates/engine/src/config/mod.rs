@@ -106,6 +106,7 @@ impl Default for Config {
             scan: ScanConfig::default(),
             events: EventConfig::default(),
             dns: DnsConfig::default(),
+            inline: InlineConfig::default(),
             home_net: Vec::new(),
         }
     }
@@ -119,6 +120,7 @@ pub struct Config {
     pub scan: ScanConfig,
     pub events: EventConfig,
     pub dns: DnsConfig,
+    pub inline: InlineConfig,
     /// Our own networks, used to tell direction in pcap replay and passive
     /// capture (Suricata's `HOME_NET`). Empty: every packet is inbound.
     pub home_net: Vec<IpNet>,
@@ -242,3 +244,27 @@ pub struct DnsConfig {
 
 #[cfg(test)]
 mod tests;
+
+/// Inline mode (`portcullis run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InlineConfig {
+    /// NFQUEUE number. Default 0.
+    pub queue: u16,
+    /// Queued packets are dropped while no daemon listens (config key
+    /// `danger_fail_closed`). Default false: fail-open, a dead daemon never
+    /// cuts the host off.
+    pub fail_closed: bool,
+    /// Blocked new connections shown to user space per second for logging;
+    /// the rest are dropped and counted in the kernel. Default 100.
+    pub block_log_rate: u32,
+}
+
+impl Default for InlineConfig {
+    fn default() -> Self {
+        Self {
+            queue: 0,
+            fail_closed: false,
+            block_log_rate: 100,
+        }
+    }
+}

@@ -39,6 +39,8 @@ pub struct RawConfig {
     pub events: Option<RawEvents>,
     /// Blocked DNS queries.
     pub dns: Option<RawDns>,
+    /// Inline mode (`portcullis run`): the kernel side.
+    pub inline: Option<RawInline>,
     /// This host's own networks (Suricata's HOME_NET): in pcap replay and
     /// passive capture, tells inbound from outbound. Empty: every packet is
     /// inbound.
@@ -51,7 +53,8 @@ pub struct RawConfig {
 
 impl RawConfig {
     pub(crate) const FIELDS: &'static [&'static str] = &[
-        "block", "allow", "rules", "policy", "scan", "events", "dns", "home_net", "$schema",
+        "block", "allow", "rules", "policy", "scan", "events", "dns", "inline", "home_net",
+        "$schema",
     ];
 }
 
@@ -277,6 +280,28 @@ impl RawDns {
     pub(crate) const FIELDS: &'static [&'static str] = &["blocked_response"];
 }
 
+/// Inline mode: how portcullis sits in the kernel's packet path.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawInline {
+    /// NFQUEUE number for the packets user space decides. Default 0.
+    pub queue: Option<u16>,
+    /// Drop queued packets (new connections, DNS) when portcullis is not
+    /// running, instead of letting them through. Dangerous: a dead daemon
+    /// then cuts the host off from new connections. Default false
+    /// (fail-open).
+    pub danger_fail_closed: Option<bool>,
+    /// New connections to blocked addresses, ports or protocols shown to
+    /// user space (to be logged) per second; the rest are dropped in the
+    /// kernel and only counted there. Default 100.
+    pub block_log_rate: Option<u32>,
+}
+
+impl RawInline {
+    pub(crate) const FIELDS: &'static [&'static str] =
+        &["queue", "danger_fail_closed", "block_log_rate"];
+}
+
 /// Schema-only types for the loosely typed entries.
 macro_rules! schema_only {
     ($(#[doc = $doc:literal])* $name:ident, $schema:tt) => {
@@ -438,6 +463,7 @@ pub(crate) fn read(value: Value, errors: &mut Vec<ConfigError>) -> RawConfig {
             "scan" => raw.scan = section(v, "scan", RawScan::FIELDS, e),
             "events" => raw.events = section(v, "events", RawEvents::FIELDS, e),
             "dns" => raw.dns = section(v, "dns", RawDns::FIELDS, e),
+            "inline" => raw.inline = section(v, "inline", RawInline::FIELDS, e),
             "home_net" => raw.home_net = Some(v),
             "$schema" => match v {
                 Value::String(s) => raw.schema = Some(s),
@@ -525,6 +551,7 @@ mod tests {
         assert_eq!(props(&defs["RawScan"]), sorted(RawScan::FIELDS));
         assert_eq!(props(&defs["RawEvents"]), sorted(RawEvents::FIELDS));
         assert_eq!(props(&defs["RawDns"]), sorted(RawDns::FIELDS));
+        assert_eq!(props(&defs["RawInline"]), sorted(RawInline::FIELDS));
     }
 
     #[test]

@@ -193,7 +193,7 @@ fn structural_errors_are_reported_with_their_path() {
             "block.ports (line 2): unknown field `ports`, expected `ip`, `port`, `protocol`, `domain` or `domain_lists`",
             "scan.slow.windw (line 3): unknown field `windw`, expected `window` or `port_threshold`",
             "rules[0].dir (line 4): unknown field `dir`, expected `action`, `direction`, `ip`, `port`, `protocol` or `comment`",
-            "sacn (line 5): unknown field `sacn`, expected `block`, `allow`, `rules`, `policy`, `scan`, `events`, `dns`, `home_net` or `$schema`",
+            "sacn (line 5): unknown field `sacn`, expected `block`, `allow`, `rules`, `policy`, `scan`, `events`, `dns`, `inline`, `home_net` or `$schema`",
         ],
         "\n{}",
         got.join("\n")

@@ -1,0 +1,179 @@
+//! Engine tests for what replay tests do not reach: the ban table, reload,
+//! restored bans, direction inference, forwarded LAN clients.
+
+use std::net::{IpAddr, SocketAddr};
+
+use portcullis_traffic as traffic;
+
+use super::*;
+use crate::config::NoLists;
+use crate::events::EventType;
+
+const T0: u64 = 1_795_000_000_000_000;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn engine(json: &str) -> Engine {
+    let cfg = Config::from_json_str(json, &NoLists).unwrap();
+    Engine::new(Arc::new(cfg), DetectorMode::Inline).unwrap()
+}
+
+fn feed(e: &mut Engine, frames: &[traffic::Frame], dir: Option<Direction>) -> Vec<Verdict> {
+    frames
+        .iter()
+        .map(|f| {
+            e.process(&PacketIn {
+                data: &f.data,
+                link: LinkType::Ethernet,
+                ts: Timestamp::from_micros(f.ts_micros),
+                dir,
+            })
+        })
+        .collect()
+}
+
+fn ban(addr: &str, since: u64, until: u64) -> Ban {
+    Ban {
+        addr: ip(addr),
+        since: Timestamp::from_secs(since),
+        until: Timestamp::from_secs(until),
+        reason: "manual".into(),
+    }
+}
+
+#[test]
+fn ban_table_expires_in_order_and_ignores_stale_heap_entries() {
+    let mut t = BanTable::default();
+    assert!(t.insert(ban("198.18.0.1", 0, 10)));
+    assert!(t.insert(ban("198.18.0.2", 0, 20)));
+    // Extending a ban leaves a stale heap entry at 10.
+    assert!(t.insert(ban("198.18.0.1", 5, 30)));
+    assert!(
+        !t.insert(ban("198.18.0.1", 6, 25)),
+        "a shorter ban changes nothing"
+    );
+    assert!(t.expire(Timestamp::from_secs(15)).is_empty());
+    let gone = t.expire(Timestamp::from_secs(20));
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].addr, ip("198.18.0.2"));
+    assert_eq!(t.expire(Timestamp::from_secs(30))[0].addr, ip("198.18.0.1"));
+    assert!(t.is_empty());
+}
+
+#[test]
+fn direction_is_inferred_from_home_net() {
+    let p = |s: &str, d: &str| {
+        let f = traffic::udp(
+            SocketAddr::new(ip(s), 1000),
+            SocketAddr::new(ip(d), 2000),
+            b"",
+        );
+        portcullis_wire::decode(LinkType::Ethernet, &f).unwrap()
+    };
+    let home = ["198.18.0.0/24".parse().unwrap()];
+    assert_eq!(
+        infer_direction(&home, &p("198.19.0.1", "198.18.0.1")),
+        Direction::Inbound
+    );
+    assert_eq!(
+        infer_direction(&home, &p("198.18.0.1", "198.19.0.1")),
+        Direction::Outbound
+    );
+    assert_eq!(
+        infer_direction(&home, &p("198.18.0.1", "198.18.0.2")),
+        Direction::Forwarded
+    );
+    assert_eq!(
+        infer_direction(&[], &p("198.18.0.1", "198.19.0.1")),
+        Direction::Inbound
+    );
+}
+
+#[test]
+fn lan_clients_behind_a_gateway_are_not_sweepers() {
+    // A LAN browser reaches 20 web servers on 443 through the gateway.
+    let mut e = engine(r#"{"home_net": ["198.18.0.0/24"]}"#);
+    let servers: Vec<IpAddr> = (1..=20).map(|i| ip(&format!("198.19.0.{i}"))).collect();
+    let frames = traffic::sweep(ip("198.18.0.10"), &servers, 443, T0, 10_000);
+    feed(&mut e, &frames, Some(Direction::Forwarded));
+    assert_eq!(e.counters().scans, 0);
+    // The same from outside home_net is a sweep.
+    let frames = traffic::sweep(ip("198.19.9.9"), &servers, 443, T0 + 1_000_000, 10_000);
+    feed(&mut e, &frames, Some(Direction::Forwarded));
+    assert_eq!(e.counters().scans, 1);
+}
+
+#[test]
+fn reload_keeps_bans_but_lifts_newly_allowlisted_ones() {
+    let mut e = engine("{}");
+    let now = Timestamp::from_micros(T0);
+    assert!(e.ban(
+        ip("198.18.0.66"),
+        now,
+        Duration::from_secs(600),
+        "manual".into()
+    ));
+    assert!(e.ban(
+        ip("198.18.0.77"),
+        now,
+        Duration::from_secs(600),
+        "manual".into()
+    ));
+    e.drain_events().for_each(drop);
+    let cfg = Config::from_json_str(r#"{"allow": {"ip": ["198.18.0.77"]}}"#, &NoLists).unwrap();
+    e.reload(Arc::new(cfg)).unwrap();
+    assert!(e.bans().get(&ip("198.18.0.66")).is_some());
+    assert!(e.bans().get(&ip("198.18.0.77")).is_none());
+    let evs: Vec<_> = e.drain_events().collect();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].event_type, EventType::Unban);
+    assert_eq!(evs[0].ban.as_ref().unwrap().reason, "allowlisted");
+    // And the new rules apply to the next packet.
+    let ping = traffic::icmp_echo(ip("198.18.0.66"), ip("198.18.0.1"), 1, 1);
+    let v = feed(&mut e, &[traffic::Frame::new(T0 + 1, ping)], None);
+    assert_eq!(v[0].reason, Reason::Banned);
+}
+
+#[test]
+fn reload_with_new_scan_settings_restarts_the_detector() {
+    let mut e = engine(r#"{"scan": {"port_threshold": 50}}"#);
+    let scan = |t0| {
+        traffic::port_scan(
+            ip("198.18.0.66"),
+            ip("198.18.0.1"),
+            &(1..=20).collect::<Vec<_>>(),
+            traffic::ScanShape::Syn,
+            t0,
+            1_000,
+        )
+    };
+    feed(&mut e, &scan(T0), None);
+    assert_eq!(e.counters().scans, 0, "20 ports are under 50");
+    e.reload(Arc::new(Config::from_json_str("{}", &NoLists).unwrap()))
+        .unwrap();
+    feed(&mut e, &scan(T0 + 60_000_000), None);
+    assert_eq!(e.counters().scans, 1);
+}
+
+#[test]
+fn restored_bans_apply_without_a_new_ban_event() {
+    let mut e = engine(r#"{"allow": {"ip": ["198.18.0.77"]}}"#);
+    let now = Timestamp::from_secs(1000);
+    assert!(e.restore_ban(ban("198.18.0.66", 900, 1500), now));
+    assert!(
+        !e.restore_ban(ban("198.18.0.67", 100, 999), now),
+        "already over"
+    );
+    assert!(
+        !e.restore_ban(ban("198.18.0.77", 900, 1500), now),
+        "allowlisted"
+    );
+    assert_eq!(e.drain_events().count(), 0);
+    assert_eq!(e.bans().len(), 1);
+    e.tick(Timestamp::from_secs(1500));
+    let evs: Vec<_> = e.drain_events().collect();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].event_type, EventType::Unban);
+}
