@@ -60,6 +60,7 @@ pub enum EventType {
     Ban,
     Unban,
     Suppressed,
+    Queue,
 }
 
 impl EventType {
@@ -71,6 +72,7 @@ impl EventType {
             Self::Ban => "ban",
             Self::Unban => "unban",
             Self::Suppressed => "suppressed",
+            Self::Queue => "queue",
         }
     }
 }
@@ -183,6 +185,23 @@ pub struct SuppressedInfo {
     pub since: Timestamp,
 }
 
+/// `queue` object: packets the kernel could not hand to portcullis since
+/// the last `queue` event (from `/proc/net/netfilter/nfnetlink_queue` and
+/// the socket). In fail-open mode they passed uninspected; in fail-closed
+/// mode they were dropped.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueInfo {
+    pub number: u16,
+    /// The kernel queue was full (`queue_dropped`).
+    pub queue_dropped: u64,
+    /// The socket buffer was full (`user_dropped`).
+    pub user_dropped: u64,
+    /// Receive overruns seen on the socket (ENOBUFS).
+    pub overruns: u64,
+    /// `passed` (fail-open) or `dropped` (fail-closed).
+    pub fate: &'static str,
+}
+
 /// One event.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Event {
@@ -200,6 +219,8 @@ pub struct Event {
     pub ban: Option<BanInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<SuppressedInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueInfo>,
 }
 
 impl Event {
@@ -213,6 +234,7 @@ impl Event {
             scan: None,
             ban: None,
             suppressed: None,
+            queue: None,
         }
     }
 
@@ -356,6 +378,22 @@ impl fmt::Display for Event {
                     } else {
                         write!(f, " ({})", b.reason)?;
                     }
+                }
+                Ok(())
+            }
+            EventType::Queue => {
+                f.write_str("[QUEUE] ")?;
+                if let Some(q) = &self.queue {
+                    write!(
+                        f,
+                        "queue {}: {} packets not inspected (kernel queue full {}, socket full {}, overruns {}), {}",
+                        q.number,
+                        q.queue_dropped + q.user_dropped,
+                        q.queue_dropped,
+                        q.user_dropped,
+                        q.overruns,
+                        q.fate
+                    )?;
                 }
                 Ok(())
             }

@@ -246,7 +246,7 @@ pub struct DnsConfig {
 mod tests;
 
 /// Inline mode (`portcullis run`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InlineConfig {
     /// NFQUEUE number. Default 0.
     pub queue: u16,
@@ -257,6 +257,8 @@ pub struct InlineConfig {
     /// Blocked new connections shown to user space per second for logging;
     /// the rest are dropped and counted in the kernel. Default 100.
     pub block_log_rate: u32,
+    /// Protocol numbers whose every packet is queued. Default: none.
+    pub queue_all: Vec<u8>,
 }
 
 impl Default for InlineConfig {
@@ -265,6 +267,7 @@ impl Default for InlineConfig {
             queue: 0,
             fail_closed: false,
             block_log_rate: 100,
+            queue_all: Vec::new(),
         }
     }
 }

@@ -295,11 +295,16 @@ pub struct RawInline {
     /// user space (to be logged) per second; the rest are dropped in the
     /// kernel and only counted there. Default 100.
     pub block_log_rate: Option<u32>,
+    /// Protocols whose every packet goes to user space, not just the first
+    /// of each connection (deep inspection, benchmarks). Costly. Default:
+    /// none.
+    #[schemars(with = "Option<Vec<ProtocolEntry>>")]
+    pub queue_all: Option<Value>,
 }
 
 impl RawInline {
     pub(crate) const FIELDS: &'static [&'static str] =
-        &["queue", "danger_fail_closed", "block_log_rate"];
+        &["queue", "danger_fail_closed", "block_log_rate", "queue_all"];
 }
 
 /// Schema-only types for the loosely typed entries.

@@ -347,3 +347,20 @@ fn scan_thresholds_the_detector_cannot_reach_are_rejected() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn inline_section() {
+    let c = Config::from_json_str(
+        r#"{"inline": {"queue": 3, "danger_fail_closed": true, "block_log_rate": 10, "queue_all": ["UDP", 132]}}"#,
+        &NoLists,
+    )
+    .unwrap();
+    assert_eq!(c.inline.queue, 3);
+    assert!(c.inline.fail_closed);
+    assert_eq!(c.inline.block_log_rate, 10);
+    assert_eq!(c.inline.queue_all, [17, 132]);
+    let d = Config::from_json_str("{}", &NoLists).unwrap();
+    assert!(!d.inline.fail_closed, "fail-open by default");
+    let e = errors(r#"{"inline": {"queue_all": ["SCTPX"], "fail_closed": true}}"#);
+    assert_eq!(e.len(), 2, "{e:#?}");
+}
