@@ -57,11 +57,13 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod inject;
 mod msg;
 mod queue;
 mod stats;
 
 pub use error::NfqError;
+pub use inject::{InjectError, Responder};
 pub use msg::{DecodeError, Hook, SkbInfo, Verdict, MAX_COPY_RANGE};
 pub use queue::{HwAddr, Packet, Queue, QueueConfig, QueueCounters};
 pub use stats::{parse_queue_stats, queue_stats, QueueStats};

@@ -7,8 +7,17 @@
 //!   [`MAX_POINTERS`] are followed, and a name longer than 255 bytes on the
 //!   wire is an error. A loop therefore ends in at most a few hundred reads.
 //! - At most [`MAX_QUESTIONS`] questions are read from one message.
+//!
+//! [`nxdomain_response`] (and its TCP form) answers a query for a blocked
+//! name with NXDOMAIN; its guarantees are on the function.
 
 use std::fmt;
+
+mod response;
+
+pub use response::{
+    nxdomain_response, nxdomain_response_tcp, EDNS_UDP_PAYLOAD_SIZE, MAX_RECORDS_SCANNED,
+};
 
 /// Compression pointers followed within one name before it is rejected.
 pub const MAX_POINTERS: usize = 16;
