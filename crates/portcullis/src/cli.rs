@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{config, replay};
+use crate::{config, daemon, replay};
 
 /// Linux host firewall and port-scan detector.
 ///
@@ -22,6 +22,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Protect this host: install portcullis's own kernel rules (nftables
+    /// table `inet portcullis`, NFQUEUE), decide new connections and DNS
+    /// queries, ban scanners. Needs root. SIGINT/SIGTERM remove exactly
+    /// our rules; SIGHUP re-reads the config (a broken file keeps the old
+    /// rules).
+    Run(daemon::RunArgs),
     /// Validate a rules file and summarize what it loads.
     ///
     /// Exits 0 when the file is valid, 1 when it is not (every error is
@@ -90,6 +96,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", config::summary(&cfg));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => daemon::run(&args),
         Command::Schema => {
             let schema = portcullis_engine::config::schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

@@ -9,8 +9,10 @@ use clap::Parser;
 
 mod cli;
 mod config;
+mod daemon;
 mod output;
 mod replay;
+mod state;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

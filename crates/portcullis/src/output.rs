@@ -10,7 +10,7 @@ use portcullis_engine::events::Event;
 
 /// The event outputs.
 pub struct Output {
-    json: Option<Box<dyn Write>>,
+    json: Option<Box<dyn Write + Send>>,
     console: Option<io::Stderr>,
 }
 
@@ -18,7 +18,7 @@ impl Output {
     /// `events`: a path to append JSON Lines to, `-` for stdout, or none.
     /// `console`: readable lines on stderr.
     pub fn new(events: Option<&Path>, console: bool) -> Result<Self> {
-        let json: Option<Box<dyn Write>> = match events {
+        let json: Option<Box<dyn Write + Send>> = match events {
             None => None,
             Some(p) if p.as_os_str() == "-" => Some(Box::new(BufWriter::new(io::stdout()))),
             Some(p) => {

@@ -23,7 +23,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portcullis_wire::dns::Name;
 use portcullis_wire::{IpProto, PacketSummary};
 
@@ -366,6 +366,55 @@ impl RuleSet {
         }
     }
 
+    /// The plain lists, as the kernel rules layer (`portcullis-kernel`)
+    /// loads them into nftables sets: prefixes by family and port ranges in
+    /// file order (duplicates and overlaps kept: the caller merges),
+    /// protocol numbers, and what only user space can decide (composite
+    /// rules, domain names).
+    pub fn export(&self) -> RuleExport {
+        let list = |id: u16| self.lists.get(usize::from(id)).map(|l| &l.entries);
+        let ips = |id: u16| -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
+            let mut v4 = Vec::new();
+            let mut v6 = Vec::new();
+            if let Some(Entries::Ips(nets)) = list(id) {
+                for net in nets {
+                    match *net {
+                        IpNet::V4(n) => v4.push(n),
+                        IpNet::V6(n) => v6.push(n),
+                    }
+                }
+            }
+            (v4, v6)
+        };
+        let ports = |id: u16| match list(id) {
+            Some(Entries::Ports(v)) => v.clone(),
+            _ => Vec::new(),
+        };
+        let protocols = |id: u16| match list(id) {
+            Some(Entries::Protocols(v)) => v.clone(),
+            _ => Vec::new(),
+        };
+        let (allow_v4, allow_v6) = ips(list_id::ALLOW_IP);
+        let (block_v4, block_v6) = ips(list_id::BLOCK_IP);
+        RuleExport {
+            allow_v4,
+            allow_v6,
+            block_v4,
+            block_v6,
+            allow_ports: ports(list_id::ALLOW_PORT),
+            block_ports: ports(list_id::BLOCK_PORT),
+            allow_protocols: protocols(list_id::ALLOW_PROTOCOL),
+            block_protocols: protocols(list_id::BLOCK_PROTOCOL),
+            rules: self.allow_rules.len() + self.block_rules.len(),
+            outbound_rules: self
+                .allow_rules
+                .iter()
+                .chain(&self.block_rules)
+                .any(|r| matches!(r.direction, None | Some(Direction::Outbound))),
+            has_domains: self.domains.len() > 0,
+        }
+    }
+
     /// Counts for `portcullis check`.
     pub fn stats(&self) -> RuleStats {
         let side = |ip: &IpTable, port: &PortTable, proto: &ProtoTable, domains: usize| SideStats {
@@ -423,6 +472,36 @@ impl RuleSet {
             rule_bytes: rule_mem,
         }
     }
+}
+
+/// The plain lists of a [`RuleSet`], for the kernel rules layer
+/// ([`RuleSet::export`]). Prefixes and ranges are as written (file order,
+/// duplicates and overlaps kept); IPv4-mapped IPv6 prefixes stay IPv6.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleExport {
+    /// `allow.ip`, IPv4 entries.
+    pub allow_v4: Vec<Ipv4Net>,
+    /// `allow.ip`, IPv6 entries.
+    pub allow_v6: Vec<Ipv6Net>,
+    /// `block.ip`, IPv4 entries.
+    pub block_v4: Vec<Ipv4Net>,
+    /// `block.ip`, IPv6 entries.
+    pub block_v6: Vec<Ipv6Net>,
+    /// `allow.port`: TCP and UDP destination port ranges, both ends included.
+    pub allow_ports: Vec<(u16, u16)>,
+    /// `block.port`.
+    pub block_ports: Vec<(u16, u16)>,
+    /// `allow.protocol`: IP protocol numbers.
+    pub allow_protocols: Vec<u8>,
+    /// `block.protocol`.
+    pub block_protocols: Vec<u8>,
+    /// Number of composite `rules` (allow and block).
+    pub rules: usize,
+    /// Whether some composite rule can match outbound packets (direction
+    /// `outbound` or `any`).
+    pub outbound_rules: bool,
+    /// Whether any domain name is listed, on either side.
+    pub has_domains: bool,
 }
 
 /// `10.0.0.1` for a host prefix, `10.0.0.0/8` otherwise.

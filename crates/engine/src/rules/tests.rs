@@ -686,6 +686,46 @@ fn domain_list_files_and_exceptions() {
     assert!(text.contains("block.domain_lists[0] lists/hosts.txt: 1 names, 0 exceptions, 1 lines skipped (first at lines 4)"), "{text}");
 }
 
+#[test]
+fn export_gives_the_plain_lists_for_the_kernel() {
+    let r = compile(
+        r#"{"block": {"ip": ["198.18.0.0/24", "2001:2::/48", "198.18.0.0/24"],
+                      "port": [23, "6000-6100"], "protocol": ["47", 47]},
+            "allow": {"ip": ["198.18.1.1", "::ffff:198.18.1.2"], "port": ["22"],
+                      "protocol": ["ICMP"]}}"#,
+    );
+    let e = r.export();
+    let v4 = |s: &str| s.parse::<ipnet::Ipv4Net>().unwrap();
+    let v6 = |s: &str| s.parse::<ipnet::Ipv6Net>().unwrap();
+    assert_eq!(e.block_v4, vec![v4("198.18.0.0/24"), v4("198.18.0.0/24")]);
+    assert_eq!(e.block_v6, vec![v6("2001:2::/48")]);
+    assert_eq!(e.allow_v4, vec![v4("198.18.1.1/32")]);
+    // Families never cross: a mapped address stays IPv6.
+    assert_eq!(e.allow_v6, vec![v6("::ffff:198.18.1.2/128")]);
+    assert_eq!(e.block_ports, vec![(23, 23), (6000, 6100)]);
+    assert_eq!(e.allow_ports, vec![(22, 22)]);
+    assert_eq!(e.block_protocols, vec![47, 47]);
+    assert_eq!(e.allow_protocols, vec![1]);
+    assert_eq!(
+        (e.rules, e.outbound_rules, e.has_domains),
+        (0, false, false)
+    );
+    assert_eq!(RuleSet::empty().export(), RuleExport::default());
+
+    let r = compile(
+        r#"{"rules": [{"action": "block", "direction": "inbound", "port": [22]}],
+            "block": {"domain": ["ads.example"]}}"#,
+    );
+    let e = r.export();
+    assert_eq!((e.rules, e.outbound_rules, e.has_domains), (1, false, true));
+    for dir in ["outbound", "any"] {
+        let json =
+            format!(r#"{{"rules": [{{"action": "allow", "direction": "{dir}", "port": [22]}}]}}"#);
+        let e = compile(&json).export();
+        assert_eq!((e.rules, e.outbound_rules), (1, true), "{dir}");
+    }
+}
+
 /// `n` distinct pseudo-random prefixes, /8 to /32 (and /16 to /128 for
 /// IPv6), host bits cleared.
 fn random_prefixes(n: usize, seed: u64) -> (Vec<String>, Vec<IpNet>) {

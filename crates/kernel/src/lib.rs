@@ -1,0 +1,473 @@
+//! The kernel side of portcullis: an nftables table of our own that decides
+//! what the kernel can decide, and hands the rest to user space through
+//! NFQUEUE.
+//!
+//! # What the kernel holds
+//!
+//! One table, `table inet portcullis` ([`TABLE`]):
+//!
+//! - interval sets `allow4`/`allow6`, `block4`/`block6` (`allow.ip`,
+//!   `block.ip`), `allow_tcp`/`allow_udp`/`block_tcp`/`block_udp`
+//!   (`allow.port`, `block.port`), `allow_proto`/`block_proto`
+//!   (`allow.protocol`, `block.protocol`) and `queue_proto`
+//!   (`inline.queue_all`);
+//! - timeout sets `ban4`/`ban6`, with a per-element `counter` when the
+//!   kernel supports it (the kernel expires bans by itself);
+//! - base chains `input`, `output` and `forward` at priority [`PRIORITY`]
+//!   (`policy accept`), whose rules follow the engine's precedence
+//!   (docs/rules.md): our two mark bits are cleared; loopback and the
+//!   address allowlist accept (mark SKIP); bans drop; DNS queries (and
+//!   `queue_all` protocols) go to user space whatever their conntrack
+//!   state; allowed ports and protocols accept, handing new connections
+//!   to user space; blocked addresses, ports and protocols drop, handing a
+//!   rate-limited share of new connections to user space for logging;
+//!   other new connections go to user space (TCP and UDP only, unless
+//!   composite rules or a default policy of drop need every protocol;
+//!   outbound only when those need it); the rest (established, related)
+//!   is accepted. Rules on empty sets are left out;
+//! - chains `allowed`, `blocked` and `to_user` that those rules jump to.
+//!
+//! The peer is the source in `input`, the destination in `output`, either
+//! end in `forward` (as in the engine). [`KernelPlan::ruleset_text`] shows
+//! the whole script.
+//!
+//! # How packets reach user space
+//!
+//! One NFQUEUE number for every hook (the queued packet's hook tells the
+//! direction). [`Firewall::probe`] finds out whether this kernel has nft's
+//! `queue` statement ([`QueuePath::NftQueue`]); if not, our chains mark the
+//! packet and one jump of ours in iptables-nft's `filter` INPUT, FORWARD and
+//! OUTPUT chains (IPv4 and IPv6) queues marked packets
+//! ([`QueuePath::IptablesNfqueue`], module [`iptables`]). Fail-open (the
+//! default) queues with `bypass`, so a dead daemon never cuts the host off.
+//!
+//! # Guarantees
+//!
+//! - **Only our objects are touched**: our table, our iptables chain and our
+//!   commented jumps to it. Nothing else is flushed or edited.
+//! - **Every change is one transaction**: install (which first removes what
+//!   a crashed run left), update, ban, unban and teardown are each one
+//!   `nft -f -` call (and one `iptables-restore` per family where the
+//!   fallback needs it). A failed change leaves the previous state.
+//! - **Dropping a [`Firewall`] leaves the rules in place** (a daemon that
+//!   dies keeps its fail-open or fail-closed behaviour); call
+//!   [`Firewall::teardown`]. The next [`Firewall::install`] or
+//!   [`Firewall::remove_leftovers`] removes leftovers.
+//! - The library runs its commands in the network namespace of the calling
+//!   thread, through a [`Runner`]; tests inject one that runs them inside a
+//!   test namespace.
+//!
+//! # Cost
+//!
+//! One `nft` call takes 3-5 ms, so everything is batched. A plan with
+//! 100,000 prefixes loads in one transaction in about a second (the live
+//! test `load_100k_cidrs` prints the figures). Bans stay at one 5 ms call
+//! beside such lists: they are written as `add set ban4 { ...; elements =
+//! {...} }`, which nft 1.0.6 runs without first reading every interval
+//! set's elements back from the kernel, as it does for `add element`,
+//! `delete element` and `list tables`.
+//!
+//! # Caveat of the iptables fallback
+//!
+//! A packet the daemon accepts from NFQUEUE continues with the next hook
+//! function, so on the iptables path it skips the rest of iptables' own
+//! `filter` chain (our jump is its first rule). Hosts that keep their own
+//! iptables filter rules should know that new connections portcullis
+//! accepts are not checked by them. (On the nft `queue` path, iptables'
+//! chains, at priority 0, still see the packet after us.)
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod error;
+pub mod iptables;
+mod nft;
+mod plan;
+pub mod ranges;
+mod runner;
+
+pub use error::KernelError;
+pub use nft::{BanEntry, MAX_BAN};
+pub use plan::{
+    KernelOptions, KernelPlan, QueuePath, DEFAULT_QUEUE_MARK, DEFAULT_SKIP_MARK, PRIORITY, TABLE,
+};
+pub use runner::{Runner, SystemRunner};
+
+use iptables::Family;
+use runner::run;
+
+/// What this kernel and this system offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `nft --version`, e.g. `nftables v1.0.6 (Lester Gooch #5)`.
+    pub nft_version: String,
+    /// The kernel has nft's `queue` statement (CONFIG_NFT_QUEUE).
+    pub nft_queue: bool,
+    /// Sets can count packets per element (ban sets get `counter`).
+    pub set_counters: bool,
+    /// Adding an element that exists sets its new timeout (recent kernels;
+    /// 6.18 here does): a ban or unban is then one `add`. Older kernels
+    /// keep the old timeout, so bans are refreshed with add + delete + add
+    /// (and nft 1.0.6's `delete element` first reads every interval set:
+    /// most of a second beside 100,000 listed prefixes).
+    pub timeout_update: bool,
+    /// `iptables`, `ip6tables` and their `-restore` programs are installed
+    /// (needed only without [`Capabilities::nft_queue`]).
+    pub iptables: bool,
+}
+
+impl Capabilities {
+    /// The queue path an install will use.
+    pub fn queue_path(&self) -> Result<QueuePath, KernelError> {
+        if self.nft_queue {
+            Ok(QueuePath::NftQueue)
+        } else if self.iptables {
+            Ok(QueuePath::IptablesNfqueue)
+        } else {
+            Err(KernelError::NoQueuePath(
+                "iptables is not installed for the fallback: apt-get install iptables".into(),
+            ))
+        }
+    }
+}
+
+/// What [`Firewall::install`] or the last [`Firewall::update`] put in place
+/// that later calls depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Applied {
+    queue_num: u16,
+    fail_open: bool,
+    queue_mark: u32,
+}
+
+impl Applied {
+    fn of(plan: &KernelPlan) -> Self {
+        Self {
+            queue_num: plan.queue_num,
+            fail_open: plan.fail_open,
+            queue_mark: plan.queue_mark,
+        }
+    }
+}
+
+/// Our rules, installed. See the crate docs.
+#[derive(Debug)]
+pub struct Firewall {
+    runner: Arc<dyn Runner>,
+    caps: Capabilities,
+    path: QueuePath,
+    applied: Mutex<Applied>,
+}
+
+impl Firewall {
+    /// What this system offers, checked in the current network namespace.
+    /// Kernel features are checked with `nft -c` (the kernel validates a
+    /// throwaway table; nothing is created), except the timeout update,
+    /// which needs a real element: a table `inet portcullis_probe` without
+    /// chains (it sees no packets) exists for the few milliseconds of that
+    /// check. Fails if `nft` is missing, not permitted, or the kernel lacks
+    /// nf_tables or a feature every install needs.
+    pub fn probe() -> Result<Capabilities, KernelError> {
+        Self::probe_with(&SystemRunner::default())
+    }
+
+    /// [`Firewall::probe`] through `runner`.
+    pub fn probe_with(runner: &dyn Runner) -> Result<Capabilities, KernelError> {
+        let version = run(runner, "nft", &["--version"], None)?.trim().to_string();
+        let check = |script: &str| run(runner, "nft", &["-c", "-f", "-"], Some(script));
+        let set_counters = match check(&nft::probe_basic(true)) {
+            Ok(_) => true,
+            Err(first) => match check(&nft::probe_basic(false)) {
+                Ok(_) => false,
+                Err(_) => return Err(explain_basic_failure(first)),
+            },
+        };
+        let nft_queue = check(nft::probe_queue()).is_ok();
+        let timeout_update = probe_timeout_update(runner)?;
+        Ok(Capabilities {
+            nft_version: version,
+            nft_queue,
+            set_counters,
+            timeout_update,
+            iptables: iptables_installed(runner),
+        })
+    }
+
+    /// Probes, removes leftovers of a crashed run, and installs `plan`
+    /// (the nft table in one transaction, then, on the iptables path, our
+    /// iptables chain and jumps). If the iptables step fails, the table is
+    /// removed again.
+    pub fn install(plan: &KernelPlan) -> Result<Self, KernelError> {
+        Self::install_with(plan, Arc::new(SystemRunner::default()))
+    }
+
+    /// [`Firewall::install`] through `runner`.
+    pub fn install_with(plan: &KernelPlan, runner: Arc<dyn Runner>) -> Result<Self, KernelError> {
+        plan.validate()?;
+        let caps = Self::probe_with(runner.as_ref())?;
+        let path = caps.queue_path()?;
+        let script = nft::install_script(plan, path, caps.set_counters);
+        run(runner.as_ref(), "nft", &["-f", "-"], Some(&script))?;
+        let fw = Self {
+            runner,
+            caps,
+            path,
+            applied: Mutex::new(Applied::of(plan)),
+        };
+        let r = fw.runner.as_ref();
+        let iptables = match path {
+            QueuePath::IptablesNfqueue => install_iptables(r, &Applied::of(plan)),
+            // Leftovers of an earlier fallback run (before a kernel upgrade).
+            QueuePath::NftQueue if fw.caps.iptables => remove_iptables(r).map(drop),
+            QueuePath::NftQueue => Ok(()),
+        };
+        if let Err(e) = iptables {
+            let _ = run(
+                fw.runner.as_ref(),
+                "nft",
+                &["-f", "-"],
+                Some(&nft::remove_table()),
+            );
+            return Err(e);
+        }
+        Ok(fw)
+    }
+
+    /// How queued packets reach user space.
+    pub fn queue_path(&self) -> QueuePath {
+        self.path
+    }
+
+    /// What [`Firewall::probe`] found at install time.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Replaces the lists and the chains with `plan`'s in one transaction;
+    /// bans stay. On the iptables path, our NFQUEUE rule is rewritten too
+    /// if the queue number, fail-open or the queue mark changed.
+    pub fn update(&self, plan: &KernelPlan) -> Result<(), KernelError> {
+        plan.validate()?;
+        let script = nft::update_script(plan, self.path, self.caps.set_counters);
+        let new = Applied::of(plan);
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+        self.nft_script(&script)?;
+        if self.path == QueuePath::IptablesNfqueue && *applied != new {
+            install_iptables(self.runner.as_ref(), &new)?;
+        }
+        *applied = new;
+        Ok(())
+    }
+
+    /// Bans each address for its duration, in one transaction; an address
+    /// already banned gets the new duration (from now). Durations are
+    /// capped at [`MAX_BAN`]; a zero duration is an error (it would mean
+    /// "forever" to nft). If an address appears twice, the last wins.
+    pub fn ban(&self, bans: &[(IpAddr, Duration)]) -> Result<(), KernelError> {
+        if let Some((addr, _)) = bans.iter().find(|(_, d)| d.is_zero()) {
+            return Err(KernelError::InvalidBan {
+                addr: *addr,
+                reason: "a ban must last more than zero",
+            });
+        }
+        let mut last: HashMap<IpAddr, usize> = HashMap::with_capacity(bans.len());
+        for (i, (a, _)) in bans.iter().enumerate() {
+            last.insert(*a, i);
+        }
+        let unique: Vec<(IpAddr, Duration)> = bans
+            .iter()
+            .enumerate()
+            .filter(|(i, (a, _))| last.get(a) == Some(i))
+            .map(|(_, b)| *b)
+            .collect();
+        if unique.is_empty() {
+            return Ok(());
+        }
+        self.nft_script(&nft::ban_script(&unique, self.ban_sets()))
+    }
+
+    /// Lifts bans, in one transaction; addresses not banned are fine.
+    pub fn unban(&self, addrs: &[IpAddr]) -> Result<(), KernelError> {
+        let mut v = addrs.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        if v.is_empty() {
+            return Ok(());
+        }
+        self.nft_script(&nft::unban_script(&v, self.ban_sets()))
+    }
+
+    /// The bans in the kernel, with time left and (with per-element
+    /// counters) what they dropped. Two `nft -j list set` calls.
+    pub fn bans(&self) -> Result<Vec<BanEntry>, KernelError> {
+        let mut out = Vec::new();
+        for set in ["ban4", "ban6"] {
+            let args = ["-j", "list", "set", "inet", TABLE, set];
+            let json = run(self.runner.as_ref(), "nft", &args, None)?;
+            out.extend(
+                nft::parse_ban_set(&json).map_err(|detail| KernelError::Output {
+                    command: format!("nft {}", args.join(" ")),
+                    detail,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Removes exactly our objects: the iptables jumps and chain first (so
+    /// nothing more is queued), then the table, which is removed even if
+    /// the iptables step failed (the first error is returned).
+    /// Idempotent.
+    pub fn teardown(self) -> Result<(), KernelError> {
+        let iptables = if self.caps.iptables {
+            remove_iptables(self.runner.as_ref()).map(drop)
+        } else {
+            Ok(())
+        };
+        let table = self.nft_script(&nft::remove_table());
+        iptables.and(table)
+    }
+
+    /// Removes whatever of ours exists in the current network namespace
+    /// (after a crash). True if something was removed.
+    pub fn remove_leftovers() -> Result<bool, KernelError> {
+        Self::remove_leftovers_with(&SystemRunner::default())
+    }
+
+    /// [`Firewall::remove_leftovers`] through `runner`.
+    pub fn remove_leftovers_with(runner: &dyn Runner) -> Result<bool, KernelError> {
+        let table = table_present(runner)?;
+        let removed_iptables = iptables_installed(runner) && remove_iptables(runner)?;
+        if table {
+            run(runner, "nft", &["-f", "-"], Some(&nft::remove_table()))?;
+        }
+        Ok(table || removed_iptables)
+    }
+
+    fn ban_sets(&self) -> nft::BanSets {
+        nft::BanSets {
+            counters: self.caps.set_counters,
+            timeout_update: self.caps.timeout_update,
+        }
+    }
+
+    fn nft_script(&self, script: &str) -> Result<(), KernelError> {
+        run(self.runner.as_ref(), "nft", &["-f", "-"], Some(script)).map(drop)
+    }
+}
+
+/// Our iptables objects for both families, replacing any there are.
+fn install_iptables(runner: &dyn Runner, a: &Applied) -> Result<(), KernelError> {
+    for fam in Family::BOTH {
+        let old = iptables::parse(&run(runner, fam.program(), &["-w", "-S"], None)?);
+        let script = iptables::install_script(&old, a.queue_mark, a.queue_num, a.fail_open);
+        run(runner, fam.restore(), &["-w", "--noflush"], Some(&script))?;
+    }
+    Ok(())
+}
+
+/// Removes our iptables objects in both families; true if any existed.
+fn remove_iptables(runner: &dyn Runner) -> Result<bool, KernelError> {
+    let mut removed = false;
+    for fam in Family::BOTH {
+        let old = iptables::parse(&run(runner, fam.program(), &["-w", "-S"], None)?);
+        if let Some(script) = iptables::removal_script(&old) {
+            run(runner, fam.restore(), &["-w", "--noflush"], Some(&script))?;
+            removed = true;
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether anything of ours is installed in the current network namespace:
+/// our nft table, or (where iptables is installed) our iptables chain or a
+/// jump to it.
+pub fn present() -> Result<bool, KernelError> {
+    present_with(&SystemRunner::default())
+}
+
+/// [`present`] through `runner`.
+pub fn present_with(runner: &dyn Runner) -> Result<bool, KernelError> {
+    if table_present(runner)? {
+        return Ok(true);
+    }
+    if iptables_installed(runner) {
+        for fam in Family::BOTH {
+            if !iptables::parse(&run(runner, fam.program(), &["-w", "-S"], None)?).is_empty() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Whether our table exists. Asks for the (small) ban set: `nft list
+/// tables` would load every set's elements first (most of a second with
+/// 100,000 listed prefixes).
+fn table_present(runner: &dyn Runner) -> Result<bool, KernelError> {
+    match run(runner, "nft", &["list", "set", "inet", TABLE, "ban4"], None) {
+        Ok(_) => Ok(true),
+        Err(KernelError::Command { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether adding an existing element sets its new timeout (see
+/// [`Capabilities::timeout_update`]), tried on a throwaway table.
+fn probe_timeout_update(runner: &dyn Runner) -> Result<bool, KernelError> {
+    let nft = |script: String| run(runner, "nft", &["-f", "-"], Some(&script));
+    nft(nft::probe_timeout_update(1))?;
+    let result = nft(nft::probe_timeout_update(2)).and_then(|_| {
+        let args = ["-j", "list", "set", "inet", nft::PROBE_TABLE, "t"];
+        run(runner, "nft", &args, None)
+    });
+    let removed = nft(nft::remove_probe_table());
+    let json = result?;
+    removed?;
+    let elems = nft::parse_ban_set(&json).map_err(|detail| KernelError::Output {
+        command: "nft -j list set inet portcullis_probe t".into(),
+        detail,
+    })?;
+    Ok(elems.first().and_then(|e| e.timeout) == Some(Duration::from_secs(7200)))
+}
+
+fn iptables_installed(runner: &dyn Runner) -> bool {
+    [
+        "iptables",
+        "ip6tables",
+        "iptables-restore",
+        "ip6tables-restore",
+    ]
+    .into_iter()
+    .all(|p| {
+        runner
+            .run(p, &["--version"], None)
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// The error for a kernel that refused the basic probe table.
+fn explain_basic_failure(e: KernelError) -> KernelError {
+    match e {
+        KernelError::Command { stderr, .. } if stderr.contains("No such file or directory") => {
+            KernelError::MissingFeature {
+                feature:
+                    "an nftables feature portcullis needs (nft_ct, nft_limit, nft_set_hash/rbtree, \
+                          nf_conntrack: CONFIG_NFT_CT, CONFIG_NFT_LIMIT, CONFIG_NF_CONNTRACK)",
+                detail: stderr,
+            }
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests;

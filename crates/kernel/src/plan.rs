@@ -1,0 +1,530 @@
+//! [`KernelPlan`]: what goes into the kernel, and the nft script for it.
+
+use std::fmt::{self, Write as _};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use portcullis_engine::config::Config;
+use portcullis_engine::rules::RuleExport;
+use portcullis_engine::Action;
+
+use crate::error::KernelError;
+use crate::ranges::{self, port_element, v4_element, v6_element};
+
+/// Our nftables table: `table inet portcullis`.
+pub const TABLE: &str = "portcullis";
+/// Priority of our base chains: before iptables' filter chains (0), after
+/// conntrack (-200), so `ct state` is known and our drops come first.
+pub const PRIORITY: i32 = -10;
+/// Default mark bit for packets the allowlist (or loopback) accepted.
+pub const DEFAULT_SKIP_MARK: u32 = 0x1000_0000;
+/// Default mark bit for packets handed to user space.
+pub const DEFAULT_QUEUE_MARK: u32 = 0x2000_0000;
+
+/// The sets [`crate::Firewall::update`] replaces (every set but the bans).
+pub(crate) const LIST_SETS: [&str; 11] = [
+    "allow4",
+    "allow6",
+    "block4",
+    "block6",
+    "allow_tcp",
+    "allow_udp",
+    "block_tcp",
+    "block_udp",
+    "allow_proto",
+    "block_proto",
+    "queue_proto",
+];
+
+/// The chains of our table.
+pub(crate) const CHAINS: [&str; 6] = [
+    "input", "forward", "output", "allowed", "blocked", "to_user",
+];
+
+/// How queued packets reach user space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueuePath {
+    /// Our chains end with nft's own `queue` statement (CONFIG_NFT_QUEUE).
+    NftQueue,
+    /// The kernel has no nft `queue`: our chains mark the packet, and one
+    /// rule of ours in iptables-nft's `filter` INPUT/FORWARD/OUTPUT chains
+    /// (IPv4 and IPv6) jumps to chain `PORTCULLIS`, whose NFQUEUE target
+    /// queues marked packets.
+    IptablesNfqueue,
+}
+
+impl fmt::Display for QueuePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NftQueue => "nftables `queue` statement",
+            Self::IptablesNfqueue => {
+                "iptables NFQUEUE target on marked packets (this kernel has no nft `queue`)"
+            }
+        })
+    }
+}
+
+/// Settings that are not in the rules file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelOptions {
+    /// Mark bit set on packets loopback or the allowlist accepted.
+    /// Default [`DEFAULT_SKIP_MARK`].
+    pub skip_mark: u32,
+    /// Mark bit set on packets handed to user space (the iptables fallback
+    /// queues exactly these). Default [`DEFAULT_QUEUE_MARK`].
+    pub queue_mark: u32,
+}
+
+impl Default for KernelOptions {
+    fn default() -> Self {
+        Self {
+            skip_mark: DEFAULT_SKIP_MARK,
+            queue_mark: DEFAULT_QUEUE_MARK,
+        }
+    }
+}
+
+/// Everything the kernel holds for one configuration: set contents (merged,
+/// ready to load) and the switches that shape the chains. Build it with
+/// [`KernelPlan::from_config`] (or [`KernelPlan::from_export`]); the fields
+/// are public so that callers and tests can adjust them.
+///
+/// Address ranges are inclusive `(first, last)` pairs, sorted, disjoint and
+/// non-adjacent (see [`crate::ranges`]); so are port ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelPlan {
+    /// `allow.ip`, IPv4.
+    pub allow4: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// `allow.ip`, IPv6.
+    pub allow6: Vec<(Ipv6Addr, Ipv6Addr)>,
+    /// `block.ip`, IPv4.
+    pub block4: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// `block.ip`, IPv6.
+    pub block6: Vec<(Ipv6Addr, Ipv6Addr)>,
+    /// `allow.port` (sets `allow_tcp` and `allow_udp`).
+    pub allow_ports: Vec<(u16, u16)>,
+    /// `block.port` (sets `block_tcp` and `block_udp`).
+    pub block_ports: Vec<(u16, u16)>,
+    /// `allow.protocol`, sorted, distinct.
+    pub allow_protocols: Vec<u8>,
+    /// `block.protocol`, sorted, distinct.
+    pub block_protocols: Vec<u8>,
+    /// `inline.queue_all`: protocols whose every packet goes to user space
+    /// (after loopback, the allowlist and bans), sorted, distinct.
+    pub queue_all: Vec<u8>,
+    /// NFQUEUE number (`inline.queue`).
+    pub queue_num: u16,
+    /// Queued packets pass while nobody listens (`bypass`). Default true;
+    /// false with `inline.danger_fail_closed`.
+    pub fail_open: bool,
+    /// See [`KernelOptions::skip_mark`].
+    pub skip_mark: u32,
+    /// See [`KernelOptions::queue_mark`].
+    pub queue_mark: u32,
+    /// New connections to blocked addresses, ports or protocols handed to
+    /// user space per second (to be logged), burst twice that; the rest are
+    /// dropped in the kernel. 0: none are, all are dropped in the kernel.
+    pub block_log_rate: u32,
+    /// Queue DNS queries (UDP and TCP destination port 53, every packet):
+    /// needed for domain rules and `dns` events.
+    pub queue_dns: bool,
+    /// Queue new outbound connections (composite rules that can match
+    /// outbound packets, or a default policy of drop). Without it the
+    /// `output` chain queues only DNS and rate-limited blocked packets.
+    pub queue_output_new: bool,
+    /// Queue new packets of every protocol, not just TCP and UDP. Needed
+    /// when user space can decide something about other protocols:
+    /// composite rules or a default policy of drop. Otherwise the scan
+    /// detector only looks at TCP and UDP, and user space would accept the
+    /// rest anyway, so ICMP, IPv6 neighbour discovery and the like stay in
+    /// the kernel.
+    pub queue_new_all_protocols: bool,
+}
+
+impl KernelPlan {
+    /// The plan for a compiled configuration: its lists
+    /// ([`portcullis_engine::rules::RuleSet::export`]), its `inline`
+    /// section, and whether user space needs DNS queries and new outbound
+    /// connections.
+    pub fn from_config(cfg: &Config, opts: &KernelOptions) -> Self {
+        let export = cfg.rules.export();
+        let mut plan = Self::from_export(&export, opts);
+        let default_drop = cfg.policy.default == Action::Drop;
+        plan.queue_num = cfg.inline.queue;
+        plan.fail_open = !cfg.inline.fail_closed;
+        plan.block_log_rate = cfg.inline.block_log_rate;
+        plan.queue_all = distinct(&cfg.inline.queue_all);
+        plan.queue_dns = export.has_domains || cfg.events.dns_queries;
+        plan.queue_output_new = export.outbound_rules || default_drop;
+        plan.queue_new_all_protocols = export.rules > 0 || default_drop;
+        plan
+    }
+
+    /// The plan for lists alone, with the defaults of the rules file for
+    /// everything else (queue 0, fail-open, 100 blocked packets/s logged,
+    /// DNS queued).
+    pub fn from_export(export: &RuleExport, opts: &KernelOptions) -> Self {
+        Self {
+            allow4: ranges::merge_v4(&export.allow_v4),
+            allow6: ranges::merge_v6(&export.allow_v6),
+            block4: ranges::merge_v4(&export.block_v4),
+            block6: ranges::merge_v6(&export.block_v6),
+            allow_ports: ranges::merge_ports(&export.allow_ports),
+            block_ports: ranges::merge_ports(&export.block_ports),
+            allow_protocols: distinct(&export.allow_protocols),
+            block_protocols: distinct(&export.block_protocols),
+            queue_all: Vec::new(),
+            queue_num: 0,
+            fail_open: true,
+            skip_mark: opts.skip_mark,
+            queue_mark: opts.queue_mark,
+            block_log_rate: 100,
+            queue_dns: true,
+            queue_output_new: export.outbound_rules,
+            queue_new_all_protocols: export.rules > 0,
+        }
+    }
+
+    /// Checks what the kernel would refuse, or what would make our rules
+    /// wrong: the marks must be non-zero and share no bit; ranges must be
+    /// ordered.
+    pub fn validate(&self) -> Result<(), KernelError> {
+        let bad = |m: String| Err(KernelError::InvalidPlan(m));
+        if self.skip_mark == 0 || self.queue_mark == 0 {
+            return bad("the skip and queue marks must not be 0".into());
+        }
+        if self.skip_mark & self.queue_mark != 0 {
+            return bad(format!(
+                "the skip mark {:#x} and the queue mark {:#x} share bits",
+                self.skip_mark, self.queue_mark
+            ));
+        }
+        if self.block_log_rate > u32::MAX / 2 {
+            return bad(format!(
+                "block_log_rate {} is too large",
+                self.block_log_rate
+            ));
+        }
+        let ordered4 = |v: &[(Ipv4Addr, Ipv4Addr)]| v.iter().all(|(a, b)| a <= b);
+        let ordered6 = |v: &[(Ipv6Addr, Ipv6Addr)]| v.iter().all(|(a, b)| a <= b);
+        let ordered_p = |v: &[(u16, u16)]| v.iter().all(|(a, b)| a <= b);
+        if !(ordered4(&self.allow4)
+            && ordered4(&self.block4)
+            && ordered6(&self.allow6)
+            && ordered6(&self.block6)
+            && ordered_p(&self.allow_ports)
+            && ordered_p(&self.block_ports))
+        {
+            return bad("a range ends before it starts".into());
+        }
+        Ok(())
+    }
+
+    /// The nft script that declares our table for `path`, with per-element
+    /// counters in the ban sets: what [`crate::Firewall::install`] loads
+    /// (after `add table` + `delete table`, which removes a leftover table
+    /// in the same transaction).
+    pub fn ruleset_text(&self, path: QueuePath) -> String {
+        self.render(path, true)
+    }
+
+    /// The table block. `ban_counters`: declare the ban sets with `counter`
+    /// (per-element packet and byte counts).
+    pub(crate) fn render(&self, path: QueuePath, ban_counters: bool) -> String {
+        let mut s = String::with_capacity(
+            4096 + 40 * (self.allow4.len() + self.block4.len())
+                + 90 * (self.allow6.len() + self.block6.len()),
+        );
+        let _ = writeln!(s, "table inet {TABLE} {{");
+        set(
+            &mut s,
+            "allow4",
+            "ipv4_addr",
+            "interval",
+            &self.allow4,
+            v4_element,
+        );
+        set(
+            &mut s,
+            "allow6",
+            "ipv6_addr",
+            "interval",
+            &self.allow6,
+            v6_element,
+        );
+        set(
+            &mut s,
+            "block4",
+            "ipv4_addr",
+            "interval",
+            &self.block4,
+            v4_element,
+        );
+        set(
+            &mut s,
+            "block6",
+            "ipv6_addr",
+            "interval",
+            &self.block6,
+            v6_element,
+        );
+        for name in ["ban4", "ban6"] {
+            let ty = if name == "ban4" {
+                "ipv4_addr"
+            } else {
+                "ipv6_addr"
+            };
+            let _ = writeln!(s, "\tset {name} {{\n\t\ttype {ty}\n\t\tflags timeout");
+            if ban_counters {
+                s.push_str("\t\tcounter\n");
+            }
+            s.push_str("\t}\n");
+        }
+        for (name, ports) in [
+            ("allow_tcp", &self.allow_ports),
+            ("allow_udp", &self.allow_ports),
+            ("block_tcp", &self.block_ports),
+            ("block_udp", &self.block_ports),
+        ] {
+            set(
+                &mut s,
+                name,
+                "inet_service",
+                "interval",
+                ports,
+                port_element,
+            );
+        }
+        for (name, protos) in [
+            ("allow_proto", &self.allow_protocols),
+            ("block_proto", &self.block_protocols),
+            ("queue_proto", &self.queue_all),
+        ] {
+            set(&mut s, name, "inet_proto", "", protos, |o, p| {
+                let _ = write!(o, "{p}");
+            });
+        }
+        for hook in [Hook::Input, Hook::Forward, Hook::Output] {
+            let _ = writeln!(
+                s,
+                "\tchain {} {{\n\t\ttype filter hook {} priority {PRIORITY}; policy accept;",
+                hook.name(),
+                hook.name()
+            );
+            for rule in self.base_rules(hook) {
+                let _ = writeln!(s, "\t\t{rule}");
+            }
+            s.push_str("\t}\n");
+        }
+        for (name, rules) in [
+            ("allowed", self.allowed_rules()),
+            ("blocked", self.blocked_rules()),
+            ("to_user", self.to_user_rules(path)),
+        ] {
+            let _ = writeln!(s, "\tchain {name} {{");
+            for rule in rules {
+                let _ = writeln!(s, "\t\t{rule}");
+            }
+            s.push_str("\t}\n");
+        }
+        s.push_str("}\n");
+        s
+    }
+
+    /// The rules of base chain `hook`, in the engine's precedence
+    /// (docs/rules.md, "Precedence"). Rules on empty sets are left out.
+    fn base_rules(&self, hook: Hook) -> Vec<String> {
+        let skip = self.skip_mark;
+        let ours = !(self.skip_mark | self.queue_mark);
+        // The peer: inbound the source, outbound the destination,
+        // forwarded either end (as the engine).
+        let peers: &[&str] = match hook {
+            Hook::Input => &["saddr"],
+            Hook::Output => &["daddr"],
+            Hook::Forward => &["saddr", "daddr"],
+        };
+        let mut r = Vec::new();
+        // Packets portcullis itself sends (NXDOMAIN answers, socket mark
+        // SKIP) pass: they must not come back to the queue. Only a local
+        // socket with CAP_NET_ADMIN can carry a mark here.
+        if hook == Hook::Output {
+            r.push(format!("meta mark & {skip:#010x} == {skip:#010x} accept"));
+        }
+        // Our bits mean what this table says, whatever set them before.
+        r.push(format!("meta mark set meta mark & {ours:#010x}"));
+        // 1. Loopback.
+        match hook {
+            Hook::Input => r.push(format!(
+                "iif \"lo\" meta mark set meta mark | {skip:#010x} accept"
+            )),
+            Hook::Output => r.push(format!(
+                "oif \"lo\" meta mark set meta mark | {skip:#010x} accept"
+            )),
+            Hook::Forward => {}
+        }
+        // 2. The address allowlist always wins.
+        for (fam, set, empty) in [
+            ("ip", "allow4", self.allow4.is_empty()),
+            ("ip6", "allow6", self.allow6.is_empty()),
+        ] {
+            if !empty {
+                for p in peers {
+                    r.push(format!(
+                        "{fam} {p} @{set} meta mark set meta mark | {skip:#010x} accept"
+                    ));
+                }
+            }
+        }
+        // 3. Bans (also established flows of a banned host).
+        for (fam, set) in [("ip", "ban4"), ("ip6", "ban6")] {
+            for p in peers {
+                r.push(format!("{fam} {p} @{set} counter drop"));
+            }
+        }
+        // 4. DNS queries, every packet (a reused socket is ESTABLISHED;
+        //    TCP DNS data too); protocols queued whole.
+        if self.queue_dns {
+            r.push("meta l4proto { tcp, udp } th dport 53 goto to_user".into());
+        }
+        if !self.queue_all.is_empty() {
+            r.push("meta l4proto @queue_proto goto to_user".into());
+        }
+        // 5. Allowed ports and protocols: user space sees new connections
+        //    (scan detection); the rest is accepted here.
+        let allowed = if hook == Hook::Output && !self.queue_output_new {
+            "accept"
+        } else {
+            "goto allowed"
+        };
+        if !self.allow_ports.is_empty() {
+            r.push(format!("tcp dport @allow_tcp {allowed}"));
+            r.push(format!("udp dport @allow_udp {allowed}"));
+        }
+        if !self.allow_protocols.is_empty() {
+            r.push(format!("meta l4proto @allow_proto {allowed}"));
+        }
+        // 6. Blocked addresses, ports and protocols.
+        for (fam, set, empty) in [
+            ("ip", "block4", self.block4.is_empty()),
+            ("ip6", "block6", self.block6.is_empty()),
+        ] {
+            if !empty {
+                for p in peers {
+                    r.push(format!("{fam} {p} @{set} goto blocked"));
+                }
+            }
+        }
+        if !self.block_ports.is_empty() {
+            r.push("tcp dport @block_tcp goto blocked".into());
+            r.push("udp dport @block_udp goto blocked".into());
+        }
+        if !self.block_protocols.is_empty() {
+            r.push("meta l4proto @block_proto goto blocked".into());
+        }
+        // 7. New connections: scan detection, composite rules, default
+        //    policy. 8. The rest (established, related) is accepted by the
+        //    chain's policy.
+        if hook != Hook::Output || self.queue_output_new {
+            if self.queue_new_all_protocols {
+                r.push(format!("ct state {NEW} goto to_user"));
+            } else {
+                r.push(format!(
+                    "meta l4proto {{ tcp, udp }} ct state {NEW} goto to_user"
+                ));
+            }
+        }
+        r
+    }
+
+    fn allowed_rules(&self) -> Vec<String> {
+        vec![format!("ct state {NEW} goto to_user"), "accept".into()]
+    }
+
+    fn blocked_rules(&self) -> Vec<String> {
+        let mut r = Vec::new();
+        if self.block_log_rate > 0 {
+            let n = self.block_log_rate;
+            r.push(format!(
+                "ct state {NEW} limit rate {n}/second burst {} packets goto to_user",
+                2 * n
+            ));
+        }
+        r.push("counter drop".into());
+        r
+    }
+
+    fn to_user_rules(&self, path: QueuePath) -> Vec<String> {
+        let mark = format!("meta mark set meta mark | {:#010x}", self.queue_mark);
+        vec![match path {
+            QueuePath::NftQueue => format!(
+                "{mark} queue num {}{}",
+                self.queue_num,
+                if self.fail_open { " bypass" } else { "" }
+            ),
+            QueuePath::IptablesNfqueue => format!("{mark} accept"),
+        }]
+    }
+}
+
+/// The conntrack states user space sees.
+const NEW: &str = "new,invalid,untracked";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Input,
+    Forward,
+    Output,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+        }
+    }
+}
+
+/// Elements per line: keeps nft's error messages (which quote the line)
+/// short.
+const PER_LINE: usize = 8;
+
+fn set<T: Copy>(
+    s: &mut String,
+    name: &str,
+    ty: &str,
+    flags: &str,
+    elements: &[T],
+    fmt: impl Fn(&mut String, T),
+) {
+    let _ = writeln!(s, "\tset {name} {{\n\t\ttype {ty}");
+    if !flags.is_empty() {
+        let _ = writeln!(s, "\t\tflags {flags}");
+    }
+    if !elements.is_empty() {
+        s.push_str("\t\telements = {");
+        for (i, &e) in elements.iter().enumerate() {
+            if i % PER_LINE == 0 {
+                s.push_str("\n\t\t\t");
+            } else {
+                s.push(' ');
+            }
+            fmt(s, e);
+            if i + 1 < elements.len() {
+                s.push(',');
+            }
+        }
+        s.push_str("\n\t\t}\n");
+    }
+    s.push_str("\t}\n");
+}
+
+fn distinct(v: &[u8]) -> Vec<u8> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,360 @@
+//! The generated nft script for representative plans.
+
+use super::*;
+
+use portcullis_engine::config::{Config, NoLists};
+
+fn config(json: &str) -> Config {
+    match Config::from_json_str(json, &NoLists) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn plan(json: &str) -> KernelPlan {
+    KernelPlan::from_config(&config(json), &KernelOptions::default())
+}
+
+/// The rule lines of chain `name` in `script` (declaration lines left out).
+fn chain(script: &str, name: &str) -> Vec<String> {
+    let start = format!("\tchain {name} {{");
+    let mut lines = script.lines().skip_while(|l| *l != start).skip(1);
+    let mut out = Vec::new();
+    for l in lines.by_ref() {
+        if l == "\t}" {
+            break;
+        }
+        if !l.contains("type filter hook") {
+            out.push(l.trim().to_string());
+        }
+    }
+    out
+}
+
+/// The element lines of set `name` (joined), or "" if it has none.
+fn elements(script: &str, name: &str) -> String {
+    let start = format!("\tset {name} {{");
+    let body: Vec<&str> = script
+        .lines()
+        .skip_while(|l| *l != start)
+        .skip(1)
+        .take_while(|l| *l != "\t}")
+        .collect();
+    match body.iter().position(|l| l.contains("elements = {")) {
+        Some(i) => body[i + 1..]
+            .iter()
+            .take_while(|l| l.trim() != "}")
+            .map(|l| l.trim())
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => String::new(),
+    }
+}
+
+const EXAMPLE: &str = r#"{
+    "block": {"ip": ["198.18.0.0/29", "2001:2::/125", "198.18.0.4"], "port": [23, "6000-6100"], "protocol": [47]},
+    "allow": {"ip": ["198.18.0.3", "2001:2::3"], "port": [22], "protocol": ["ICMP"]},
+    "inline": {"queue": 3, "block_log_rate": 50}
+}"#;
+
+#[test]
+fn input_chain_follows_the_engine_precedence() {
+    let s = plan(EXAMPLE).ruleset_text(QueuePath::IptablesNfqueue);
+    assert_eq!(
+        chain(&s, "input"),
+        [
+            "meta mark set meta mark & 0xcfffffff",
+            "iif \"lo\" meta mark set meta mark | 0x10000000 accept",
+            "ip saddr @allow4 meta mark set meta mark | 0x10000000 accept",
+            "ip6 saddr @allow6 meta mark set meta mark | 0x10000000 accept",
+            "ip saddr @ban4 counter drop",
+            "ip6 saddr @ban6 counter drop",
+            "meta l4proto { tcp, udp } th dport 53 goto to_user",
+            "tcp dport @allow_tcp goto allowed",
+            "udp dport @allow_udp goto allowed",
+            "meta l4proto @allow_proto goto allowed",
+            "ip saddr @block4 goto blocked",
+            "ip6 saddr @block6 goto blocked",
+            "tcp dport @block_tcp goto blocked",
+            "udp dport @block_udp goto blocked",
+            "meta l4proto @block_proto goto blocked",
+            "meta l4proto { tcp, udp } ct state new,invalid,untracked goto to_user",
+        ]
+    );
+    assert_eq!(
+        chain(&s, "allowed"),
+        ["ct state new,invalid,untracked goto to_user", "accept"]
+    );
+    assert_eq!(
+        chain(&s, "blocked"),
+        [
+            "ct state new,invalid,untracked limit rate 50/second burst 100 packets goto to_user",
+            "counter drop"
+        ]
+    );
+    assert!(
+        s.contains("\tchain input {\n\t\ttype filter hook input priority -10; policy accept;\n")
+    );
+    assert!(s.starts_with("table inet portcullis {\n"));
+}
+
+#[test]
+fn forward_checks_both_ends_output_the_destination() {
+    let s = plan(EXAMPLE).ruleset_text(QueuePath::IptablesNfqueue);
+    let fwd = chain(&s, "forward");
+    assert!(!fwd.iter().any(|r| r.contains("\"lo\"")));
+    for want in [
+        "ip saddr @allow4 meta mark set meta mark | 0x10000000 accept",
+        "ip daddr @allow4 meta mark set meta mark | 0x10000000 accept",
+        "ip saddr @ban4 counter drop",
+        "ip daddr @ban4 counter drop",
+        "ip6 saddr @ban6 counter drop",
+        "ip6 daddr @ban6 counter drop",
+        "ip saddr @block4 goto blocked",
+        "ip daddr @block4 goto blocked",
+        "meta l4proto { tcp, udp } ct state new,invalid,untracked goto to_user",
+    ] {
+        assert!(
+            fwd.contains(&want.to_string()),
+            "{want} missing in {fwd:#?}"
+        );
+    }
+    // Allow before ban before DNS before allow ports before block.
+    let pos = |needle: &str| fwd.iter().position(|r| r.contains(needle)).unwrap();
+    assert!(pos("@allow6") < pos("@ban4"));
+    assert!(pos("@ban6") < pos("th dport 53"));
+    assert!(pos("th dport 53") < pos("@allow_tcp"));
+    assert!(pos("@allow_proto") < pos("@block4"));
+    assert!(pos("@block_proto") < pos("ct state"));
+
+    // Outbound: the destination is the peer; allowed ports are accepted
+    // here and new connections are not queued (no composite rules, default
+    // accept), but blocked ones still go through `blocked` and DNS is
+    // queued.
+    assert_eq!(
+        chain(&s, "output"),
+        [
+            "meta mark & 0x10000000 == 0x10000000 accept",
+            "meta mark set meta mark & 0xcfffffff",
+            "oif \"lo\" meta mark set meta mark | 0x10000000 accept",
+            "ip daddr @allow4 meta mark set meta mark | 0x10000000 accept",
+            "ip6 daddr @allow6 meta mark set meta mark | 0x10000000 accept",
+            "ip daddr @ban4 counter drop",
+            "ip6 daddr @ban6 counter drop",
+            "meta l4proto { tcp, udp } th dport 53 goto to_user",
+            "tcp dport @allow_tcp accept",
+            "udp dport @allow_udp accept",
+            "meta l4proto @allow_proto accept",
+            "ip daddr @block4 goto blocked",
+            "ip6 daddr @block6 goto blocked",
+            "tcp dport @block_tcp goto blocked",
+            "udp dport @block_udp goto blocked",
+            "meta l4proto @block_proto goto blocked",
+        ]
+    );
+}
+
+#[test]
+fn set_contents_are_merged_and_ipv6_kept_apart() {
+    let p = plan(EXAMPLE);
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    // 198.18.0.4 lies inside 198.18.0.0/29: one element.
+    assert_eq!(elements(&s, "block4"), "198.18.0.0/29");
+    assert_eq!(elements(&s, "block6"), "2001:2::/125");
+    assert_eq!(elements(&s, "allow4"), "198.18.0.3");
+    assert_eq!(elements(&s, "allow6"), "2001:2::3");
+    assert_eq!(elements(&s, "allow_tcp"), "22");
+    assert_eq!(elements(&s, "allow_udp"), "22");
+    assert_eq!(elements(&s, "block_tcp"), "23, 6000-6100");
+    assert_eq!(elements(&s, "block_udp"), "23, 6000-6100");
+    assert_eq!(elements(&s, "allow_proto"), "1");
+    assert_eq!(elements(&s, "block_proto"), "47");
+    assert_eq!(elements(&s, "queue_proto"), "");
+    assert!(s.contains("\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n"));
+    assert!(s.contains("\tset ban6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n"));
+    assert!(s.contains("\tset block_tcp {\n\t\ttype inet_service\n\t\tflags interval\n"));
+    assert!(s.contains("\tset block_proto {\n\t\ttype inet_proto\n\t\telements"));
+    // Without per-element counters.
+    let s = p.render(QueuePath::IptablesNfqueue, false);
+    assert!(s.contains("\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t}\n"));
+}
+
+#[test]
+fn queue_paths_and_fail_open_or_closed() {
+    let mut p = plan(EXAMPLE);
+    let to_user = |p: &KernelPlan, path| chain(&p.ruleset_text(path), "to_user");
+    assert_eq!(
+        to_user(&p, QueuePath::IptablesNfqueue),
+        ["meta mark set meta mark | 0x20000000 accept"]
+    );
+    assert_eq!(
+        to_user(&p, QueuePath::NftQueue),
+        ["meta mark set meta mark | 0x20000000 queue num 3 bypass"]
+    );
+    p.fail_open = false;
+    assert_eq!(
+        to_user(&p, QueuePath::NftQueue),
+        ["meta mark set meta mark | 0x20000000 queue num 3"]
+    );
+    // The fallback does not depend on fail-open in nft (iptables does it).
+    assert_eq!(
+        to_user(&p, QueuePath::IptablesNfqueue),
+        ["meta mark set meta mark | 0x20000000 accept"]
+    );
+    // From the rules file.
+    let p = plan(r#"{"inline": {"queue": 7, "danger_fail_closed": true}}"#);
+    assert_eq!((p.queue_num, p.fail_open), (7, false));
+    assert_eq!(
+        to_user(&p, QueuePath::NftQueue),
+        ["meta mark set meta mark | 0x20000000 queue num 7"]
+    );
+}
+
+#[test]
+fn empty_plan_has_no_elements_and_no_rules_on_empty_sets() {
+    let p = plan("{}");
+    assert_eq!((p.queue_num, p.fail_open, p.block_log_rate), (0, true, 100));
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert!(!s.contains("elements"), "{s}");
+    assert_eq!(
+        chain(&s, "input"),
+        [
+            "meta mark set meta mark & 0xcfffffff",
+            "iif \"lo\" meta mark set meta mark | 0x10000000 accept",
+            "ip saddr @ban4 counter drop",
+            "ip6 saddr @ban6 counter drop",
+            "meta l4proto { tcp, udp } th dport 53 goto to_user",
+            "meta l4proto { tcp, udp } ct state new,invalid,untracked goto to_user",
+        ]
+    );
+    // Every set and chain is declared all the same, for `update` to fill.
+    for set in LIST_SETS.iter().chain(&["ban4", "ban6"]) {
+        assert!(s.contains(&format!("\tset {set} {{\n")), "{set}");
+    }
+    for c in CHAINS {
+        assert!(s.contains(&format!("\tchain {c} {{\n")), "{c}");
+    }
+}
+
+#[test]
+fn what_user_space_needs_shapes_the_chains() {
+    // No domains, no dns events: DNS stays in the kernel.
+    let p = plan(r#"{"events": {"dns_queries": false}}"#);
+    assert!(!p.queue_dns);
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert!(!s.contains("dport 53"), "{s}");
+    // A blocked domain needs the queries even without dns events.
+    let p = plan(r#"{"events": {"dns_queries": false}, "block": {"domain": ["ads.example"]}}"#);
+    assert!(p.queue_dns);
+
+    // An inbound composite rule: every protocol's new packets are queued
+    // (the rule might match them), but outbound stays in the kernel.
+    let p =
+        plan(r#"{"rules": [{"action": "block", "direction": "inbound", "protocol": ["ICMP"]}]}"#);
+    assert!(p.queue_new_all_protocols && !p.queue_output_new);
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert_eq!(
+        chain(&s, "input").last().unwrap(),
+        "ct state new,invalid,untracked goto to_user"
+    );
+    assert!(!chain(&s, "output").iter().any(|r| r.contains("ct state")));
+
+    // A rule for any direction, or a default of drop: outbound new
+    // connections go to user space too.
+    for json in [
+        r#"{"rules": [{"action": "allow", "port": [22]}]}"#,
+        r#"{"policy": {"default": "drop"}}"#,
+    ] {
+        let p = plan(json);
+        assert!(p.queue_output_new && p.queue_new_all_protocols, "{json}");
+        let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+        assert_eq!(
+            chain(&s, "output").last().unwrap(),
+            "ct state new,invalid,untracked goto to_user",
+            "{json}"
+        );
+    }
+
+    // queue_all: those protocols go to user space whole, right after bans.
+    let p = plan(r#"{"inline": {"queue_all": ["TCP", 17, "TCP"]}, "allow": {"port": [22]}}"#);
+    assert_eq!(p.queue_all, [6, 17]);
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert_eq!(elements(&s, "queue_proto"), "6, 17");
+    let input = chain(&s, "input");
+    let at = input
+        .iter()
+        .position(|r| r == "meta l4proto @queue_proto goto to_user")
+        .unwrap();
+    assert!(input[at - 1].contains("th dport 53"));
+    assert!(input[at + 1].contains("@allow_tcp"));
+
+    // No logging of blocked packets (the rules file says at least 1; the
+    // plan allows 0): all dropped in the kernel.
+    let p = KernelPlan {
+        block_log_rate: 0,
+        ..plan("{}")
+    };
+    assert_eq!(
+        chain(&p.ruleset_text(QueuePath::IptablesNfqueue), "blocked"),
+        ["counter drop"]
+    );
+}
+
+#[test]
+fn marks_are_configurable_and_checked() {
+    let opts = KernelOptions {
+        skip_mark: 0x1,
+        queue_mark: 0x2,
+    };
+    let p = KernelPlan::from_config(&config("{}"), &opts);
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert_eq!(
+        chain(&s, "input")[0],
+        "meta mark set meta mark & 0xfffffffc"
+    );
+    assert_eq!(
+        chain(&s, "to_user"),
+        ["meta mark set meta mark | 0x00000002 accept"]
+    );
+    assert!(p.validate().is_ok());
+    for (skip, queue) in [(0, 2), (1, 0), (3, 2)] {
+        let p = KernelPlan {
+            skip_mark: skip,
+            queue_mark: queue,
+            ..p.clone()
+        };
+        let e = p.validate().unwrap_err().to_string();
+        assert!(e.starts_with("invalid kernel plan"), "{e}");
+    }
+    let bad = KernelPlan {
+        block_ports: vec![(10, 5)],
+        ..p
+    };
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn many_elements_are_split_over_lines() {
+    let nets: Vec<ipnet::Ipv4Net> = (0..20u32)
+        .map(|i| ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(0xc612_0000 + i * 4), 32).unwrap())
+        .collect();
+    let export = RuleExport {
+        block_v4: nets,
+        ..Default::default()
+    };
+    let s = KernelPlan::from_export(&export, &KernelOptions::default())
+        .ruleset_text(QueuePath::IptablesNfqueue);
+    let lines: Vec<&str> = s
+        .lines()
+        .skip_while(|l| *l != "\tset block4 {")
+        .skip(3)
+        .take(4)
+        .collect();
+    assert_eq!(lines[0], "\t\telements = {");
+    assert_eq!(
+        lines[1],
+        "\t\t\t198.18.0.0, 198.18.0.4, 198.18.0.8, 198.18.0.12, 198.18.0.16, 198.18.0.20, 198.18.0.24, 198.18.0.28,"
+    );
+    assert_eq!(lines[3].matches(", ").count(), 3, "{}", lines[3]);
+    assert!(!lines[3].ends_with(','));
+}

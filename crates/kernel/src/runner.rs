@@ -1,0 +1,193 @@
+//! Running `nft`, `iptables` and friends.
+//!
+//! Everything this crate does to the kernel goes through a [`Runner`]:
+//! [`SystemRunner`] runs the programs in the caller's network namespace;
+//! tests inject one that prefixes `ip netns exec NS`, or a fake that
+//! records the calls.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::error::{clip, package_of, KernelError};
+
+/// Runs a program to completion.
+pub trait Runner: fmt::Debug + Send + Sync {
+    /// Runs `program` with `args`, writing `stdin` (if any) to its standard
+    /// input; returns its exit status and output. A program that cannot be
+    /// found must give an error of kind [`io::ErrorKind::NotFound`].
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> io::Result<Output>;
+}
+
+/// Runs programs in this process's network namespace (the namespace of the
+/// calling thread). Programs are looked up on `PATH`, then in `/usr/sbin`,
+/// `/sbin`, `/usr/bin` and `/bin` (a daemon's PATH may lack the sbin
+/// directories), unless [`SystemRunner::with_search_path`] says otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct SystemRunner {
+    search: Option<Vec<PathBuf>>,
+}
+
+impl SystemRunner {
+    /// Looks programs up in exactly these directories (tests: an empty or
+    /// fake directory makes every program "not installed").
+    pub fn with_search_path(dirs: Vec<PathBuf>) -> Self {
+        Self { search: Some(dirs) }
+    }
+
+    fn resolve(&self, program: &str) -> Option<PathBuf> {
+        let dirs: Vec<PathBuf> = match &self.search {
+            Some(d) => d.clone(),
+            None => std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+                .collect(),
+        };
+        dirs.iter()
+            .map(|d| d.join(program))
+            .find(|p| is_executable(p))
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+impl Runner for SystemRunner {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> io::Result<Output> {
+        let path = self.resolve(program).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{program} not found"))
+        })?;
+        let mut cmd = Command::new(path);
+        cmd.args(args)
+            .env("LC_ALL", "C")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let input = child.stdin.take();
+        // Write the input on another thread so that a child writing a lot
+        // of output before it has read all its input cannot deadlock us.
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || -> io::Result<()> {
+                if let (Some(mut pipe), Some(data)) = (input, stdin) {
+                    pipe.write_all(data)?;
+                }
+                Ok(())
+            });
+            let out = child.wait_with_output();
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("stdin writer panicked")));
+            let out = out?;
+            // A child that exits early closes the pipe (EPIPE); its exit
+            // status and stderr then say why, which matters more.
+            match written {
+                Err(e) if out.status.success() => Err(e),
+                _ => Ok(out),
+            }
+        })
+    }
+}
+
+/// Runs `program` through `runner`; its stdout, or a [`KernelError`] that
+/// names the missing package, the missing permission or the failure.
+pub(crate) fn run(
+    runner: &dyn Runner,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, KernelError> {
+    let out = runner
+        .run(program, args, stdin.map(str::as_bytes))
+        .map_err(|e| spawn_error(program, e))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    Err(failure(program, args, &out.status.to_string(), &stderr))
+}
+
+pub(crate) fn spawn_error(program: &str, e: io::Error) -> KernelError {
+    if e.kind() == io::ErrorKind::NotFound {
+        KernelError::MissingProgram {
+            program: program.to_string(),
+            package: package_of(program),
+        }
+    } else {
+        KernelError::Spawn {
+            program: program.to_string(),
+            source: e,
+        }
+    }
+}
+
+/// Turns a failed run into the most helpful error its stderr allows.
+pub(crate) fn failure(program: &str, args: &[&str], status: &str, stderr: &str) -> KernelError {
+    // `ip netns exec NS prog` (test runners) when prog is missing.
+    if stderr.contains(&format!("exec of \"{program}\" failed: No such file")) {
+        return KernelError::MissingProgram {
+            program: program.to_string(),
+            package: package_of(program),
+        };
+    }
+    if stderr.contains("Operation not permitted") || stderr.contains("Permission denied") {
+        return KernelError::PermissionDenied {
+            program: program.to_string(),
+            detail: clip(stderr),
+        };
+    }
+    if program == "nft" && stderr.contains("Protocol not supported") {
+        return KernelError::MissingFeature {
+            feature: "nf_tables (CONFIG_NF_TABLES)",
+            detail: clip(stderr),
+        };
+    }
+    if program.contains("tables") {
+        for (needle, feature) in [
+            (
+                "NFQUEUE",
+                "the iptables NFQUEUE target (xt_NFQUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE)",
+            ),
+            (
+                "`mark'",
+                "the iptables mark match (xt_mark, CONFIG_NETFILTER_XT_MARK)",
+            ),
+            (
+                "`comment'",
+                "the iptables comment match (xt_comment, CONFIG_NETFILTER_XT_MATCH_COMMENT)",
+            ),
+        ] {
+            if stderr.contains(needle)
+                && (stderr.contains("missing kernel module") || stderr.contains("not supported"))
+            {
+                return KernelError::MissingFeature {
+                    feature,
+                    detail: clip(stderr),
+                };
+            }
+        }
+        if stderr.contains("Address family not supported") {
+            return KernelError::MissingFeature {
+                feature: "IPv6 (CONFIG_IPV6) or ip6tables support",
+                detail: clip(stderr),
+            };
+        }
+    }
+    KernelError::Command {
+        command: std::iter::once(program)
+            .chain(args.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" "),
+        status: status.to_string(),
+        stderr: clip(stderr),
+    }
+}

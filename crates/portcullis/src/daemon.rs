@@ -1,0 +1,420 @@
+//! `portcullis run`: the engine in the kernel's packet path.
+//!
+//! Threads:
+//! - the **packet thread** (this one): NFQUEUE batches -> engine -> batched
+//!   verdicts; NXDOMAIN answers for blocked DNS queries; owns the engine;
+//! - the **detector** thread (inside the engine);
+//! - the **kernel** thread: every nft call (ban batches, reload, teardown)
+//!   and the ban state file, so the packet path never waits for a process;
+//! - the **event writer**: JSON Lines and console, behind a bounded channel.
+//!
+//! **Invariant: the packet thread never blocks on anything but the queue
+//! socket** (with a 100 ms timeout, so signals and timers are served).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use portcullis_engine::config::{BlockedDnsResponse, Config};
+use portcullis_engine::engine::{Ban, DetectorMode, Engine, PacketIn};
+use portcullis_engine::events::{Event, EventType, QueueInfo};
+use portcullis_engine::{Action, Direction, Reason, Timestamp};
+use portcullis_kernel::{Firewall, KernelOptions, KernelPlan};
+use portcullis_nfqueue::{Hook, Queue, QueueConfig, Responder, Verdict as NfVerdict};
+use portcullis_wire::LinkType;
+
+use crate::config;
+use crate::output::Output;
+use crate::state::StateDir;
+
+/// Options of `portcullis run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Rules file (JSON). Default: the policy embedded in the binary.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Append JSON Lines events to this file (`-` for stdout).
+    #[arg(long, short)]
+    pub events: Option<PathBuf>,
+    /// No readable event lines on the console (stderr).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Where bans are kept across restarts.
+    #[arg(long, default_value = "/var/lib/portcullis")]
+    pub state_dir: PathBuf,
+}
+
+/// How long the packet thread waits for packets before serving timers and
+/// signals.
+const POLL: Duration = Duration::from_millis(100);
+/// How long the kernel thread gathers ban changes into one nft call.
+const BAN_BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// Events waiting for the writer before new ones are dropped (and counted).
+const EVENT_QUEUE: usize = 65_536;
+/// How often queue drop counters are read.
+const QUEUE_STATS_EVERY: Duration = Duration::from_secs(1);
+
+fn now() -> Timestamp {
+    let us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    Timestamp::from_micros(us)
+}
+
+/// What the kernel thread is asked to do.
+enum KernelCmd {
+    Ban(Ban),
+    Unban(IpAddr),
+    Update(Arc<Config>, Sender<Result<()>>),
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    let cfg = config::load(args.config.as_deref())?;
+    let state = StateDir::open(&args.state_dir)?;
+
+    // Signals first, so that a TERM during setup still tears down.
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&term))
+            .context("installing signal handlers")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .context("installing signal handlers")?;
+
+    let opts = KernelOptions::default();
+    let plan = KernelPlan::from_config(&cfg, &opts);
+    let skip_mark = opts.skip_mark;
+    let firewall = Firewall::install(&plan).context("installing kernel rules")?;
+    eprintln!(
+        "portcullis: kernel rules installed (table inet portcullis); queue path: {}",
+        firewall.queue_path()
+    );
+
+    // From here on, every exit path must tear the kernel rules down: the
+    // kernel thread does it when its channel closes.
+    let (kernel_tx, kernel_rx) = crossbeam_channel::bounded::<KernelCmd>(65_536);
+    let kernel = spawn_kernel_thread(firewall, kernel_rx, state.clone())?;
+    let result = serve(args, cfg, &state, &kernel_tx, &term, &hup, skip_mark);
+    drop(kernel_tx);
+    let teardown = kernel
+        .join()
+        .map_err(|_| anyhow::anyhow!("the kernel thread panicked"))?;
+    match (result, teardown) {
+        (Ok(code), Ok(())) => {
+            eprintln!("portcullis: kernel rules removed");
+            Ok(code)
+        }
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Err(e)) => Err(e.context("removing kernel rules")),
+        (Err(e), Err(t)) => Err(e.context(format!("also, removing kernel rules failed: {t:#}"))),
+    }
+}
+
+fn serve(
+    args: &RunArgs,
+    cfg: Arc<Config>,
+    state: &StateDir,
+    kernel: &Sender<KernelCmd>,
+    term: &AtomicBool,
+    hup: &AtomicBool,
+    skip_mark: u32,
+) -> Result<ExitCode> {
+    let mut qcfg = QueueConfig::new(cfg.inline.queue);
+    qcfg.fail_open = !cfg.inline.fail_closed;
+    let mut queue = Queue::open(&qcfg).context("opening the NFQUEUE")?;
+    let mut responder = Responder::open().context("opening the raw sockets for DNS answers")?;
+    // Our answers must pass our own chains, not come back to the queue.
+    responder
+        .set_mark(skip_mark)
+        .context("marking DNS answers")?;
+
+    let mut engine = Engine::new(cfg, DetectorMode::Thread { capacity: 1024 })
+        .context("starting the scan detector")?;
+    let start = now();
+    match state.load_bans() {
+        Ok(bans) => {
+            let mut restored = 0;
+            for b in bans {
+                if engine.restore_ban(b.clone(), start) {
+                    restored += 1;
+                    let _ = kernel.try_send(KernelCmd::Ban(b));
+                }
+            }
+            if restored > 0 {
+                eprintln!(
+                    "portcullis: restored {restored} bans from {}",
+                    state.bans_path().display()
+                );
+            }
+        }
+        Err(e) => eprintln!("portcullis: warning: ignoring saved bans: {e:#}"),
+    }
+
+    let (event_tx, writer) = spawn_writer(args.events.as_deref(), !args.quiet)?;
+    let mut dropped_events = 0u64;
+    let forward = |engine: &mut Engine, dropped: &mut u64| {
+        let events: Vec<Event> = engine.drain_events().collect();
+        for ev in events {
+            match ev.event_type {
+                EventType::Ban => {
+                    if let Some(b) = engine_ban(engine, &ev) {
+                        let _ = kernel.try_send(KernelCmd::Ban(b));
+                    }
+                }
+                EventType::Unban => {
+                    if let Some(f) = &ev.flow {
+                        let _ = kernel.try_send(KernelCmd::Unban(f.src_ip));
+                    }
+                }
+                _ => {}
+            }
+            if let Err(TrySendError::Full(_)) = event_tx.try_send(ev) {
+                *dropped += 1;
+            }
+        }
+    };
+
+    let nxdomain = |e: &Engine| e.config().dns.blocked_response == BlockedDnsResponse::Nxdomain;
+    let mut last_tick = Instant::now();
+    let mut last_stats = Instant::now();
+    let mut seen = QueueDrops::read(qcfg.num);
+    let mut overruns = 0;
+    eprintln!(
+        "portcullis: running on NFQUEUE {} ({})",
+        qcfg.num,
+        if qcfg.fail_open {
+            "fail-open"
+        } else {
+            "fail-closed"
+        }
+    );
+    while !term.load(Ordering::Relaxed) {
+        if hup.swap(false, Ordering::Relaxed) {
+            reload(args, &mut engine, kernel);
+        }
+        match queue.recv_batch(Some(POLL)) {
+            Ok(0) => {}
+            Ok(_) => {
+                let t = now();
+                let answer = nxdomain(&engine);
+                queue.decide_each(|p| {
+                    let dir = match p.hook {
+                        Hook::Output | Hook::Postrouting => Direction::Outbound,
+                        Hook::Forward => Direction::Forwarded,
+                        _ => Direction::Inbound,
+                    };
+                    let ts = p.timestamp_micros.map_or(t, Timestamp::from_micros);
+                    let v = engine.process(&PacketIn {
+                        data: p.payload,
+                        link: LinkType::Raw,
+                        ts,
+                        dir: Some(dir),
+                    });
+                    if v.reason == Reason::BlockedDomain && answer {
+                        // Best effort: the query is dropped either way.
+                        let _ = responder.respond_to(p);
+                    }
+                    match v.action {
+                        Action::Accept => (NfVerdict::Accept, None),
+                        Action::Drop => (NfVerdict::Drop, None),
+                    }
+                });
+                queue.flush().context("sending verdicts")?;
+                engine.flush();
+            }
+            Err(e) => return Err(e).context("reading the NFQUEUE"),
+        }
+        if last_tick.elapsed() >= POLL {
+            engine.tick(now());
+            last_tick = Instant::now();
+        }
+        if last_stats.elapsed() >= QUEUE_STATS_EVERY {
+            last_stats = Instant::now();
+            let cur = QueueDrops::read(qcfg.num);
+            let new_overruns = queue.counters().enobufs;
+            if let Some(ev) = seen.event(&cur, new_overruns - overruns, qcfg.num, qcfg.fail_open) {
+                let _ = event_tx.try_send(ev);
+            }
+            seen = cur;
+            overruns = new_overruns;
+        }
+        forward(&mut engine, &mut dropped_events);
+    }
+
+    // Shutting down: let what is queued through (fail-open) or not, close
+    // the windows, save the bans, stop the writer.
+    queue.verdict_outstanding(if qcfg.fail_open {
+        NfVerdict::Accept
+    } else {
+        NfVerdict::Drop
+    });
+    let _ = queue.flush();
+    drop(queue);
+    engine.finish();
+    forward(&mut engine, &mut dropped_events);
+    state
+        .save_bans(engine.bans().iter())
+        .context("saving bans")?;
+    drop(event_tx);
+    let _ = writer.join();
+    if dropped_events > 0 {
+        eprintln!("portcullis: {dropped_events} events were dropped: the event writer fell behind");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The engine's ban behind a `ban` event.
+fn engine_ban(engine: &Engine, ev: &Event) -> Option<Ban> {
+    let addr = ev.flow.as_ref()?.src_ip;
+    engine.bans().get(&addr).cloned()
+}
+
+fn reload(args: &RunArgs, engine: &mut Engine, kernel: &Sender<KernelCmd>) {
+    let fail = |what: String| {
+        eprintln!("portcullis: reload failed, the old rules stay in force: {what}");
+    };
+    let cfg = match config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if kernel
+        .send(KernelCmd::Update(Arc::clone(&cfg), tx))
+        .is_err()
+    {
+        return fail("the kernel thread has stopped".into());
+    }
+    match rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return fail(format!("{e:#}")),
+        Err(_) => return fail("the kernel thread has stopped".into()),
+    }
+    match engine.reload(cfg) {
+        Ok(()) => eprintln!("portcullis: configuration reloaded"),
+        Err(e) => fail(format!("restarting the detector: {e}")),
+    }
+}
+
+fn spawn_kernel_thread(
+    fw: Firewall,
+    rx: Receiver<KernelCmd>,
+    state: StateDir,
+) -> Result<JoinHandle<Result<()>>> {
+    std::thread::Builder::new()
+        .name("portcullis-kernel".into())
+        .spawn(move || {
+            let mut bans: std::collections::HashMap<IpAddr, Ban> = Default::default();
+            while let Ok(first) = rx.recv() {
+                // Gather what arrives within the window into one nft call.
+                let deadline = Instant::now() + BAN_BATCH_WINDOW;
+                let mut cmds = vec![first];
+                while let Ok(c) = rx.recv_deadline(deadline) {
+                    cmds.push(c);
+                }
+                let mut add = Vec::new();
+                let mut del = Vec::new();
+                for c in cmds {
+                    match c {
+                        KernelCmd::Ban(b) => {
+                            let left = Duration::from_micros(
+                                b.until.as_micros().saturating_sub(now().as_micros()),
+                            );
+                            if !left.is_zero() {
+                                add.push((b.addr, left));
+                                bans.insert(b.addr, b);
+                            }
+                        }
+                        KernelCmd::Unban(a) => {
+                            del.push(a);
+                            bans.remove(&a);
+                        }
+                        KernelCmd::Update(cfg, reply) => {
+                            let plan = KernelPlan::from_config(&cfg, &KernelOptions::default());
+                            let _ = reply.send(fw.update(&plan).map_err(anyhow::Error::from));
+                        }
+                    }
+                }
+                if !add.is_empty() {
+                    if let Err(e) = fw.ban(&add) {
+                        eprintln!("portcullis: error: adding bans to the kernel: {e}");
+                    }
+                }
+                if !del.is_empty() {
+                    if let Err(e) = fw.unban(&del) {
+                        eprintln!("portcullis: warning: removing bans from the kernel: {e}");
+                    }
+                }
+                if let Err(e) = state.save_bans(bans.values()) {
+                    eprintln!("portcullis: warning: {e:#}");
+                }
+            }
+            fw.teardown().map_err(anyhow::Error::from)
+        })
+        .context("starting the kernel thread")
+}
+
+fn spawn_writer(events: Option<&Path>, console: bool) -> Result<(Sender<Event>, JoinHandle<()>)> {
+    let mut out = Output::new(events, console)?;
+    let (tx, rx) = crossbeam_channel::bounded::<Event>(EVENT_QUEUE);
+    let handle = std::thread::Builder::new()
+        .name("portcullis-events".into())
+        .spawn(move || {
+            while let Ok(ev) = rx.recv() {
+                let _ = out.write(&ev);
+                for ev in rx.try_iter().take(1024) {
+                    let _ = out.write(&ev);
+                }
+                // Written promptly: a SIEM tails this file.
+                let _ = out.flush();
+            }
+            let _ = out.flush();
+        })
+        .context("starting the event writer")?;
+    Ok((tx, handle))
+}
+
+/// Kernel-side drop counters of our queue.
+#[derive(Debug, Clone, Copy, Default)]
+struct QueueDrops {
+    queue_dropped: u64,
+    user_dropped: u64,
+}
+
+impl QueueDrops {
+    fn read(num: u16) -> Self {
+        portcullis_nfqueue::queue_stats()
+            .ok()
+            .and_then(|all| all.into_iter().find(|q| q.queue_number == num))
+            .map(|q| Self {
+                queue_dropped: u64::from(q.queue_dropped),
+                user_dropped: u64::from(q.user_dropped),
+            })
+            .unwrap_or_default()
+    }
+
+    /// A `queue` event if anything was lost since `self`.
+    fn event(&self, cur: &Self, overruns: u64, num: u16, fail_open: bool) -> Option<Event> {
+        let q = cur.queue_dropped.saturating_sub(self.queue_dropped);
+        let u = cur.user_dropped.saturating_sub(self.user_dropped);
+        if q == 0 && u == 0 && overruns == 0 {
+            return None;
+        }
+        let mut ev = Event::new(now(), EventType::Queue, None);
+        ev.queue = Some(QueueInfo {
+            number: num,
+            queue_dropped: q,
+            user_dropped: u,
+            overruns,
+            fate: if fail_open { "passed" } else { "dropped" },
+        });
+        Some(ev)
+    }
+}

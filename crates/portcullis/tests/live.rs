@@ -1,0 +1,572 @@
+//! Live tests of `portcullis run` in network namespaces the tests create:
+//! real nmap scans, dig against dnsmasq, ping, nc, signals.
+//!
+//! Topology of every lab (all addresses from the benchmarking ranges):
+//! ```text
+//!   a 198.18.1.2 / 2001:2:0:1::2 ──┐
+//!   b 198.18.2.2 / 2001:2:0:2::2 ──┤ fw (portcullis) 198.18.{1,2,3}.1, 2001:2:0:{1,2,3}::1
+//!   dns 198.18.3.53 (dnsmasq)  ────┘
+//! ```
+//! They need root; otherwise each reports itself ignored with the reason.
+//! Every scan and flood is bounded in packets and time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use portcullis_testnet::{skip_reason, wait_for, Lab};
+use serde_json::Value;
+
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
+    ("nmap", "nmap"),
+    ("dig", "dnsutils"),
+    ("dnsmasq", "dnsmasq"),
+    ("ping", "iputils-ping"),
+    ("nc", "netcat-openbsd"),
+];
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // Namespaces, nmap and timing: one at a time.
+    args.test_threads = Some(1);
+    let tests = vec![
+        live(
+            "nmap_syn_scan_is_detected_named_and_banned_in_the_kernel",
+            nmap_syn_scan,
+        ),
+        live("nmap_udp_scan_is_detected", nmap_udp_scan),
+        live(
+            "blocked_domains_get_nxdomain_allowed_ones_resolve",
+            dns_nxdomain,
+        ),
+        live("blocked_domains_in_drop_mode_get_no_answer", dns_drop_mode),
+        live(
+            "static_rules_block_ip_cidr_port_protocol_and_icmp",
+            static_rules,
+        ),
+        live("sigterm_removes_every_rule_of_ours", sigterm_cleanup),
+        live(
+            "kill_9_fail_open_keeps_traffic_and_restart_cleans_up",
+            kill_fail_open,
+        ),
+        live("kill_9_fail_closed_stops_new_connections", kill_fail_closed),
+        live(
+            "sighup_with_a_broken_file_keeps_the_old_rules",
+            sighup_broken,
+        ),
+        live("bans_survive_a_restart", bans_survive_restart),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
+
+fn live(name: &str, f: fn() -> Result<(), Failed>) -> Trial {
+    Trial::ignorable_test(name, move || {
+        if let Some(reason) = skip_reason(TOOLS) {
+            return Ok(Completion::ignored_with(format!("skipped: {reason}")));
+        }
+        f().map(|()| Completion::Completed)
+    })
+}
+
+/// A lab with portcullis's host `fw` and three neighbours.
+struct Net {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    daemon: Option<u32>,
+    dnsmasq: Option<u32>,
+}
+
+const FW_A: &str = "198.18.1.1";
+const FW_B: &str = "198.18.2.1";
+const A: &str = "198.18.1.2";
+const B: &str = "198.18.2.2";
+const DNS: &str = "198.18.3.53";
+const FW6_A: &str = "2001:2:0:1::1";
+
+impl Net {
+    fn new() -> Result<Self, Failed> {
+        let mut lab = Lab::new();
+        for ns in ["fw", "a", "b", "dns"] {
+            lab.add_ns(ns)?;
+        }
+        lab.link(
+            "fw",
+            &["198.18.1.1/24", "2001:2:0:1::1/64"],
+            "a",
+            &["198.18.1.2/24", "2001:2:0:1::2/64"],
+        )?;
+        lab.link(
+            "fw",
+            &["198.18.2.1/24", "2001:2:0:2::1/64"],
+            "b",
+            &["198.18.2.2/24", "2001:2:0:2::2/64"],
+        )?;
+        lab.link(
+            "fw",
+            &["198.18.3.1/24", "2001:2:0:3::1/64"],
+            "dns",
+            &["198.18.3.53/24", "2001:2:0:3::53/64"],
+        )?;
+        lab.route_via("a", FW_A, Some(FW6_A))?;
+        lab.route_via("b", FW_B, Some("2001:2:0:2::1"))?;
+        lab.route_via("dns", "198.18.3.1", Some("2001:2:0:3::1"))?;
+        lab.forwarding("fw")?;
+        Ok(Self {
+            lab,
+            dir: tempfile::tempdir()?,
+            daemon: None,
+            dnsmasq: None,
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes the rules file and starts `portcullis run` in `fw`; returns
+    /// when its kernel rules are in and it reads the queue.
+    fn start(&mut self, rules: &str) -> Result<u32, Failed> {
+        std::fs::write(self.path("rules.json"), rules)?;
+        self.start_again()
+    }
+
+    fn start_again(&mut self) -> Result<u32, Failed> {
+        let bin = env!("CARGO_BIN_EXE_portcullis");
+        let (cfg, ev, st, log) = (
+            self.path("rules.json"),
+            self.path("events.jsonl"),
+            self.path("state"),
+            self.path("daemon.log"),
+        );
+        let pid = self.lab.spawn(
+            "fw",
+            bin,
+            &[
+                "run",
+                "--config",
+                s(&cfg),
+                "--events",
+                s(&ev),
+                "--state-dir",
+                s(&st),
+            ],
+            &log,
+        )?;
+        self.daemon = Some(pid);
+        let ready = wait_for(Duration::from_secs(15), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("running on NFQUEUE").then_some(())
+        });
+        if ready.is_none() {
+            return Err(format!("portcullis did not start:\n{}", self.log()).into());
+        }
+        Ok(pid)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.path("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for an event matching `f`.
+    fn event(&self, what: &str, f: impl Fn(&Value) -> bool) -> Result<Value, Failed> {
+        wait_for(Duration::from_secs(10), || {
+            self.events().into_iter().find(|e| f(e))
+        })
+        .ok_or_else(|| {
+            format!(
+                "no {what} event; events: {:#?}\nlog:\n{}",
+                self.events(),
+                self.log()
+            )
+            .into()
+        })
+    }
+
+    fn stop(&mut self) -> Result<(), Failed> {
+        let pid = self.daemon.take().ok_or("not running")?;
+        let code = self.lab.stop(pid, Duration::from_secs(10))?;
+        if code != Some(0) {
+            return Err(format!("portcullis exited with {code:?}:\n{}", self.log()).into());
+        }
+        Ok(())
+    }
+
+    /// One ping from `from` (a namespace) to `to`: did it answer?
+    fn ping(&self, from: &str, to: &str) -> bool {
+        self.lab
+            .exec(from, "ping", &["-c", "1", "-W", "1", to])
+            .is_ok()
+    }
+
+    fn fw(&self, cmd: &str, args: &[&str]) -> String {
+        self.lab.exec("fw", cmd, args).unwrap_or_else(|e| e)
+    }
+
+    /// Nothing of ours in fw's firewall.
+    fn assert_clean(&self) -> Result<(), Failed> {
+        let tables = self.fw("nft", &["list", "tables"]);
+        if tables.contains("portcullis") {
+            return Err(format!("our table is still there: {tables}").into());
+        }
+        let ipt = self.fw("iptables", &["-S"]);
+        if ipt.to_lowercase().contains("portcullis") {
+            return Err(format!("our iptables rules are still there:\n{ipt}").into());
+        }
+        let ipt6 = self.fw("ip6tables", &["-S"]);
+        if ipt6.to_lowercase().contains("portcullis") {
+            return Err(format!("our ip6tables rules are still there:\n{ipt6}").into());
+        }
+        Ok(())
+    }
+
+    fn start_dnsmasq(&mut self) -> Result<(), Failed> {
+        let log = self.path("dnsmasq.log");
+        let pid = self.lab.spawn(
+            "dns",
+            "dnsmasq",
+            &[
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--conf-file=/dev/null",
+                "--bind-interfaces",
+                &format!("--listen-address={DNS}"),
+                "--address=/allowed.test/198.19.0.1",
+                "--address=/tracker.test/198.19.0.2",
+                "--user=root",
+                &format!("--pid-file={}", self.path("dnsmasq.pid").display()),
+            ],
+            &log,
+        )?;
+        self.dnsmasq = Some(pid);
+        wait_for(Duration::from_secs(5), || {
+            self.lab
+                .exec(
+                    "dns",
+                    "dig",
+                    &[
+                        &format!("@{DNS}"),
+                        "allowed.test",
+                        "+short",
+                        "+time=1",
+                        "+tries=1",
+                    ],
+                )
+                .ok()
+                .filter(|o| o.contains("198.19.0.1"))
+        })
+        .ok_or("dnsmasq did not answer")?;
+        Ok(())
+    }
+
+    /// `dig` from namespace `from`; (status, answer section, query time ms).
+    fn dig(&self, from: &str, name: &str, tcp: bool) -> (String, String) {
+        let server = format!("@{DNS}");
+        let mut args = vec![server.as_str(), name, "+time=2", "+tries=1"];
+        if tcp {
+            args.push("+tcp");
+        }
+        let out = self.lab.exec(from, "dig", &args).unwrap_or_else(|e| e);
+        let status = out
+            .lines()
+            .find_map(|l| l.split("status: ").nth(1))
+            .map(|s| s.split(',').next().unwrap_or("").to_owned())
+            .unwrap_or_else(|| "NO ANSWER".into());
+        (status, out)
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn scan_events(net: &Net, src: &str) -> Result<(Value, Value), Failed> {
+    let scan = net.event("scan", |e| e["event_type"] == "scan" && e["src_ip"] == src)?;
+    let ban = net.event("ban", |e| e["event_type"] == "ban" && e["src_ip"] == src)?;
+    Ok((scan, ban))
+}
+
+fn nmap_syn_scan() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start(r#"{"events": {"dns_queries": false}}"#)?;
+    assert!(net.ping("a", FW_A) && net.ping("b", FW_B));
+    // 200 ports, one try each, 30 s at most.
+    let _ = net.lab.exec(
+        "a",
+        "nmap",
+        &[
+            "-sS",
+            "-n",
+            "-Pn",
+            "-p",
+            "1-200",
+            "--max-retries",
+            "0",
+            "--host-timeout",
+            "30s",
+            FW_A,
+        ],
+    );
+    let (scan, ban) = scan_events(&net, A)?;
+    assert_eq!(scan["scan"]["kind"], "syn", "{scan:#}");
+    assert_eq!(scan["scan"]["action"], "ban");
+    assert_eq!(ban["ban"]["duration"], 600);
+    // In the kernel set, with a timeout.
+    let set = wait_for(Duration::from_secs(2), || {
+        let s = net.fw("nft", &["list", "set", "inet", "portcullis", "ban4"]);
+        s.contains(A).then_some(s)
+    })
+    .ok_or_else(|| {
+        format!(
+            "{A} not in ban4: {}",
+            net.fw("nft", &["list", "table", "inet", "portcullis"])
+        )
+    })?;
+    assert!(set.contains("expires"), "{set}");
+    assert!(
+        !net.ping("a", FW_A),
+        "the banned scanner still gets answers"
+    );
+    assert!(net.ping("b", FW_B), "another host is cut off too");
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn nmap_udp_scan() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start(r#"{"events": {"dns_queries": false}}"#)?;
+    let _ = net.lab.exec(
+        "b",
+        "nmap",
+        &[
+            "-sU",
+            "-n",
+            "-Pn",
+            "-p",
+            "1-40",
+            "--max-retries",
+            "0",
+            "--host-timeout",
+            "30s",
+            FW_B,
+        ],
+    );
+    let (scan, _) = scan_events(&net, B)?;
+    assert_eq!(scan["scan"]["kind"], "udp", "{scan:#}");
+    assert!(!net.ping("b", FW_B));
+    assert!(net.ping("a", FW_A));
+    net.stop()?;
+    net.assert_clean()
+}
+
+const DNS_RULES: &str = r#"{"block": {"domain": ["tracker.test"]}, "scan": {"enabled": false}}"#;
+
+fn dns_nxdomain() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start_dnsmasq()?;
+    net.start(DNS_RULES)?;
+    for (from, tcp) in [("fw", false), ("fw", true), ("a", false), ("a", true)] {
+        let (st, out) = net.dig(from, "Ads.Tracker.TEST", tcp);
+        assert_eq!(
+            st,
+            "NXDOMAIN",
+            "from {from} tcp={tcp}:\n{out}\n{}",
+            net.log()
+        );
+        let (st, out) = net.dig(from, "www.allowed.test", tcp);
+        assert_eq!(st, "NOERROR", "from {from} tcp={tcp}:\n{out}");
+        assert!(out.contains("198.19.0.1"), "{out}");
+    }
+    let drop = net.event("blocked_domain drop", |e| {
+        e["event_type"] == "drop" && e["drop"]["reason"] == "blocked_domain"
+    })?;
+    assert_eq!(drop["dns"]["rrname"], "ads.tracker.test");
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn dns_drop_mode() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start_dnsmasq()?;
+    net.start(r#"{"block": {"domain": ["tracker.test"]}, "dns": {"blocked_response": "drop"}, "scan": {"enabled": false}}"#)?;
+    let (st, out) = net.dig("a", "x.tracker.test", false);
+    assert_eq!(st, "NO ANSWER", "{out}");
+    let (st, _) = net.dig("a", "allowed.test", false);
+    assert_eq!(st, "NOERROR");
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn static_rules() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start(
+        r#"{"block": {"ip": ["198.18.1.2", "2001:2:0:1::/64"], "port": [8081]},
+            "rules": [{"action": "block", "protocol": ["UDP"], "port": ["7000-7010"]}],
+            "scan": {"enabled": false}, "events": {"dns_queries": false}}"#,
+    )?;
+    // Blocked address: ICMP from it dropped (v4 and v6); b still answered.
+    assert!(!net.ping("a", FW_A), "ICMP from a blocked host passed");
+    assert!(net
+        .lab
+        .exec("a", "ping", &["-6", "-c", "1", "-W", "1", FW6_A])
+        .is_err());
+    assert!(net.ping("b", FW_B));
+    net.event("blocked_ip drop", |e| {
+        e["drop"]["reason"] == "blocked_ip" && e["proto"] == "ICMP"
+    })?;
+    // Blocked port: a TCP listener on 8081 is unreachable, 8080 works.
+    let log = net.path("nc.log");
+    for port in ["8080", "8081"] {
+        net.lab.spawn("fw", "nc", &["-lk", port], &log)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let connect = |port: &str| {
+        net.lab
+            .exec("b", "nc", &["-z", "-w", "2", FW_B, port])
+            .is_ok()
+    };
+    assert!(connect("8080"), "an allowed port is blocked");
+    assert!(!connect("8081"), "a blocked port is reachable");
+    net.event("blocked_port drop", |e| {
+        e["drop"]["reason"] == "blocked_port" && e["dest_port"] == 8081
+    })?;
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn sigterm_cleanup() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    // Something of someone else's that must survive.
+    net.fw("nft", &["add", "table", "inet", "someone_else"]);
+    net.start("{}")?;
+    let table = net.fw("nft", &["list", "table", "inet", "portcullis"]);
+    assert!(table.contains("chain input"), "{table}");
+    net.stop()?;
+    net.assert_clean()?;
+    assert!(net.fw("nft", &["list", "tables"]).contains("someone_else"));
+    Ok(())
+}
+
+fn kill_fail_open() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.lab
+        .spawn("fw", "nc", &["-lk", "8080"], &net.path("nc.log"))?;
+    let connect = |net: &Net| {
+        net.lab
+            .exec("b", "nc", &["-z", "-w", "2", FW_B, "8080"])
+            .is_ok()
+    };
+    let pid = net.start("{}")?;
+    net.lab.kill(pid)?;
+    net.daemon = None;
+    // Our table is left behind, but with queue bypass new connections pass.
+    assert!(net.fw("nft", &["list", "tables"]).contains("portcullis"));
+    assert!(connect(&net), "fail-open cut new connections off");
+    assert!(net.ping("b", FW_B));
+    // The next start cleans up the leftovers and runs.
+    net.start_again()?;
+    assert!(connect(&net));
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn kill_fail_closed() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    // New TCP and UDP connections go through user space (ICMP and other
+    // protocols are decided in the kernel unless rules need more).
+    net.lab
+        .spawn("fw", "nc", &["-lk", "8080"], &net.path("nc.log"))?;
+    let connect = |net: &Net| {
+        net.lab
+            .exec("b", "nc", &["-z", "-w", "2", FW_B, "8080"])
+            .is_ok()
+    };
+    let pid = net.start(r#"{"inline": {"danger_fail_closed": true}}"#)?;
+    assert!(connect(&net), "no connection while running");
+    net.lab.kill(pid)?;
+    net.daemon = None;
+    assert!(!connect(&net), "fail-closed let a new connection through");
+    net.start_again()?;
+    assert!(connect(&net), "no connection after the restart");
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn sighup_broken() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    let pid = net.start(r#"{"block": {"ip": ["198.18.2.2"]}, "scan": {"enabled": false}}"#)?;
+    assert!(!net.ping("b", FW_B));
+    std::fs::write(
+        net.path("rules.json"),
+        r#"{"block": {"ip": ["not an address"]}}"#,
+    )?;
+    net.lab.signal(pid, "HUP")?;
+    wait_for(Duration::from_secs(5), || {
+        net.log().contains("reload failed").then_some(())
+    })
+    .ok_or_else(|| format!("no reload error logged:\n{}", net.log()))?;
+    assert!(
+        !net.ping("b", FW_B),
+        "the broken reload dropped the old rules"
+    );
+    assert!(net.ping("a", FW_A));
+    // A good file takes effect.
+    std::fs::write(
+        net.path("rules.json"),
+        r#"{"block": {"ip": ["198.18.1.2"]}, "scan": {"enabled": false}}"#,
+    )?;
+    net.lab.signal(pid, "HUP")?;
+    wait_for(Duration::from_secs(5), || {
+        net.log().contains("configuration reloaded").then_some(())
+    })
+    .ok_or_else(|| format!("no reload:\n{}", net.log()))?;
+    assert!(net.ping("b", FW_B));
+    assert!(!net.ping("a", FW_A));
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn bans_survive_restart() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start(r#"{"events": {"dns_queries": false}}"#)?;
+    let _ = net.lab.exec(
+        "a",
+        "nmap",
+        &[
+            "-sS",
+            "-n",
+            "-Pn",
+            "-p",
+            "1-50",
+            "--max-retries",
+            "0",
+            "--host-timeout",
+            "20s",
+            FW_A,
+        ],
+    );
+    scan_events(&net, A)?;
+    net.stop()?;
+    net.assert_clean()?;
+    let saved = std::fs::read_to_string(net.path("state/bans.json"))?;
+    assert!(saved.contains(A), "{saved}");
+    net.start_again()?;
+    assert!(net.log().contains("restored 1 bans"), "{}", net.log());
+    assert!(!net.ping("a", FW_A), "the ban did not survive the restart");
+    assert!(net.ping("b", FW_B));
+    net.stop()?;
+    net.assert_clean()
+}
