@@ -61,6 +61,7 @@ pub enum EventType {
     Unban,
     Suppressed,
     Queue,
+    Reload,
 }
 
 impl EventType {
@@ -73,6 +74,7 @@ impl EventType {
             Self::Unban => "unban",
             Self::Suppressed => "suppressed",
             Self::Queue => "queue",
+            Self::Reload => "reload",
         }
     }
 }
@@ -202,6 +204,15 @@ pub struct QueueInfo {
     pub fate: &'static str,
 }
 
+/// `reload` object: the outcome of re-reading the configuration (SIGHUP).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadInfo {
+    /// `ok`, or `error` (the old rules stay in force).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// One event.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Event {
@@ -221,6 +232,8 @@ pub struct Event {
     pub suppressed: Option<SuppressedInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadInfo>,
 }
 
 impl Event {
@@ -235,6 +248,7 @@ impl Event {
             ban: None,
             suppressed: None,
             queue: None,
+            reload: None,
         }
     }
 
@@ -377,6 +391,16 @@ impl fmt::Display for Event {
                         )?;
                     } else {
                         write!(f, " ({})", b.reason)?;
+                    }
+                }
+                Ok(())
+            }
+            EventType::Reload => {
+                f.write_str("[RELOAD] ")?;
+                if let Some(r) = &self.reload {
+                    match &r.error {
+                        None => write!(f, "configuration reloaded")?,
+                        Some(e) => write!(f, "failed, the old rules stay in force: {e}")?,
                     }
                 }
                 Ok(())

@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use portcullis_engine::config::{BlockedDnsResponse, Config};
 use portcullis_engine::engine::{Ban, DetectorMode, Engine, PacketIn};
-use portcullis_engine::events::{Event, EventType, QueueInfo};
+use portcullis_engine::events::{Event, EventType, QueueInfo, ReloadInfo};
 use portcullis_engine::{Action, Direction, Reason, Timestamp};
 use portcullis_kernel::{Firewall, KernelOptions, KernelPlan};
 use portcullis_nfqueue::{Hook, Queue, QueueConfig, Responder, Verdict as NfVerdict};
@@ -198,7 +198,8 @@ fn serve(
     );
     while !term.load(Ordering::Relaxed) {
         if hup.swap(false, Ordering::Relaxed) {
-            reload(args, &mut engine, kernel);
+            let ev = reload(args, &mut engine, kernel);
+            let _ = event_tx.try_send(ev);
         }
         match queue.recv_batch(Some(POLL)) {
             Ok(0) => {}
@@ -277,30 +278,39 @@ fn engine_ban(engine: &Engine, ev: &Event) -> Option<Ban> {
     engine.bans().get(&addr).cloned()
 }
 
-fn reload(args: &RunArgs, engine: &mut Engine, kernel: &Sender<KernelCmd>) {
-    let fail = |what: String| {
-        eprintln!("portcullis: reload failed, the old rules stay in force: {what}");
-    };
-    let cfg = match config::load(args.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return fail(format!("{e:#}")),
-    };
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    if kernel
-        .send(KernelCmd::Update(Arc::clone(&cfg), tx))
-        .is_err()
-    {
-        return fail("the kernel thread has stopped".into());
-    }
-    match rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return fail(format!("{e:#}")),
-        Err(_) => return fail("the kernel thread has stopped".into()),
-    }
-    match engine.reload(cfg) {
+/// SIGHUP: re-reads the config, updates the kernel sets (one transaction)
+/// and the engine. On any error the old rules stay in force. Either way a
+/// `reload` event says what happened.
+fn reload(args: &RunArgs, engine: &mut Engine, kernel: &Sender<KernelCmd>) -> Event {
+    let outcome = try_reload(args, engine, kernel);
+    let mut ev = Event::new(now(), EventType::Reload, None);
+    ev.reload = Some(ReloadInfo {
+        status: if outcome.is_ok() { "ok" } else { "error" },
+        error: outcome.as_ref().err().cloned(),
+    });
+    match outcome {
         Ok(()) => eprintln!("portcullis: configuration reloaded"),
-        Err(e) => fail(format!("restarting the detector: {e}")),
+        Err(e) => eprintln!("portcullis: reload failed, the old rules stay in force: {e}"),
     }
+    ev
+}
+
+fn try_reload(
+    args: &RunArgs,
+    engine: &mut Engine,
+    kernel: &Sender<KernelCmd>,
+) -> std::result::Result<(), String> {
+    let cfg = config::load(args.config.as_deref()).map_err(|e| format!("{e:#}"))?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    kernel
+        .send(KernelCmd::Update(Arc::clone(&cfg), tx))
+        .map_err(|_| "the kernel thread has stopped".to_owned())?;
+    rx.recv()
+        .map_err(|_| "the kernel thread has stopped".to_owned())?
+        .map_err(|e| format!("updating kernel rules: {e:#}"))?;
+    engine
+        .reload(cfg)
+        .map_err(|e| format!("restarting the detector: {e}"))
 }
 
 fn spawn_kernel_thread(
@@ -312,6 +322,9 @@ fn spawn_kernel_thread(
         .name("portcullis-kernel".into())
         .spawn(move || {
             let mut bans: std::collections::HashMap<IpAddr, Ban> = Default::default();
+            // Detection (the packet's time) to kernel commit, worst seen.
+            let mut worst_latency = Duration::ZERO;
+            let mut committed = 0u64;
             while let Ok(first) = rx.recv() {
                 // Gather what arrives within the window into one nft call.
                 let deadline = Instant::now() + BAN_BATCH_WINDOW;
@@ -321,6 +334,7 @@ fn spawn_kernel_thread(
                 }
                 let mut add = Vec::new();
                 let mut del = Vec::new();
+                let mut oldest: Option<Timestamp> = None;
                 for c in cmds {
                     match c {
                         KernelCmd::Ban(b) => {
@@ -329,6 +343,7 @@ fn spawn_kernel_thread(
                             );
                             if !left.is_zero() {
                                 add.push((b.addr, left));
+                                oldest = Some(oldest.map_or(b.since, |o| o.min(b.since)));
                                 bans.insert(b.addr, b);
                             }
                         }
@@ -343,8 +358,14 @@ fn spawn_kernel_thread(
                     }
                 }
                 if !add.is_empty() {
-                    if let Err(e) = fw.ban(&add) {
-                        eprintln!("portcullis: error: adding bans to the kernel: {e}");
+                    match fw.ban(&add) {
+                        Ok(()) => {
+                            committed += add.len() as u64;
+                            if let Some(o) = oldest {
+                                worst_latency = worst_latency.max(now().since(o));
+                            }
+                        }
+                        Err(e) => eprintln!("portcullis: error: adding bans to the kernel: {e}"),
                     }
                 }
                 if !del.is_empty() {
@@ -355,6 +376,12 @@ fn spawn_kernel_thread(
                 if let Err(e) = state.save_bans(bans.values()) {
                     eprintln!("portcullis: warning: {e:#}");
                 }
+            }
+            if committed > 0 {
+                eprintln!(
+                    "portcullis: {committed} bans committed to the kernel; worst latency from detection {} ms",
+                    worst_latency.as_millis()
+                );
             }
             fw.teardown().map_err(anyhow::Error::from)
         })
