@@ -60,8 +60,9 @@ pub enum Command {
     },
 }
 
+/// The rules file and where events go: every command that runs the engine.
 #[derive(Debug, clap::Args)]
-pub struct Common {
+pub struct EngineArgs {
     /// Rules file (JSON). Default: the policy embedded in the binary.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
@@ -71,6 +72,12 @@ pub struct Common {
     /// No readable event lines on the console (stderr).
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Where scan detection runs: inline (deterministic, a ban applies from
     /// the next packet) or on its own thread as in the live daemon.
     #[arg(long, value_enum, default_value_t = DetectorArg::Inline)]

@@ -29,6 +29,7 @@ use portcullis_kernel::{Firewall, KernelOptions, KernelPlan};
 use portcullis_nfqueue::{Hook, Queue, QueueConfig, Responder, Verdict as NfVerdict};
 use portcullis_wire::LinkType;
 
+use crate::cli::EngineArgs;
 use crate::config;
 use crate::output::Output;
 use crate::state::StateDir;
@@ -36,15 +37,8 @@ use crate::state::StateDir;
 /// Options of `portcullis run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Rules file (JSON). Default: the policy embedded in the binary.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// Append JSON Lines events to this file (`-` for stdout).
-    #[arg(long, short)]
-    pub events: Option<PathBuf>,
-    /// No readable event lines on the console (stderr).
-    #[arg(long, short)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Where bans are kept across restarts.
     #[arg(long, default_value = "/var/lib/portcullis")]
     pub state_dir: PathBuf,
@@ -76,7 +70,7 @@ enum KernelCmd {
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
-    let cfg = config::load(args.config.as_deref())?;
+    let cfg = config::load(args.engine.config.as_deref())?;
     let state = StateDir::open(&args.state_dir)?;
 
     // Signals first, so that a TERM during setup still tears down.
@@ -158,7 +152,7 @@ fn serve(
         Err(e) => eprintln!("portcullis: warning: ignoring saved bans: {e:#}"),
     }
 
-    let (event_tx, writer) = spawn_writer(args.events.as_deref(), !args.quiet)?;
+    let (event_tx, writer) = spawn_writer(args.engine.events.as_deref(), !args.engine.quiet)?;
     let mut dropped_events = 0u64;
     let forward = |engine: &mut Engine, dropped: &mut u64| {
         let events: Vec<Event> = engine.drain_events().collect();
@@ -300,7 +294,7 @@ fn try_reload(
     engine: &mut Engine,
     kernel: &Sender<KernelCmd>,
 ) -> std::result::Result<(), String> {
-    let cfg = config::load(args.config.as_deref()).map_err(|e| format!("{e:#}"))?;
+    let cfg = config::load(args.engine.config.as_deref()).map_err(|e| format!("{e:#}"))?;
     let (tx, rx) = crossbeam_channel::bounded(1);
     kernel
         .send(KernelCmd::Update(Arc::clone(&cfg), tx))

@@ -26,7 +26,7 @@ pub fn run_source(
         DetectorArg::Thread => DetectorMode::Thread { capacity: 65_536 },
     };
     let mut engine = Engine::new(cfg, mode).context("starting the scan detector")?;
-    let mut out = Output::new(common.events.as_deref(), !common.quiet)?;
+    let mut out = Output::new(common.engine.events.as_deref(), !common.engine.quiet)?;
     let started = Instant::now();
     while let Some(p) = source.next_packet().context("reading the capture")? {
         engine.process(&PacketIn {
@@ -88,7 +88,7 @@ impl ReplayStats {
 }
 
 pub fn replay_file(file: &Path, common: &Common) -> Result<ExitCode> {
-    let cfg = config::load(common.config.as_deref())?;
+    let cfg = config::load(common.engine.config.as_deref())?;
     let mut source = FileSource::open(file)?;
     let stats = run_source(&mut source, cfg, common)?;
     if source.skipped > 0 {
@@ -102,7 +102,7 @@ pub fn replay_file(file: &Path, common: &Common) -> Result<ExitCode> {
 }
 
 pub fn demo(save: Option<&Path>, common: &Common) -> Result<ExitCode> {
-    let cfg = config::load(common.config.as_deref())?;
+    let cfg = config::load(common.engine.config.as_deref())?;
     let frames = portcullis_traffic::demo(1_795_000_000_000_000);
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
     let path = match save {

@@ -211,6 +211,13 @@ impl Net {
             .is_ok()
     }
 
+    /// A TCP connection from namespace `from` to `to:port`: did it open?
+    fn connect(&self, from: &str, to: &str, port: &str) -> bool {
+        self.lab
+            .exec(from, "nc", &["-z", "-w", "2", to, port])
+            .is_ok()
+    }
+
     fn fw(&self, cmd: &str, args: &[&str]) -> String {
         self.lab.exec("fw", cmd, args).unwrap_or_else(|e| e)
     }
@@ -445,13 +452,11 @@ fn static_rules() -> Result<(), Failed> {
         net.lab.spawn("fw", "nc", &["-lk", port], &log)?;
     }
     std::thread::sleep(Duration::from_millis(300));
-    let connect = |port: &str| {
-        net.lab
-            .exec("b", "nc", &["-z", "-w", "2", FW_B, port])
-            .is_ok()
-    };
-    assert!(connect("8080"), "an allowed port is blocked");
-    assert!(!connect("8081"), "a blocked port is reachable");
+    assert!(net.connect("b", FW_B, "8080"), "an allowed port is blocked");
+    assert!(
+        !net.connect("b", FW_B, "8081"),
+        "a blocked port is reachable"
+    );
     net.event("blocked_port drop", |e| {
         e["drop"]["reason"] == "blocked_port" && e["dest_port"] == 8081
     })?;
@@ -476,21 +481,19 @@ fn kill_fail_open() -> Result<(), Failed> {
     let mut net = Net::new()?;
     net.lab
         .spawn("fw", "nc", &["-lk", "8080"], &net.path("nc.log"))?;
-    let connect = |net: &Net| {
-        net.lab
-            .exec("b", "nc", &["-z", "-w", "2", FW_B, "8080"])
-            .is_ok()
-    };
     let pid = net.start("{}")?;
     net.lab.kill(pid)?;
     net.daemon = None;
     // Our table is left behind, but with queue bypass new connections pass.
     assert!(net.fw("nft", &["list", "tables"]).contains("portcullis"));
-    assert!(connect(&net), "fail-open cut new connections off");
+    assert!(
+        net.connect("b", FW_B, "8080"),
+        "fail-open cut new connections off"
+    );
     assert!(net.ping("b", FW_B));
     // The next start cleans up the leftovers and runs.
     net.start_again()?;
-    assert!(connect(&net));
+    assert!(net.connect("b", FW_B, "8080"));
     net.stop()?;
     net.assert_clean()
 }
@@ -501,18 +504,22 @@ fn kill_fail_closed() -> Result<(), Failed> {
     // protocols are decided in the kernel unless rules need more).
     net.lab
         .spawn("fw", "nc", &["-lk", "8080"], &net.path("nc.log"))?;
-    let connect = |net: &Net| {
-        net.lab
-            .exec("b", "nc", &["-z", "-w", "2", FW_B, "8080"])
-            .is_ok()
-    };
     let pid = net.start(r#"{"inline": {"danger_fail_closed": true}}"#)?;
-    assert!(connect(&net), "no connection while running");
+    assert!(
+        net.connect("b", FW_B, "8080"),
+        "no connection while running"
+    );
     net.lab.kill(pid)?;
     net.daemon = None;
-    assert!(!connect(&net), "fail-closed let a new connection through");
+    assert!(
+        !net.connect("b", FW_B, "8080"),
+        "fail-closed let a new connection through"
+    );
     net.start_again()?;
-    assert!(connect(&net), "no connection after the restart");
+    assert!(
+        net.connect("b", FW_B, "8080"),
+        "no connection after the restart"
+    );
     net.stop()?;
     net.assert_clean()
 }
