@@ -16,12 +16,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Failed, Trial};
 use portcullis_kernel::{
     present_with, Firewall, KernelOptions, KernelPlan, QueuePath, Runner, SystemRunner,
 };
 use portcullis_nfqueue::{Hook, Packet, Queue, QueueConfig, Verdict};
-use portcullis_testnet::{skip_reason, Lab};
+use portcullis_testnet::Lab;
 
 fn main() {
     let mut args = Arguments::from_args();
@@ -45,19 +45,15 @@ fn main() {
     libtest_mimic::run(&args, tests).exit();
 }
 
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
+    ("ping", "iputils-ping"),
+];
+
 fn live(name: &str, f: fn() -> Result<(), Failed>) -> Trial {
-    Trial::ignorable_test(name, move || {
-        let tools = [
-            ("ip", "iproute2"),
-            ("nft", "nftables"),
-            ("iptables", "iptables"),
-            ("ping", "iputils-ping"),
-        ];
-        if let Some(reason) = skip_reason(&tools) {
-            return Ok(Completion::ignored_with(format!("skipped: {reason}")));
-        }
-        f().map(|()| Completion::Completed)
-    })
+    portcullis_testnet::live_trial(name, TOOLS, f)
 }
 
 // ---- helpers -------------------------------------------------------------

@@ -7,6 +7,7 @@
 //!
 //! Every flood is bounded: at most 200,000 packets and 10 s per sender.
 
+#[allow(dead_code)] // each test binary uses a different part
 mod support;
 
 use std::io::{self, Read, Write};
@@ -18,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Failed, Trial};
 use portcullis_nfqueue::{
     queue_stats, Hook, NfqError, Packet, Queue, QueueConfig, QueueCounters, QueueStats, Verdict,
 };
-use support::{b_addr, skip_reason, Netns, Pair, A4, A6, B4, B6};
+use support::{b_addr, Netns, Pair, A4, A6, B4, B6};
 
 const PORT: u16 = 9999;
 const MAX_PACKETS: u32 = 200_000;
@@ -47,12 +48,7 @@ fn main() {
 }
 
 fn live(name: &str, f: fn() -> Result<(), Failed>) -> Trial {
-    Trial::ignorable_test(name, move || {
-        if let Some(reason) = skip_reason() {
-            return Ok(Completion::ignored_with(format!("skipped: {reason}")));
-        }
-        f().map(|()| Completion::Completed)
-    })
+    portcullis_testnet::live_trial(name, support::TOOLS, f)
 }
 
 // ---- helpers -------------------------------------------------------------

@@ -15,8 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use portcullis_testnet::{skip_reason, wait_for, Lab};
+use libtest_mimic::{Arguments, Failed, Trial};
+use portcullis_testnet::{live_trial, wait_for, Lab};
 use serde_json::Value;
 
 const TOOLS: &[(&str, &str)] = &[
@@ -65,12 +65,7 @@ fn main() {
 }
 
 fn live(name: &str, f: fn() -> Result<(), Failed>) -> Trial {
-    Trial::ignorable_test(name, move || {
-        if let Some(reason) = skip_reason(TOOLS) {
-            return Ok(Completion::ignored_with(format!("skipped: {reason}")));
-        }
-        f().map(|()| Completion::Completed)
-    })
+    live_trial(name, TOOLS, f)
 }
 
 /// A lab with portcullis's host `fw` and three neighbours.

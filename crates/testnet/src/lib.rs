@@ -18,6 +18,24 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// A live test for a libtest-mimic harness: it runs `f` when
+/// [`skip_reason`] finds nothing missing, and otherwise reports itself
+/// **ignored with the reason**, never passed.
+pub fn live_trial(
+    name: &str,
+    tools: &'static [(&'static str, &'static str)],
+    f: fn() -> Result<(), libtest_mimic::Failed>,
+) -> libtest_mimic::Trial {
+    libtest_mimic::Trial::ignorable_test(name, move || {
+        if let Some(reason) = skip_reason(tools) {
+            return Ok(libtest_mimic::Completion::ignored_with(format!(
+                "skipped: {reason}"
+            )));
+        }
+        f().map(|()| libtest_mimic::Completion::Completed)
+    })
+}
+
 /// Why live tests cannot run here, or `None` when they can.
 pub fn skip_reason(tools: &[(&str, &str)]) -> Option<String> {
     if !is_root() {

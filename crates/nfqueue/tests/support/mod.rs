@@ -29,25 +29,17 @@ pub fn run(cmd: &str, args: &[&str]) -> Result<String, Failed> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn has(cmd: &str) -> bool {
-    Command::new(cmd).arg("--version").output().is_ok()
-}
-
 /// Why live tests cannot run here, if they cannot.
+/// What the NFQUEUE live tests need.
+pub const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+    ("nft", "nftables"),
+];
+
+/// Why these tests cannot run here (see `portcullis_testnet::skip_reason`).
 pub fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (network namespaces, iptables, NFQUEUE)".into());
-    }
-    for (cmd, pkg) in [
-        ("ip", "iproute2"),
-        ("iptables", "iptables"),
-        ("nft", "nftables"),
-    ] {
-        if !has(cmd) {
-            return Some(format!("needs `{cmd}` (apt-get install {pkg})"));
-        }
-    }
-    None
+    portcullis_testnet::skip_reason(TOOLS)
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
