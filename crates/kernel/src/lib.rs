@@ -308,11 +308,17 @@ impl Firewall {
         for set in ["ban4", "ban6"] {
             let args = ["-j", "list", "set", "inet", TABLE, set];
             let json = run(self.runner.as_ref(), "nft", &args, None)?;
+            let entries = nft::parse_ban_set(&json).map_err(|detail| KernelError::Output {
+                command: format!("nft {}", args.join(" ")),
+                detail,
+            })?;
+            // `unban` re-adds an element with a 1 ms timeout; the kernel no
+            // longer matches it but lists it until its garbage collection
+            // runs. Its timeout reads as 0 s; every real ban has >= 1 s.
             out.extend(
-                nft::parse_ban_set(&json).map_err(|detail| KernelError::Output {
-                    command: format!("nft {}", args.join(" ")),
-                    detail,
-                })?,
+                entries
+                    .into_iter()
+                    .filter(|b| b.timeout != Some(Duration::ZERO)),
             );
         }
         Ok(out)
