@@ -591,18 +591,7 @@ fn leftovers() -> Result<(), Failed> {
 
 // ---- NFQUEUE -------------------------------------------------------------
 
-fn enter(ns: &str) -> Result<(), String> {
-    let f = std::fs::File::open(format!("/run/netns/{ns}"))
-        .map_err(|e| format!("open netns {ns}: {e}"))?;
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("setns {ns}: {e}"))
-}
-
-fn join<T>(h: JoinHandle<Result<T, String>>) -> Result<T, Failed> {
-    h.join()
-        .map_err(|_| "thread panicked")?
-        .map_err(Failed::from)
-}
+use portcullis_testnet::{enter, join};
 
 /// What the listener saw of one packet.
 #[derive(Debug, Clone, Copy)]

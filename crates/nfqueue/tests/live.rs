@@ -53,18 +53,7 @@ fn live(name: &str, f: fn() -> Result<(), Failed>) -> Trial {
 
 // ---- helpers -------------------------------------------------------------
 
-fn enter(ns: &str) -> Result<(), String> {
-    let f = std::fs::File::open(format!("/run/netns/{ns}"))
-        .map_err(|e| format!("open netns {ns}: {e}"))?;
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("setns {ns}: {e}"))
-}
-
-fn join<T>(h: JoinHandle<Result<T, String>>) -> Result<T, Failed> {
-    h.join()
-        .map_err(|_| "thread panicked")?
-        .map_err(Failed::from)
-}
+use portcullis_testnet::{enter, join};
 
 fn iptables(v6: bool) -> &'static str {
     if v6 {

@@ -206,6 +206,27 @@ impl Net {
             .is_ok()
     }
 
+    /// A bounded nmap scan (one try per port, `limit` at most) from
+    /// namespace `from`; its outcome shows in portcullis's events.
+    fn nmap(&self, from: &str, kind: &str, ports: &str, target: &str, limit: &str) {
+        let _ = self.lab.exec(
+            from,
+            "nmap",
+            &[
+                kind,
+                "-n",
+                "-Pn",
+                "-p",
+                ports,
+                "--max-retries",
+                "0",
+                "--host-timeout",
+                limit,
+                target,
+            ],
+        );
+    }
+
     /// A TCP connection from namespace `from` to `to:port`: did it open?
     fn connect(&self, from: &str, to: &str, port: &str) -> bool {
         self.lab
@@ -306,22 +327,7 @@ fn nmap_syn_scan() -> Result<(), Failed> {
     net.start(r#"{"events": {"dns_queries": false}}"#)?;
     assert!(net.ping("a", FW_A) && net.ping("b", FW_B));
     // 200 ports, one try each, 30 s at most.
-    let _ = net.lab.exec(
-        "a",
-        "nmap",
-        &[
-            "-sS",
-            "-n",
-            "-Pn",
-            "-p",
-            "1-200",
-            "--max-retries",
-            "0",
-            "--host-timeout",
-            "30s",
-            FW_A,
-        ],
-    );
+    net.nmap("a", "-sS", "1-200", FW_A, "30s");
     let (scan, ban) = scan_events(&net, A)?;
     assert_eq!(scan["scan"]["kind"], "syn", "{scan:#}");
     assert_eq!(scan["scan"]["action"], "ban");
@@ -362,22 +368,7 @@ fn nmap_syn_scan() -> Result<(), Failed> {
 fn nmap_udp_scan() -> Result<(), Failed> {
     let mut net = Net::new()?;
     net.start(r#"{"events": {"dns_queries": false}}"#)?;
-    let _ = net.lab.exec(
-        "b",
-        "nmap",
-        &[
-            "-sU",
-            "-n",
-            "-Pn",
-            "-p",
-            "1-40",
-            "--max-retries",
-            "0",
-            "--host-timeout",
-            "30s",
-            FW_B,
-        ],
-    );
+    net.nmap("b", "-sU", "1-40", FW_B, "30s");
     let (scan, _) = scan_events(&net, B)?;
     assert_eq!(scan["scan"]["kind"], "udp", "{scan:#}");
     assert!(!net.ping("b", FW_B));
@@ -563,22 +554,7 @@ fn sighup_broken() -> Result<(), Failed> {
 fn bans_survive_restart() -> Result<(), Failed> {
     let mut net = Net::new()?;
     net.start(r#"{"events": {"dns_queries": false}}"#)?;
-    let _ = net.lab.exec(
-        "a",
-        "nmap",
-        &[
-            "-sS",
-            "-n",
-            "-Pn",
-            "-p",
-            "1-50",
-            "--max-retries",
-            "0",
-            "--host-timeout",
-            "20s",
-            FW_A,
-        ],
-    );
+    net.nmap("a", "-sS", "1-50", FW_A, "20s");
     scan_events(&net, A)?;
     net.stop()?;
     net.assert_clean()?;

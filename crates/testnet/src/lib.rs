@@ -36,6 +36,23 @@ pub fn live_trial(
     })
 }
 
+/// Moves the calling thread into network namespace `ns` (a full name, as
+/// `ip netns` lists it). The network namespace is per thread: sockets the
+/// thread opens afterwards live there.
+pub fn enter(ns: &str) -> Result<(), String> {
+    let f = std::fs::File::open(format!("/run/netns/{ns}"))
+        .map_err(|e| format!("open netns {ns}: {e}"))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("setns {ns}: {e}"))
+}
+
+/// Joins a test thread: its error, or "thread panicked", as a test failure.
+pub fn join<T>(h: std::thread::JoinHandle<Result<T, String>>) -> Result<T, libtest_mimic::Failed> {
+    h.join()
+        .map_err(|_| "thread panicked")?
+        .map_err(libtest_mimic::Failed::from)
+}
+
 /// Why live tests cannot run here, or `None` when they can.
 pub fn skip_reason(tools: &[(&str, &str)]) -> Option<String> {
     if !is_root() {
