@@ -70,6 +70,26 @@ fn types(events: &[Value]) -> Vec<&str> {
         .collect()
 }
 
+/// Two string fields of every event, each given as a path of keys.
+fn fields<'a>(events: &'a [Value], a: &[&str], b: &[&str]) -> Vec<(&'a str, &'a str)> {
+    let get = |e: &'a Value, path: &[&str]| {
+        path.iter()
+            .fold(e, |v, k| &v[*k])
+            .as_str()
+            .unwrap_or_else(|| panic!("no string at {path:?} in {e:#}"))
+    };
+    events.iter().map(|e| (get(e, a), get(e, b))).collect()
+}
+
+/// Packets as frames 1 µs apart from T0.
+fn one_microsecond_apart(packets: Vec<Vec<u8>>) -> Vec<Frame> {
+    packets
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| Frame::new(T0 + i as u64, f))
+        .collect()
+}
+
 fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event_type"] == t).collect()
 }
@@ -337,17 +357,8 @@ fn seed_config_format_works_unchanged() {
         ),
     ];
     let events = replay(&frames, seed);
-    let reasons: Vec<_> = events
-        .iter()
-        .map(|e| {
-            (
-                e["src_ip"].as_str().unwrap(),
-                e["drop"]["reason"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        reasons,
+        fields(&events, &["src_ip"], &["drop", "reason"]),
         [
             ("198.18.0.100", "blocked_ip"),
             ("198.18.0.7", "blocked_protocol"),
@@ -422,17 +433,8 @@ fn blocked_domain_over_udp_and_its_parent_is_not_blocked() {
         ),
     ];
     let events = replay(&frames, DNS_CONFIG);
-    let summary: Vec<_> = events
-        .iter()
-        .map(|e| {
-            (
-                e["event_type"].as_str().unwrap(),
-                e["dns"]["rrname"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        summary,
+        fields(&events, &["event_type"], &["dns", "rrname"]),
         [
             ("drop", "x.y.tracker.example"),
             ("dns", "example"),
@@ -452,11 +454,7 @@ fn fragmented_syn_to_a_blocked_port_never_gets_through_on_port_0() {
     );
     let frags = traffic::fragment_ipv4(&syn, 24);
     assert!(frags.len() >= 3);
-    let frames: Vec<Frame> = frags
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| Frame::new(T0 + i as u64, f))
-        .collect();
+    let frames = one_microsecond_apart(frags);
     let events = replay(
         &frames,
         r#"{"block": {"port": [23, 0]}, "events": {"dns_queries": false}}"#,
@@ -480,11 +478,7 @@ fn tiny_fragment_attack_is_malformed() {
         &[0u8; 40],
     );
     let frags = traffic::fragment_ipv4(&syn, 8);
-    let frames: Vec<Frame> = frags
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| Frame::new(T0 + i as u64, f))
-        .collect();
+    let frames = one_microsecond_apart(frags);
     let events = replay(&frames, r#"{"block": {"port": [23]}}"#);
     // The 8-byte first fragment (no room for the flags) and the fragment at
     // offset 1 (which would overwrite them) are both malformed: one event at
