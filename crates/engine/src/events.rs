@@ -200,6 +200,9 @@ pub struct QueueInfo {
     pub user_dropped: u64,
     /// Receive overruns seen on the socket (ENOBUFS).
     pub overruns: u64,
+    /// Sent toward the queue but neither received nor counted as dropped:
+    /// let past a full queue by fail-open, uninspected (iptables path).
+    pub uninspected: u64,
     /// `passed` (fail-open) or `dropped` (fail-closed).
     pub fate: &'static str,
 }
@@ -410,10 +413,11 @@ impl fmt::Display for Event {
                 if let Some(q) = &self.queue {
                     write!(
                         f,
-                        "queue {}: {} packets not inspected (kernel queue full {}, socket full {}, overruns {}), {}",
+                        "queue {}: {} packets not inspected (kernel queue full {}, passed full queue {}, socket full {}, overruns {}), {}",
                         q.number,
-                        q.queue_dropped + q.user_dropped,
+                        q.queue_dropped + q.user_dropped + q.uninspected,
                         q.queue_dropped,
+                        q.uninspected,
                         q.user_dropped,
                         q.overruns,
                         q.fate

@@ -87,6 +87,20 @@ pub(crate) fn parse(listing: &str) -> Ours {
     ours
 }
 
+/// Sums the packet counters of the NFQUEUE rules in `iptables -nvxL
+/// PORTCULLIS` output.
+pub(crate) fn queue_rule_packets(listing: &str) -> u64 {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let pkts = w.next()?.parse::<u64>().ok()?;
+            let _bytes = w.next()?;
+            (w.next()? == "NFQUEUE").then_some(pkts)
+        })
+        .sum()
+}
+
 /// The NFQUEUE rule of our chain.
 pub(crate) fn queue_rule(queue_mark: u32, queue_num: u16, fail_open: bool) -> String {
     format!(
@@ -207,5 +221,12 @@ mod tests {
              COMMIT\n"
         );
         assert_eq!(removal_script(&Ours::default()), None);
+    }
+
+    #[test]
+    fn queue_rule_counters_are_summed() {
+        let listing = "Chain PORTCULLIS (3 references)\n    pkts      bytes target     prot opt in     out     source               destination\n  123456  7890123 NFQUEUE    0    --  *      *       0.0.0.0/0            0.0.0.0/0            mark match 0x20000000/0x20000000 /* portcullis */ NFQUEUE num 0 bypass\n";
+        assert_eq!(queue_rule_packets(listing), 123_456);
+        assert_eq!(queue_rule_packets("Chain PORTCULLIS (0 references)\n"), 0);
     }
 }

@@ -242,6 +242,37 @@ impl Firewall {
         self.path
     }
 
+    /// Packets our rules have sent toward NFQUEUE since install, from the
+    /// iptables NFQUEUE rules' counters (IPv4 and IPv6). With fail-open,
+    /// packets the kernel lets past a full queue show up here and in no
+    /// queue counter: this minus what the daemon received is what passed
+    /// uninspected. `None` on the nft `queue` path (not counted there yet).
+    pub fn queue_rule_packets(&self) -> Result<Option<u64>, KernelError> {
+        if self.path != QueuePath::IptablesNfqueue {
+            return Ok(None);
+        }
+        let mut total = 0;
+        for fam in iptables::Family::BOTH {
+            let listing = run(
+                self.runner.as_ref(),
+                fam.program(),
+                &[
+                    "-w",
+                    "-t",
+                    "filter",
+                    "-n",
+                    "-v",
+                    "-x",
+                    "-L",
+                    iptables::CHAIN,
+                ],
+                None,
+            )?;
+            total += iptables::queue_rule_packets(&listing);
+        }
+        Ok(Some(total))
+    }
+
     /// What [`Firewall::probe`] found at install time.
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps

@@ -14,7 +14,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -95,8 +95,16 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     // From here on, every exit path must tear the kernel rules down: the
     // kernel thread does it when its channel closes.
     let (kernel_tx, kernel_rx) = crossbeam_channel::bounded::<KernelCmd>(65_536);
-    let kernel = spawn_kernel_thread(firewall, kernel_rx, state.clone())?;
-    let result = serve(args, cfg, &state, &kernel_tx, &term, &hup, skip_mark);
+    let queue_hits = Arc::new(AtomicU64::new(UNKNOWN));
+    let kernel = spawn_kernel_thread(firewall, kernel_rx, state.clone(), Arc::clone(&queue_hits))?;
+    let ctl = Control {
+        kernel: &kernel_tx,
+        term: &term,
+        hup: &hup,
+        queue_hits: &queue_hits,
+        skip_mark,
+    };
+    let result = serve(args, cfg, &state, &ctl);
     drop(kernel_tx);
     let teardown = kernel
         .join()
@@ -112,17 +120,36 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     }
 }
 
+/// What the packet thread shares with the rest of the daemon.
+struct Control<'a> {
+    /// Commands for the kernel thread.
+    kernel: &'a Sender<KernelCmd>,
+    /// SIGINT/SIGTERM seen.
+    term: &'a AtomicBool,
+    /// SIGHUP seen.
+    hup: &'a AtomicBool,
+    /// Packets our queue rule sent (kernel thread), or [`UNKNOWN`].
+    queue_hits: &'a AtomicU64,
+    /// The mark our own packets (DNS answers) carry.
+    skip_mark: u32,
+}
+
 fn serve(
     args: &RunArgs,
     cfg: Arc<Config>,
     state: &StateDir,
-    kernel: &Sender<KernelCmd>,
-    term: &AtomicBool,
-    hup: &AtomicBool,
-    skip_mark: u32,
+    ctl: &Control<'_>,
 ) -> Result<ExitCode> {
+    let Control {
+        kernel,
+        term,
+        hup,
+        queue_hits,
+        skip_mark,
+    } = *ctl;
     let mut qcfg = QueueConfig::new(cfg.inline.queue);
     qcfg.fail_open = !cfg.inline.fail_closed;
+    qcfg.max_len = cfg.inline.queue_length;
     let mut queue = Queue::open(&qcfg).context("opening the NFQUEUE")?;
     let mut responder = Responder::open().context("opening the raw sockets for DNS answers")?;
     // Our answers must pass our own chains, not come back to the queue.
@@ -179,7 +206,7 @@ fn serve(
     let nxdomain = |e: &Engine| e.config().dns.blocked_response == BlockedDnsResponse::Nxdomain;
     let mut last_tick = Instant::now();
     let mut last_stats = Instant::now();
-    let mut seen = QueueDrops::read(qcfg.num);
+    let mut seen = QueueDrops::default();
     let mut overruns = 0;
     eprintln!(
         "portcullis: running on NFQUEUE {} ({})",
@@ -233,12 +260,21 @@ fn serve(
         }
         if last_stats.elapsed() >= QUEUE_STATS_EVERY {
             last_stats = Instant::now();
-            let cur = QueueDrops::read(qcfg.num);
+            let cur = QueueDrops::read(
+                qcfg.num,
+                queue_hits.load(Ordering::Relaxed),
+                queue.counters().packets,
+            );
             let new_overruns = queue.counters().enobufs;
             if let Some(ev) = seen.event(&cur, new_overruns - overruns, qcfg.num, qcfg.fail_open) {
                 let _ = event_tx.try_send(ev);
             }
-            seen = cur;
+            // The estimate can dip (skew between the two readings): keep the
+            // high-water mark so nothing is reported twice.
+            seen = QueueDrops {
+                uninspected: seen.uninspected.max(cur.uninspected),
+                ..cur
+            };
             overruns = new_overruns;
         }
         forward(&mut engine, &mut dropped_events);
@@ -311,6 +347,7 @@ fn spawn_kernel_thread(
     fw: Firewall,
     rx: Receiver<KernelCmd>,
     state: StateDir,
+    queue_hits: Arc<AtomicU64>,
 ) -> Result<JoinHandle<Result<()>>> {
     std::thread::Builder::new()
         .name("portcullis-kernel".into())
@@ -319,7 +356,19 @@ fn spawn_kernel_thread(
             // Detection (the packet's time) to kernel commit, worst seen.
             let mut worst_latency = Duration::ZERO;
             let mut committed = 0u64;
-            while let Ok(first) = rx.recv() {
+            let mut last_poll = Instant::now();
+            loop {
+                if last_poll.elapsed() >= QUEUE_STATS_EVERY {
+                    last_poll = Instant::now();
+                    if let Ok(Some(n)) = fw.queue_rule_packets() {
+                        queue_hits.store(n, Ordering::Relaxed);
+                    }
+                }
+                let first = match rx.recv_timeout(QUEUE_STATS_EVERY) {
+                    Ok(c) => c,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
                 // Gather what arrives within the window into one nft call.
                 let deadline = Instant::now() + BAN_BATCH_WINDOW;
                 let mut cmds = vec![first];
@@ -402,30 +451,50 @@ fn spawn_writer(events: Option<&Path>, console: bool) -> Result<(Sender<Event>, 
     Ok((tx, handle))
 }
 
-/// Kernel-side drop counters of our queue.
+/// Marks "not known yet" in the shared queue-rule counter.
+const UNKNOWN: u64 = u64::MAX;
+
+/// Cumulative counters of our queue since it was opened.
 #[derive(Debug, Clone, Copy, Default)]
 struct QueueDrops {
     queue_dropped: u64,
     user_dropped: u64,
+    /// Sent toward the queue, received by us, queued, dropped: none of
+    /// these. Only known on the iptables path.
+    uninspected: u64,
 }
 
 impl QueueDrops {
-    fn read(num: u16) -> Self {
-        portcullis_nfqueue::queue_stats()
+    /// `hits`: packets our queue rule sent (or [`UNKNOWN`]); `received`:
+    /// packets this daemon read from the queue.
+    fn read(num: u16, hits: u64, received: u64) -> Self {
+        let Some(q) = portcullis_nfqueue::queue_stats()
             .ok()
             .and_then(|all| all.into_iter().find(|q| q.queue_number == num))
-            .map(|q| Self {
-                queue_dropped: u64::from(q.queue_dropped),
-                user_dropped: u64::from(q.user_dropped),
-            })
-            .unwrap_or_default()
+        else {
+            return Self::default();
+        };
+        let (queue_dropped, user_dropped) = (u64::from(q.queue_dropped), u64::from(q.user_dropped));
+        // The rule's counter is read on the kernel thread up to a second
+        // earlier: this can only undercount now and catch up later.
+        let uninspected = if hits == UNKNOWN {
+            0
+        } else {
+            hits.saturating_sub(received + u64::from(q.queue_total) + queue_dropped + user_dropped)
+        };
+        Self {
+            queue_dropped,
+            user_dropped,
+            uninspected,
+        }
     }
 
     /// A `queue` event if anything was lost since `self`.
     fn event(&self, cur: &Self, overruns: u64, num: u16, fail_open: bool) -> Option<Event> {
         let q = cur.queue_dropped.saturating_sub(self.queue_dropped);
         let u = cur.user_dropped.saturating_sub(self.user_dropped);
-        if q == 0 && u == 0 && overruns == 0 {
+        let p = cur.uninspected.saturating_sub(self.uninspected);
+        if q == 0 && u == 0 && p == 0 && overruns == 0 {
             return None;
         }
         let mut ev = Event::new(now(), EventType::Queue, None);
@@ -434,6 +503,7 @@ impl QueueDrops {
             queue_dropped: q,
             user_dropped: u,
             overruns,
+            uninspected: p,
             fate: if fail_open { "passed" } else { "dropped" },
         });
         Some(ev)

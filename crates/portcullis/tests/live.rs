@@ -28,6 +28,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("dnsmasq", "dnsmasq"),
     ("ping", "iputils-ping"),
     ("nc", "netcat-openbsd"),
+    ("iperf3", "iperf3"),
 ];
 
 fn main() {
@@ -60,6 +61,7 @@ fn main() {
             sighup_broken,
         ),
         live("bans_survive_a_restart", bans_survive_restart),
+        live("a_full_queue_is_reported_never_silent", full_queue_reported),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -564,6 +566,35 @@ fn bans_survive_restart() -> Result<(), Failed> {
     assert!(net.log().contains("restored 1 bans"), "{}", net.log());
     assert!(!net.ping("a", FW_A), "the ban did not survive the restart");
     assert!(net.ping("b", FW_B));
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn full_queue_reported() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    // A 16-packet queue and every UDP packet to user space: a burst
+    // overflows it. Fail-open lets the rest pass; that must be reported.
+    net.start(
+        r#"{"inline": {"queue_length": 16, "queue_all": ["UDP"]},
+            "scan": {"enabled": false}, "events": {"dns_queries": false}}"#,
+    )?;
+    let log = net.path("iperf3.log");
+    net.lab
+        .spawn("fw", "iperf3", &["-s", "-1", "-B", FW_B], &log)?;
+    std::thread::sleep(Duration::from_millis(500));
+    // Bounded: 100,000 datagrams of 64 bytes, 20 s at most.
+    let _ = net.lab.exec(
+        "b",
+        "timeout",
+        &[
+            "20", "iperf3", "-c", FW_B, "-u", "-b", "0", "-l", "64", "-k", "100000",
+        ],
+    );
+    let ev = net.event("queue", |e| {
+        e["event_type"] == "queue" && e["queue"]["uninspected"].as_u64().unwrap_or(0) > 0
+    })?;
+    eprintln!("queue event: {}", ev["queue"]);
+    assert_eq!(ev["queue"]["fate"], "passed", "{ev:#}");
     net.stop()?;
     net.assert_clean()
 }

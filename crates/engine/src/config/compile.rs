@@ -145,6 +145,7 @@ impl Compiler<'_> {
                 "inline.block_log_rate",
                 d.block_log_rate,
             ),
+            queue_length: self.positive(raw.queue_length, "inline.queue_length", d.queue_length),
             queue_all: self.entries(raw.queue_all, "inline.queue_all", parse_protocol),
         }
     }

@@ -257,6 +257,8 @@ pub struct InlineConfig {
     /// Blocked new connections shown to user space per second for logging;
     /// the rest are dropped and counted in the kernel. Default 100.
     pub block_log_rate: u32,
+    /// Kernel queue length (packets awaiting a verdict). Default 8192.
+    pub queue_length: u32,
     /// Protocol numbers whose every packet is queued. Default: none.
     pub queue_all: Vec<u8>,
 }
@@ -267,6 +269,7 @@ impl Default for InlineConfig {
             queue: 0,
             fail_closed: false,
             block_log_rate: 100,
+            queue_length: 8192,
             queue_all: Vec::new(),
         }
     }

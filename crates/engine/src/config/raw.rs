@@ -295,6 +295,10 @@ pub struct RawInline {
     /// user space (to be logged) per second; the rest are dropped in the
     /// kernel and only counted there. Default 100.
     pub block_log_rate: Option<u32>,
+    /// Packets the kernel holds for portcullis before the queue counts as
+    /// full (then: passed in fail-open mode, dropped in fail-closed mode;
+    /// reported in `queue` events). Default 8192.
+    pub queue_length: Option<u32>,
     /// Protocols whose every packet goes to user space, not just the first
     /// of each connection (deep inspection, benchmarks). Costly. Default:
     /// none.
@@ -303,8 +307,13 @@ pub struct RawInline {
 }
 
 impl RawInline {
-    pub(crate) const FIELDS: &'static [&'static str] =
-        &["queue", "danger_fail_closed", "block_log_rate", "queue_all"];
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "queue",
+        "danger_fail_closed",
+        "block_log_rate",
+        "queue_length",
+        "queue_all",
+    ];
 }
 
 /// Schema-only types for the loosely typed entries.
