@@ -1,8 +1,19 @@
 //! The iptables fallback: for kernels without the nft `queue` statement.
 //!
-//! Our nft chains mark packets for user space; in iptables-nft's `filter`
-//! table (IPv4 and IPv6), one rule of ours at the top of INPUT, FORWARD and
-//! OUTPUT jumps to our chain [`CHAIN`], which queues marked packets:
+//! Our nft chains mark packets for user space; in iptables-nft's
+//! `security` table (IPv4 and IPv6), one rule of ours at the top of INPUT,
+//! FORWARD and OUTPUT jumps to our chain [`CHAIN`], which queues marked
+//! packets.
+//!
+//! Why `security` (hook priority 50) and not `filter` (0): a verdict from
+//! the queue ends the traversal of the table that queued. Queued from
+//! `filter`, a packet portcullis accepts would skip the host's own filter
+//! rules after our jump. From `security`, the host's filter rules have
+//! already decided (their DROP wins; their ACCEPT does not stop the later
+//! hook), and the `security` table is rarely used for anything else.
+//!
+//! ```text
+//! *security
 //!
 //! ```text
 //! -N PORTCULLIS
@@ -21,6 +32,8 @@ use std::fmt::Write as _;
 
 /// Our iptables chain.
 pub const CHAIN: &str = "PORTCULLIS";
+/// The iptables table our chain and jumps live in (see the module docs).
+pub const TABLE: &str = "security";
 /// The comment on each of our iptables rules.
 pub const COMMENT: &str = "portcullis";
 /// The built-in chains that jump to ours.
@@ -67,7 +80,7 @@ impl Ours {
     }
 }
 
-/// Finds our objects in `iptables -S` output (the filter table).
+/// Finds our objects in `iptables -t security -S` output.
 pub(crate) fn parse(listing: &str) -> Ours {
     let mut ours = Ours::default();
     for line in listing.lines() {
@@ -120,7 +133,7 @@ pub(crate) fn install_script(
     queue_num: u16,
     fail_open: bool,
 ) -> String {
-    let mut s = String::from("*filter\n");
+    let mut s = format!("*{TABLE}\n");
     let _ = writeln!(s, ":{CHAIN} - [0:0]");
     for (chain, spec) in &old.jumps {
         let _ = writeln!(s, "-D {chain} {spec}");
@@ -139,7 +152,7 @@ pub(crate) fn removal_script(old: &Ours) -> Option<String> {
     if old.is_empty() {
         return None;
     }
-    let mut s = String::from("*filter\n");
+    let mut s = format!("*{TABLE}\n");
     for (chain, spec) in &old.jumps {
         let _ = writeln!(s, "-D {chain} {spec}");
     }
@@ -196,7 +209,7 @@ mod tests {
         let ours = parse(LISTING);
         assert_eq!(
             install_script(&Ours::default(), 0x2000_0000, 3, false),
-            "*filter\n\
+            "*security\n\
              :PORTCULLIS - [0:0]\n\
              -A PORTCULLIS -m mark --mark 0x20000000/0x20000000 -m comment --comment portcullis -j NFQUEUE --queue-num 3\n\
              -I INPUT 1 -m comment --comment portcullis -j PORTCULLIS\n\
@@ -212,7 +225,7 @@ mod tests {
         assert!(s.contains("--queue-num 0 --queue-bypass\n"), "{s}");
         assert_eq!(
             removal_script(&ours).unwrap(),
-            "*filter\n\
+            "*security\n\
              -D INPUT -m comment --comment portcullis -j PORTCULLIS\n\
              -D INPUT -m comment --comment portcullis -j PORTCULLIS\n\
              -D FORWARD -m comment --comment portcullis -j PORTCULLIS\n\

@@ -36,8 +36,8 @@
 //! One NFQUEUE number for every hook (the queued packet's hook tells the
 //! direction). [`Firewall::probe`] finds out whether this kernel has nft's
 //! `queue` statement ([`QueuePath::NftQueue`]); if not, our chains mark the
-//! packet and one jump of ours in iptables-nft's `filter` INPUT, FORWARD and
-//! OUTPUT chains (IPv4 and IPv6) queues marked packets
+//! packet and one jump of ours in iptables-nft's `security` INPUT, FORWARD
+//! and OUTPUT chains (IPv4 and IPv6) queues marked packets
 //! ([`QueuePath::IptablesNfqueue`], module [`iptables`]). Fail-open (the
 //! default) queues with `bypass`, so a dead daemon never cuts the host off.
 //!
@@ -67,14 +67,13 @@
 //! set's elements back from the kernel, as it does for `add element`,
 //! `delete element` and `list tables`.
 //!
-//! # Caveat of the iptables fallback
+//! # Why the `security` table
 //!
 //! A packet the daemon accepts from NFQUEUE continues with the next hook
-//! function, so on the iptables path it skips the rest of iptables' own
-//! `filter` chain (our jump is its first rule). Hosts that keep their own
-//! iptables filter rules should know that new connections portcullis
-//! accepts are not checked by them. (On the nft `queue` path, iptables'
-//! chains, at priority 0, still see the packet after us.)
+//! function: it skips the rest of the table that queued it. Queuing from
+//! `security` (priority 50) rather than `filter` (0) means the host's own
+//! iptables filter rules have already decided when portcullis sees the
+//! packet, so portcullis never lets through what they drop.
 
 #![forbid(unsafe_code)]
 
@@ -259,7 +258,7 @@ impl Firewall {
                 &[
                     "-w",
                     "-t",
-                    "filter",
+                    iptables::TABLE,
                     "-n",
                     "-v",
                     "-x",
@@ -400,7 +399,12 @@ impl Firewall {
 /// Our iptables objects for both families, replacing any there are.
 fn install_iptables(runner: &dyn Runner, a: &Applied) -> Result<(), KernelError> {
     for fam in Family::BOTH {
-        let old = iptables::parse(&run(runner, fam.program(), &["-w", "-S"], None)?);
+        let old = iptables::parse(&run(
+            runner,
+            fam.program(),
+            &["-w", "-t", iptables::TABLE, "-S"],
+            None,
+        )?);
         let script = iptables::install_script(&old, a.queue_mark, a.queue_num, a.fail_open);
         run(runner, fam.restore(), &["-w", "--noflush"], Some(&script))?;
     }
@@ -411,7 +415,12 @@ fn install_iptables(runner: &dyn Runner, a: &Applied) -> Result<(), KernelError>
 fn remove_iptables(runner: &dyn Runner) -> Result<bool, KernelError> {
     let mut removed = false;
     for fam in Family::BOTH {
-        let old = iptables::parse(&run(runner, fam.program(), &["-w", "-S"], None)?);
+        let old = iptables::parse(&run(
+            runner,
+            fam.program(),
+            &["-w", "-t", iptables::TABLE, "-S"],
+            None,
+        )?);
         if let Some(script) = iptables::removal_script(&old) {
             run(runner, fam.restore(), &["-w", "--noflush"], Some(&script))?;
             removed = true;
@@ -434,7 +443,14 @@ pub fn present_with(runner: &dyn Runner) -> Result<bool, KernelError> {
     }
     if iptables_installed(runner) {
         for fam in Family::BOTH {
-            if !iptables::parse(&run(runner, fam.program(), &["-w", "-S"], None)?).is_empty() {
+            if !iptables::parse(&run(
+                runner,
+                fam.program(),
+                &["-w", "-t", iptables::TABLE, "-S"],
+                None,
+            )?)
+            .is_empty()
+            {
                 return Ok(true);
             }
         }

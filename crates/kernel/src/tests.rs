@@ -83,7 +83,7 @@ fn no_nft_queue(program: &str, args: &[&str], input: &str) -> Option<Reply> {
         ("nft", ["-j", "list", "set", "inet", "portcullis_probe", "t"]) => (0, PROBE_UPDATED, ""),
         ("nft", ["list", "set", "inet", "portcullis", "ban4"]) => (1, "", NO_SUCH),
         ("nft", _) => (0, "", ""),
-        (_, ["-w", "-S"]) => (0, FRESH, ""),
+        (_, ["-w", "-t", "security", "-S"]) => (0, FRESH, ""),
         _ => (0, "", ""),
     })
 }
@@ -123,9 +123,9 @@ fn install_batches_everything_and_falls_back_to_iptables() {
     let mut want: Vec<&str> = PROBE.to_vec();
     want.extend([
         "nft -f -",
-        "iptables -w -S",
+        "iptables -w -t security -S",
         "iptables-restore -w --noflush",
-        "ip6tables -w -S",
+        "ip6tables -w -t security -S",
         "ip6tables-restore -w --noflush",
     ]);
     assert_eq!(fake.commands(), want);
@@ -193,9 +193,9 @@ fn install_batches_everything_and_falls_back_to_iptables() {
         fake.commands(),
         [
             "nft -f -",
-            "iptables -w -S",
+            "iptables -w -t security -S",
             "iptables-restore -w --noflush",
-            "ip6tables -w -S",
+            "ip6tables -w -t security -S",
             "ip6tables-restore -w --noflush",
         ]
     );
@@ -207,7 +207,11 @@ fn install_batches_everything_and_falls_back_to_iptables() {
     fw.teardown().unwrap();
     assert_eq!(
         fake.commands(),
-        ["iptables -w -S", "ip6tables -w -S", "nft -f -"]
+        [
+            "iptables -w -t security -S",
+            "ip6tables -w -t security -S",
+            "nft -f -"
+        ]
     );
     assert_eq!(fake.calls()[2].1, nft::remove_table());
 }
@@ -244,7 +248,7 @@ fn leftovers_are_removed_on_install_and_by_remove_leftovers() {
         -A INPUT -s 198.18.0.99/32 -j DROP\n\
         -A PORTCULLIS -m mark --mark 0x20000000/0x20000000 -m comment --comment portcullis -j NFQUEUE --queue-num 0 --queue-bypass\n";
     let fake = Fake::new(|program, args, input| match (program, args) {
-        (_, ["-w", "-S"]) => Some((0, LEFT, "")),
+        (_, ["-w", "-t", "security", "-S"]) => Some((0, LEFT, "")),
         ("nft", ["list", "set", "inet", "portcullis", "ban4"]) => {
             Some((0, "table inet portcullis {}", ""))
         }
@@ -258,7 +262,7 @@ fn leftovers_are_removed_on_install_and_by_remove_leftovers() {
         .unwrap();
     assert_eq!(
         restore.1,
-        "*filter\n\
+        "*security\n\
          :PORTCULLIS - [0:0]\n\
          -D INPUT -m comment --comment portcullis -j PORTCULLIS\n\
          -A PORTCULLIS -m mark --mark 0x20000000/0x20000000 -m comment --comment portcullis -j NFQUEUE --queue-num 0 --queue-bypass\n\
@@ -278,7 +282,7 @@ fn leftovers_are_removed_on_install_and_by_remove_leftovers() {
     // The foreign DROP rule is not touched.
     assert_eq!(
         restore.1,
-        "*filter\n-D INPUT -m comment --comment portcullis -j PORTCULLIS\n-F PORTCULLIS\n-X PORTCULLIS\nCOMMIT\n"
+        "*security\n-D INPUT -m comment --comment portcullis -j PORTCULLIS\n-F PORTCULLIS\n-X PORTCULLIS\nCOMMIT\n"
     );
     assert_eq!(calls.last().unwrap().1, nft::remove_table());
     assert!(present_with(fake.as_ref()).unwrap());
@@ -442,7 +446,7 @@ fn teardown_removes_the_table_even_if_iptables_fails() {
     let broken = Arc::new(AtomicBool::new(false));
     let b = broken.clone();
     let fake = Fake::new(move |program, args, input| match (program, args) {
-        ("iptables", ["-w", "-S"]) if b.load(Ordering::Relaxed) => {
+        ("iptables", ["-w", "-t", "security", "-S"]) if b.load(Ordering::Relaxed) => {
             Some((1, "", "iptables: something broke\n"))
         }
         _ => no_nft_queue(program, args, input),

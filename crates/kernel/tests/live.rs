@@ -251,7 +251,7 @@ fn install_exact() -> Result<(), Failed> {
         QueuePath::NftQueue => FRESH.to_string(),
     };
     for prog in ["iptables", "ip6tables"] {
-        let got = exec(&lab, "b", prog, &["-S"])?;
+        let got = exec(&lab, "b", prog, &["-t", "security", "-S"])?;
         check(got == want_ipt, || {
             format!("{prog} -S:\n{got}\nwant:\n{want_ipt}")
         })?;
@@ -264,7 +264,7 @@ fn install_exact() -> Result<(), Failed> {
         "present() after teardown".into()
     })?;
     for prog in ["iptables", "ip6tables"] {
-        let got = exec(&lab, "b", prog, &["-S"])?;
+        let got = exec(&lab, "b", prog, &["-t", "security", "-S"])?;
         check(got == FRESH, || format!("{prog} -S after teardown:\n{got}"))?;
     }
     let tables = exec(&lab, "b", "nft", &["list", "tables"])?;
@@ -306,8 +306,8 @@ fn foreign_untouched() -> Result<(), Failed> {
     let snapshot = |lab: &Lab| -> Result<(String, String, String), Failed> {
         Ok((
             exec(lab, "b", "nft", &["list", "table", "inet", "foreign"])?,
-            exec(lab, "b", "iptables", &["-S"])?,
-            exec(lab, "b", "ip6tables", &["-S"])?,
+            exec(lab, "b", "iptables", &["-t", "security", "-S"])?,
+            exec(lab, "b", "ip6tables", &["-t", "security", "-S"])?,
         ))
     };
     let before = snapshot(&lab)?;
@@ -554,7 +554,7 @@ fn leftovers() -> Result<(), Failed> {
     })?;
     if path == QueuePath::IptablesNfqueue {
         for prog in ["iptables", "ip6tables"] {
-            let s = exec(&lab, "b", prog, &["-S"])?;
+            let s = exec(&lab, "b", prog, &["-t", "security", "-S"])?;
             for chain in ["INPUT", "FORWARD", "OUTPUT"] {
                 let jumps = s
                     .lines()
@@ -583,7 +583,7 @@ fn leftovers() -> Result<(), Failed> {
     })?;
     check(!present_with(r.as_ref())?, || "still present".into())?;
     for prog in ["iptables", "ip6tables"] {
-        let s = exec(&lab, "b", prog, &["-S"])?;
+        let s = exec(&lab, "b", prog, &["-t", "security", "-S"])?;
         check(s == FRESH, || format!("{prog} -S:\n{s}"))?;
     }
     Ok(())
@@ -801,7 +801,12 @@ fn fail_open_closed() -> Result<(), Failed> {
     })?;
     pings(&lab, &[("a", A4[2], B4, false), ("a", A4[1], B4, true)])?;
     if fw.queue_path() == QueuePath::IptablesNfqueue {
-        let s = exec(&lab, "b", "iptables", &["-S", "PORTCULLIS"])?;
+        let s = exec(
+            &lab,
+            "b",
+            "iptables",
+            &["-t", "security", "-S", "PORTCULLIS"],
+        )?;
         check(
             s.contains("--queue-num 6\n") && !s.contains("bypass"),
             || s.clone(),

@@ -62,6 +62,10 @@ fn main() {
         ),
         live("bans_survive_a_restart", bans_survive_restart),
         live("a_full_queue_is_reported_never_silent", full_queue_reported),
+        live(
+            "the_hosts_own_iptables_rules_still_apply",
+            own_iptables_rules,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -246,13 +250,13 @@ impl Net {
         if tables.contains("portcullis") {
             return Err(format!("our table is still there: {tables}").into());
         }
-        let ipt = self.fw("iptables", &["-S"]);
-        if ipt.to_lowercase().contains("portcullis") {
-            return Err(format!("our iptables rules are still there:\n{ipt}").into());
-        }
-        let ipt6 = self.fw("ip6tables", &["-S"]);
-        if ipt6.to_lowercase().contains("portcullis") {
-            return Err(format!("our ip6tables rules are still there:\n{ipt6}").into());
+        for prog in ["iptables", "ip6tables"] {
+            for table in ["filter", "security"] {
+                let rules = self.fw(prog, &["-t", table, "-S"]);
+                if rules.to_lowercase().contains("portcullis") {
+                    return Err(format!("{prog} {table} still has our rules:\n{rules}").into());
+                }
+            }
         }
         Ok(())
     }
@@ -597,4 +601,40 @@ fn full_queue_reported() -> Result<(), Failed> {
     assert_eq!(ev["queue"]["fate"], "passed", "{ev:#}");
     net.stop()?;
     net.assert_clean()
+}
+
+fn own_iptables_rules() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    // The host's own rule, before and independent of portcullis.
+    net.lab.exec(
+        "fw",
+        "iptables",
+        &["-A", "INPUT", "-p", "tcp", "--dport", "8082", "-j", "DROP"],
+    )?;
+    for port in ["8080", "8082"] {
+        net.lab.spawn(
+            "fw",
+            "nc",
+            &["-lk", port],
+            &net.path(&format!("nc{port}.log")),
+        )?;
+    }
+    net.start(r#"{"events": {"dns_queries": false}}"#)?;
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections go through portcullis, which accepts both; the
+    // host's DROP must still win for 8082.
+    assert!(
+        net.connect("b", FW_B, "8080"),
+        "an ordinary port is blocked"
+    );
+    assert!(
+        !net.connect("b", FW_B, "8082"),
+        "portcullis let through what the host's iptables drops"
+    );
+    net.stop()?;
+    net.assert_clean()?;
+    // And ours is gone while theirs stays.
+    let rules = net.fw("iptables", &["-S", "INPUT"]);
+    assert!(rules.contains("--dport 8082 -j DROP"), "{rules}");
+    Ok(())
 }
