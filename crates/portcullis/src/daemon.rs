@@ -150,6 +150,7 @@ fn serve(
     let mut qcfg = QueueConfig::new(cfg.inline.queue);
     qcfg.fail_open = !cfg.inline.fail_closed;
     qcfg.max_len = cfg.inline.queue_length;
+    qcfg.spin = Duration::from_micros(50);
     let mut queue = Queue::open(&qcfg).context("opening the NFQUEUE")?;
     let mut responder = Responder::open().context("opening the raw sockets for DNS answers")?;
     // Our answers must pass our own chains, not come back to the queue.
