@@ -291,10 +291,10 @@ fn serve(
     let _ = queue.flush();
     drop(queue);
     engine.finish();
+    // The bans file is the kernel thread's alone: it has seen every ban and
+    // unban (including the expiries `finish` just reported) and writes the
+    // file after each batch.
     forward(&mut engine, &mut dropped_events);
-    state
-        .save_bans(engine.bans().iter())
-        .context("saving bans")?;
     drop(event_tx);
     let _ = writer.join();
     if dropped_events > 0 {
