@@ -13,6 +13,7 @@ mod daemon;
 mod output;
 mod replay;
 mod state;
+mod status;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

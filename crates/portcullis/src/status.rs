@@ -1,0 +1,173 @@
+//! What the running daemon reports about itself: the answer to
+//! `portcullis status` (over the control socket) and the source of the
+//! Prometheus metrics. One snapshot type for both, so the two never
+//! disagree.
+//!
+//! Every counter is cumulative since the daemon started (gauges say so).
+
+// Wired into the daemon by the control socket and metrics commits that follow.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use portcullis_engine::engine::Counters;
+use portcullis_engine::detector::DetectorStats;
+use portcullis_engine::Reason;
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of the daemon, taken by the packet thread between batches.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    /// `inline` (NFQUEUE verdicts) or `monitor` (passive capture).
+    pub mode: String,
+    /// False under `--dry-run` and in monitor mode: drops are only logged
+    /// (`would_block`).
+    pub enforcing: bool,
+    /// Seconds since the daemon started (gauge).
+    pub uptime_seconds: u64,
+    /// The rules file, or `embedded default policy`.
+    pub config: String,
+    /// Kernel rules: `nft queue`, `iptables-nft NFQUEUE fallback`, `bans
+    /// only` (monitor mode enforcing bans) or `none`.
+    pub kernel_path: String,
+    /// Engine counters.
+    pub packets: PacketCounters,
+    /// The NFQUEUE (inline mode).
+    pub queue: Option<QueueStatus>,
+    /// Capture interfaces (monitor mode).
+    pub capture: Vec<CaptureStatus>,
+    /// Bans in force now (gauge).
+    pub bans_active: usize,
+    /// Bans never applied automatically or by hand: loopback, the
+    /// allowlist and, by default, the SSH client that started the daemon.
+    pub protected: Vec<String>,
+    /// The scan detector; none when detection is off.
+    pub detector: Option<DetectorStatus>,
+    /// Events lost because the event writer fell behind.
+    pub events_dropped: u64,
+}
+
+/// Packets and decisions, from the engine's [`Counters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketCounters {
+    pub packets: u64,
+    pub accepted: u64,
+    pub dropped: u64,
+    /// Verdicts by reason (`default`, `blocked_ip`, `banned`, ...); every
+    /// reason is present, zero or not.
+    pub by_reason: BTreeMap<String, u64>,
+    /// Frames that were not IP (ARP...): accepted, not inspected.
+    pub not_ip: u64,
+    pub dns_queries: u64,
+    /// Connection attempts handed to the scan detector.
+    pub probes: u64,
+    /// Probes lost because the detector's channel was full.
+    pub probes_dropped: u64,
+    pub scans: u64,
+    pub bans: u64,
+    pub unbans: u64,
+    pub events: u64,
+    /// Drop and dns events held back by the rate limit.
+    pub events_suppressed: u64,
+}
+
+impl From<&Counters> for PacketCounters {
+    fn from(c: &Counters) -> Self {
+        Self {
+            packets: c.packets,
+            accepted: c.accepted,
+            dropped: c.dropped,
+            by_reason: Reason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_owned(), c.reason(*r)))
+                .collect(),
+            not_ip: c.not_ip,
+            dns_queries: c.dns_queries,
+            probes: c.probes,
+            probes_dropped: c.probes_dropped,
+            scans: c.scans,
+            bans: c.bans,
+            unbans: c.unbans,
+            events: c.events,
+            events_suppressed: c.events_suppressed,
+        }
+    }
+}
+
+/// The NFQUEUE and what it lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    pub number: u16,
+    /// On overflow or daemon death packets pass (true) or are dropped.
+    pub fail_open: bool,
+    /// Packets this daemon read from the queue.
+    pub received: u64,
+    /// The kernel's counters (`/proc/net/netfilter/nfnetlink_queue`).
+    pub queue_dropped: u64,
+    pub user_dropped: u64,
+    /// Let past a full queue without inspection (fail-open).
+    pub uninspected: u64,
+    /// Socket receive buffer overruns (ENOBUFS).
+    pub overruns: u64,
+}
+
+/// One capture interface (monitor mode).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStatus {
+    pub interface: String,
+    pub received: u64,
+    /// Dropped by the capture buffer (libpcap `ps_drop`).
+    pub dropped: u64,
+    /// Dropped by the interface or driver (`ps_ifdrop`).
+    pub if_dropped: u64,
+}
+
+/// The scan detector's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectorStatus {
+    /// Sources tracked now (gauge).
+    pub sources: usize,
+    /// Flows remembered now (gauge).
+    pub flows: usize,
+    /// Bytes held by the detector's tables now (gauge).
+    pub memory_bytes: usize,
+    pub source_evictions: u64,
+    pub flow_evictions: u64,
+    pub findings: u64,
+}
+
+impl From<&DetectorStats> for DetectorStatus {
+    fn from(d: &DetectorStats) -> Self {
+        Self {
+            sources: d.sources,
+            flows: d.flows,
+            memory_bytes: d.approx_bytes,
+            source_evictions: d.source_evictions,
+            flow_evictions: d.flow_evictions,
+            findings: d.findings,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_reason_is_reported_and_the_snapshot_round_trips() {
+        let mut c = Counters::default();
+        c.by_reason[Reason::Banned.index()] = 7;
+        let p = PacketCounters::from(&c);
+        assert_eq!(p.by_reason.len(), Reason::ALL.len());
+        assert_eq!(p.by_reason["banned"], 7);
+        let s = Status {
+            packets: p,
+            ..Status::default()
+        };
+        let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+}
