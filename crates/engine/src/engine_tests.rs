@@ -177,3 +177,50 @@ fn restored_bans_apply_without_a_new_ban_event() {
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].event_type, EventType::Unban);
 }
+
+#[test]
+fn protected_addresses_are_accepted_never_banned_and_named() {
+    let mut cfg = Config::from_json_str(
+        r#"{"block": {"ip": ["198.18.0.0/24"]}, "allow": {"ip": ["198.18.1.1"]}}"#,
+        &NoLists,
+    )
+    .unwrap();
+    cfg.rules.protect(&["198.18.0.9/32".parse().unwrap()]);
+    let export = cfg.rules.export();
+    assert_eq!(
+        export.allow_v4.len(),
+        2,
+        "the kernel's allow set gets it too"
+    );
+    let mut e = Engine::new(Arc::new(cfg), DetectorMode::Inline).unwrap();
+    let now = Timestamp::from_micros(T0);
+    assert!(!e.ban(
+        ip("198.18.0.9"),
+        now,
+        Duration::from_secs(60),
+        "manual".into()
+    ));
+    assert!(e.ban(
+        ip("198.18.0.8"),
+        now,
+        Duration::from_secs(60),
+        "manual".into()
+    ));
+    let ping = |src| traffic::icmp_echo(ip(src), ip("198.18.9.1"), 1, 1);
+    let v = feed(
+        &mut e,
+        &[
+            traffic::Frame::new(T0 + 1, ping("198.18.0.9")),
+            traffic::Frame::new(T0 + 2, ping("198.18.0.8")),
+            traffic::Frame::new(T0 + 3, ping("198.18.0.7")),
+        ],
+        Some(Direction::Inbound),
+    );
+    assert_eq!(v[0].reason, Reason::AllowIp);
+    assert_eq!(
+        e.config().rules.describe(v[0].rule.unwrap()),
+        "protected[0] 198.18.0.9"
+    );
+    assert_eq!(v[1].reason, Reason::Banned);
+    assert_eq!(v[2].reason, Reason::BlockedIp);
+}

@@ -84,6 +84,12 @@ pub fn schema() -> serde_json::Value {
     schemars::schema_for!(raw::RawConfig).to_value()
 }
 
+/// A duration as the rules file writes it (`600`, `90s`, `10m`, `12h`,
+/// `7d`), for command lines that take the same syntax. Zero is refused.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    compile::parse_duration(&serde_json::Value::String(text.to_owned()))
+}
+
 impl Config {
     /// Parses and compiles a rules file. Every error is reported, each with
     /// its path and line; any error means no `Config`.

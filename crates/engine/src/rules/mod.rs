@@ -51,6 +51,10 @@ pub mod list_id {
     pub const ALLOW_DOMAIN: u16 = 7;
     /// The composite `rules` array; the entry is the rule's index.
     pub const RULES: u16 = 8;
+    /// Addresses the daemon protects on its own (the SSH client that
+    /// started it: see [`RuleSet::protect`](super::RuleSet::protect)).
+    /// They are matched as part of `allow.ip`, after the file's entries.
+    pub const PROTECTED: u16 = 9;
     /// The first domain list file.
     pub const FIRST_DOMAIN_LIST: u16 = 16;
     /// Ids stop below this (`u16::MAX` marks "none" inside the tables).
@@ -216,6 +220,7 @@ impl RuleSet {
             fixed("allow.protocol", Entries::Protocols(Vec::new())),
             fixed("allow.domain", Entries::Names(Vec::new())),
             fixed("rules", Entries::Rules(Vec::new())),
+            fixed("protected", Entries::Ips(Vec::new())),
         ];
         while lists.len() < usize::from(list_id::FIRST_DOMAIN_LIST) {
             lists.push(fixed("(unused)", Entries::Names(Vec::new())));
@@ -343,6 +348,11 @@ impl RuleSet {
         match &list.entries {
             Entries::Ips(v) => match v.get(i) {
                 Some(net) => format!("{name}[{i}] {}", HostOrNet(*net)),
+                // Past the file's allow.ip entries: a protected address.
+                None if r.list == list_id::ALLOW_IP => self.describe(RuleRef {
+                    list: list_id::PROTECTED,
+                    entry: (i - v.len()) as u32,
+                }),
                 None => format!("{name}[{i}]"),
             },
             Entries::Ports(v) => match v.get(i) {
@@ -394,7 +404,10 @@ impl RuleSet {
             Some(Entries::Protocols(v)) => v.clone(),
             _ => Vec::new(),
         };
-        let (allow_v4, allow_v6) = ips(list_id::ALLOW_IP);
+        let (mut allow_v4, mut allow_v6) = ips(list_id::ALLOW_IP);
+        let (protected_v4, protected_v6) = ips(list_id::PROTECTED);
+        allow_v4.extend(protected_v4);
+        allow_v6.extend(protected_v6);
         let (block_v4, block_v6) = ips(list_id::BLOCK_IP);
         RuleExport {
             allow_v4,
@@ -412,6 +425,28 @@ impl RuleSet {
                 .chain(&self.block_rules)
                 .any(|r| matches!(r.direction, None | Some(Direction::Outbound))),
             has_domains: self.domains.len() > 0,
+        }
+    }
+
+    /// Never blocks nor bans `nets` (the daemon protects the SSH client
+    /// that started it): they join `allow.ip`, after the file's entries,
+    /// and are described as `protected[i]`. The kernel's allow sets get
+    /// them too ([`RuleSet::export`]).
+    pub fn protect(&mut self, nets: &[IpNet]) {
+        if nets.is_empty() {
+            return;
+        }
+        let entries = |s: &Self, id: u16| match s.lists.get(usize::from(id)).map(|l| &l.entries) {
+            Some(Entries::Ips(v)) => v.clone(),
+            _ => Vec::new(),
+        };
+        let mut protected = entries(self, list_id::PROTECTED);
+        protected.extend_from_slice(nets);
+        let mut all = entries(self, list_id::ALLOW_IP);
+        all.extend_from_slice(&protected);
+        self.allow_ip = IpTable::from_nets(all.into_iter());
+        if let Some(l) = self.lists.get_mut(usize::from(list_id::PROTECTED)) {
+            l.entries = Entries::Ips(protected);
         }
     }
 
