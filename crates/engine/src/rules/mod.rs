@@ -444,7 +444,7 @@ impl RuleSet {
         protected.extend_from_slice(nets);
         let mut all = entries(self, list_id::ALLOW_IP);
         all.extend_from_slice(&protected);
-        self.allow_ip = IpTable::from_nets(all.into_iter());
+        self.allow_ip = IpTable::from_nets(all);
         if let Some(l) = self.lists.get_mut(usize::from(list_id::PROTECTED)) {
             l.entries = Entries::Ips(protected);
         }
