@@ -270,6 +270,11 @@ impl Engine {
         self.enforcing = enforcing;
     }
 
+    /// False after `set_enforcing(false)`.
+    pub fn enforcing(&self) -> bool {
+        self.enforcing
+    }
+
     pub fn config(&self) -> &Arc<Config> {
         &self.cfg
     }

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::client::{self, ClientArgs};
+use crate::control::Request;
 use crate::{config, daemon, replay};
 
 /// Linux host firewall and port-scan detector.
@@ -28,6 +30,39 @@ pub enum Command {
     /// our rules; SIGHUP re-reads the config (a broken file keeps the old
     /// rules).
     Run(daemon::RunArgs),
+    /// Show the running daemon: mode, uptime, kernel path, packets and
+    /// verdicts by reason, queue losses, bans, detector memory.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the running daemon's active bans with reason and time left.
+    Bans {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Ban an address now (in the kernel ban set before this returns).
+    Ban {
+        /// IPv4 or IPv6 address.
+        #[arg(value_parser = client::parse_addr)]
+        addr: std::net::IpAddr,
+        /// How long: `600`, `90s`, `10m`, `12h`, `7d`. Default: the
+        /// configured scan ban duration.
+        #[arg(long = "for", value_parser = client::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Why (shown in `bans` and the `ban` event). Default: `manual`.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lift a ban now (removed from the kernel ban set before this returns).
+    Unban {
+        #[arg(value_parser = client::parse_addr)]
+        addr: std::net::IpAddr,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Validate a rules file and summarize what it loads.
     ///
     /// Exits 0 when the file is valid, 1 when it is not (every error is
@@ -104,6 +139,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => daemon::run(&args),
+        Command::Status { client } => client::run(&client, Request::Status),
+        Command::Bans { client } => client::run(&client, Request::Bans),
+        Command::Ban {
+            addr,
+            duration,
+            reason,
+            client,
+        } => client::run(
+            &client,
+            Request::Ban {
+                addr,
+                seconds: duration.map(|d| d.as_secs()),
+                reason,
+            },
+        ),
+        Command::Unban { addr, client } => client::run(&client, Request::Unban { addr }),
         Command::Schema => {
             let schema = portcullis_engine::config::schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

@@ -22,6 +22,12 @@ impl ListLoader for FsLoader {
 
 /// The config at `path`, or the default policy embedded in the binary.
 pub fn load(path: Option<&Path>) -> Result<Arc<Config>> {
+    load_protecting(path, &[])
+}
+
+/// [`load`], with `protect` added to what is never blocked nor banned
+/// (the SSH client that started the daemon).
+pub fn load_protecting(path: Option<&Path>, protect: &[ipnet::IpNet]) -> Result<Arc<Config>> {
     let (text, base, name) = match path {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
@@ -34,8 +40,9 @@ pub fn load(path: Option<&Path>) -> Result<Arc<Config>> {
             "the default policy".to_owned(),
         ),
     };
-    let cfg = Config::from_json_str(&text, &FsLoader { base })
+    let mut cfg = Config::from_json_str(&text, &FsLoader { base })
         .map_err(|errs| anyhow::anyhow!("{name} is invalid:\n{errs}"))?;
+    cfg.rules.protect(protect);
     Ok(Arc::new(cfg))
 }
 

@@ -6,7 +6,10 @@
 //! - the **detector** thread (inside the engine);
 //! - the **kernel** thread: every nft call (ban batches, reload, teardown)
 //!   and the ban state file, so the packet path never waits for a process;
-//! - the **event writer**: JSON Lines and console, behind a bounded channel.
+//! - the **event writer**: JSON Lines and console, behind a bounded channel;
+//! - the **control** thread: the Unix socket of `portcullis status|bans|
+//!   ban|unban`; it hands each request to the packet thread, which answers
+//!   between batches (it owns the engine).
 //!
 //! **Invariant: the packet thread never blocks on anything but the queue
 //! socket** (with a 100 ms timeout, so signals and timers are served).
@@ -23,7 +26,7 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use portcullis_engine::config::{BlockedDnsResponse, Config};
 use portcullis_engine::engine::{Ban, DetectorMode, Engine, PacketIn};
-use portcullis_engine::events::{Event, EventType, QueueInfo, ReloadInfo};
+use portcullis_engine::events::{rfc3339, Event, EventType, QueueInfo, ReloadInfo};
 use portcullis_engine::{Action, Direction, Reason, Timestamp};
 use portcullis_kernel::{Firewall, KernelOptions, KernelPlan};
 use portcullis_nfqueue::{Hook, Queue, QueueConfig, Responder, Verdict as NfVerdict};
@@ -31,8 +34,10 @@ use portcullis_wire::LinkType;
 
 use crate::cli::EngineArgs;
 use crate::config;
+use crate::control::{self, Answer, Pending, Request};
 use crate::output::Output;
 use crate::state::StateDir;
+use crate::status::{DetectorStatus, PacketCounters, QueueStatus, Status};
 
 /// Options of `portcullis run`.
 #[derive(Debug, clap::Args)]
@@ -42,6 +47,15 @@ pub struct RunArgs {
     /// Where bans are kept across restarts.
     #[arg(long, default_value = "/var/lib/portcullis")]
     pub state_dir: PathBuf,
+    /// The control socket (`portcullis status`, `bans`, `ban`, `unban`),
+    /// root only.
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Do not protect the SSH client that started the daemon. By default
+    /// its address (from SSH_CONNECTION, ours or an ancestor's: sudo drops
+    /// it) is never blocked nor banned, so a bad rule cannot lock you out.
+    #[arg(long)]
+    pub no_protect_ssh: bool,
 }
 
 /// How long the packet thread waits for packets before serving timers and
@@ -62,16 +76,39 @@ fn now() -> Timestamp {
     Timestamp::from_micros(us)
 }
 
+/// Tells whoever asked for a kernel change whether it is done.
+type Ack = Sender<std::result::Result<(), String>>;
+
 /// What the kernel thread is asked to do.
 enum KernelCmd {
-    Ban(Ban),
-    Unban(IpAddr),
+    Ban(Ban, Option<Ack>),
+    Unban(IpAddr, Option<Ack>),
     Update(Arc<Config>, Sender<Result<()>>),
 }
 
+/// Addresses never blocked nor banned on top of the rules file.
+fn protected(args: &RunArgs) -> Vec<ipnet::IpNet> {
+    if args.no_protect_ssh {
+        return Vec::new();
+    }
+    match crate::lockout::ssh_client() {
+        Some(addr) => {
+            eprintln!(
+                "portcullis: protecting the SSH client {addr}: never blocked nor banned (--no-protect-ssh to turn off)"
+            );
+            vec![ipnet::IpNet::from(addr)]
+        }
+        None => Vec::new(),
+    }
+}
+
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
-    let cfg = config::load(args.engine.config.as_deref())?;
+    let protect = protected(args);
+    let cfg = config::load_protecting(args.engine.config.as_deref(), &protect)?;
     let state = StateDir::open(&args.state_dir)?;
+    // Before any kernel change: a second daemon must not clean up the
+    // first one's rules as if they were a crash's leftovers.
+    let (control, requests) = control::Server::start(&args.socket)?;
 
     // Signals first, so that a TERM during setup still tears down.
     let term = Arc::new(AtomicBool::new(false));
@@ -87,9 +124,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let plan = KernelPlan::from_config(&cfg, &opts);
     let skip_mark = opts.skip_mark;
     let firewall = Firewall::install(&plan).context("installing kernel rules")?;
+    let kernel_path = firewall.queue_path().to_string();
     eprintln!(
-        "portcullis: kernel rules installed (table inet portcullis); queue path: {}",
-        firewall.queue_path()
+        "portcullis: kernel rules installed (table inet portcullis); queue path: {kernel_path}"
     );
 
     // From here on, every exit path must tear the kernel rules down: the
@@ -103,8 +140,21 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         hup: &hup,
         queue_hits: &queue_hits,
         skip_mark,
+        requests: &requests,
+        info: Info {
+            started: Instant::now(),
+            mode: "inline",
+            kernel_path,
+            config: args.engine.config.as_ref().map_or_else(
+                || "embedded default policy".to_owned(),
+                |p| p.display().to_string(),
+            ),
+            protect,
+        },
     };
     let result = serve(args, cfg, &state, &ctl);
+    // No more requests: the engine is gone.
+    drop(control);
     drop(kernel_tx);
     let teardown = kernel
         .join()
@@ -132,6 +182,19 @@ struct Control<'a> {
     queue_hits: &'a AtomicU64,
     /// The mark our own packets (DNS answers) carry.
     skip_mark: u32,
+    /// Control socket requests.
+    requests: &'a Receiver<Pending>,
+    /// What `status` reports that does not change.
+    info: Info,
+}
+
+/// The fixed part of [`Status`].
+struct Info {
+    started: Instant,
+    mode: &'static str,
+    kernel_path: String,
+    config: String,
+    protect: Vec<ipnet::IpNet>,
 }
 
 fn serve(
@@ -146,6 +209,8 @@ fn serve(
         hup,
         queue_hits,
         skip_mark,
+        requests,
+        ..
     } = *ctl;
     let mut qcfg = QueueConfig::new(cfg.inline.queue);
     qcfg.fail_open = !cfg.inline.fail_closed;
@@ -167,7 +232,7 @@ fn serve(
             for b in bans {
                 if engine.restore_ban(b.clone(), start) {
                     restored += 1;
-                    let _ = kernel.try_send(KernelCmd::Ban(b));
+                    let _ = kernel.try_send(KernelCmd::Ban(b, None));
                 }
             }
             if restored > 0 {
@@ -188,12 +253,12 @@ fn serve(
             match ev.event_type {
                 EventType::Ban => {
                     if let Some(b) = engine_ban(engine, &ev) {
-                        let _ = kernel.try_send(KernelCmd::Ban(b));
+                        let _ = kernel.try_send(KernelCmd::Ban(b, None));
                     }
                 }
                 EventType::Unban => {
                     if let Some(f) = &ev.flow {
-                        let _ = kernel.try_send(KernelCmd::Unban(f.src_ip));
+                        let _ = kernel.try_send(KernelCmd::Unban(f.src_ip, None));
                     }
                 }
                 _ => {}
@@ -209,6 +274,11 @@ fn serve(
     let mut last_stats = Instant::now();
     let mut seen = QueueDrops::default();
     let mut overruns = 0;
+    let mut queue_status = QueueStatus {
+        number: qcfg.num,
+        fail_open: qcfg.fail_open,
+        ..QueueStatus::default()
+    };
     eprintln!(
         "portcullis: running on NFQUEUE {} ({})",
         qcfg.num,
@@ -277,6 +347,25 @@ fn serve(
                 ..cur
             };
             overruns = new_overruns;
+            queue_status = QueueStatus {
+                received: queue.counters().packets,
+                queue_dropped: seen.queue_dropped,
+                user_dropped: seen.user_dropped,
+                uninspected: seen.uninspected,
+                overruns,
+                ..queue_status
+            };
+        }
+        for p in requests.try_iter() {
+            let answer = match &p.request {
+                Request::Status => {
+                    queue_status.received = queue.counters().packets;
+                    let s = status(&engine, &ctl.info, Some(&queue_status), dropped_events);
+                    Answer::Now(serde_json::to_value(s).map_err(|e| e.to_string()))
+                }
+                req => answer(&mut engine, req, kernel),
+            };
+            p.answer(answer);
         }
         forward(&mut engine, &mut dropped_events);
     }
@@ -301,6 +390,143 @@ fn serve(
         eprintln!("portcullis: {dropped_events} events were dropped: the event writer fell behind");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A snapshot for `portcullis status` and the metrics.
+fn status(
+    engine: &Engine,
+    info: &Info,
+    queue: Option<&QueueStatus>,
+    events_dropped: u64,
+) -> Status {
+    let mut protected = vec!["loopback".to_owned()];
+    protected.extend(
+        info.protect
+            .iter()
+            .map(|n| format!("{} (SSH client)", n.addr())),
+    );
+    let allow = engine.config().rules.stats();
+    let n = allow.allow.ipv4_prefixes + allow.allow.ipv6_prefixes;
+    if n > info.protect.len() {
+        protected.push(format!("allow.ip: {} prefixes", n - info.protect.len()));
+    }
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        mode: info.mode.to_owned(),
+        enforcing: engine.enforcing(),
+        uptime_seconds: info.started.elapsed().as_secs(),
+        config: info.config.clone(),
+        kernel_path: info.kernel_path.clone(),
+        packets: PacketCounters::from(engine.counters()),
+        queue: queue.cloned(),
+        capture: Vec::new(),
+        bans_active: engine.bans().len(),
+        protected,
+        detector: engine.detector_stats().as_ref().map(DetectorStatus::from),
+        events_dropped,
+    }
+}
+
+/// One active ban as `portcullis bans` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BanView {
+    pub addr: IpAddr,
+    pub reason: String,
+    /// RFC 3339, UTC.
+    pub since: String,
+    pub until: String,
+    pub seconds_left: u64,
+}
+
+impl BanView {
+    fn new(b: &Ban, now: Timestamp) -> Self {
+        Self {
+            addr: b.addr,
+            reason: b.reason.clone(),
+            since: rfc3339(b.since),
+            until: rfc3339(b.until),
+            seconds_left: b.until.since(now).as_secs(),
+        }
+    }
+}
+
+/// Answers a control request other than `status` (the packet thread owns
+/// the engine). Bans and unbans are answered once the kernel has them.
+fn answer(engine: &mut Engine, req: &Request, kernel: &Sender<KernelCmd>) -> Answer {
+    let t = now();
+    let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
+    match *req {
+        Request::Status => Answer::Now(Err("status is answered by the caller".into())),
+        Request::Bans => {
+            let mut bans: Vec<BanView> = engine.bans().iter().map(|b| BanView::new(b, t)).collect();
+            bans.sort_by_key(|b| (b.seconds_left, b.addr));
+            Answer::Now(json(serde_json::to_value(bans)))
+        }
+        Request::Ban {
+            addr,
+            seconds,
+            ref reason,
+        } => {
+            let duration = match seconds {
+                Some(0) => return Answer::Now(Err("a ban must last more than 0 s".into())),
+                Some(s) => Duration::from_secs(s),
+                None => engine.config().scan.ban_duration,
+            };
+            let rules = &engine.config().rules;
+            if addr.is_loopback() {
+                return Answer::Now(Err(format!("{addr} is loopback: never banned")));
+            }
+            if let Some(v) = rules.allowlisted_by(addr) {
+                return Answer::Now(Err(format!(
+                    "{addr} is never banned: {} (remove it there first)",
+                    rules.describe(v)
+                )));
+            }
+            let reason = reason.clone().unwrap_or_else(|| "manual".to_owned());
+            if !engine.ban(addr, t, duration, reason) {
+                let until = engine.bans().get(&addr).map(|b| b.until);
+                return Answer::Now(Err(match until {
+                    Some(u) => format!(
+                        "{addr} is already banned until {} (unban it first to shorten the ban)",
+                        rfc3339(u)
+                    ),
+                    None => format!("{addr} cannot be banned"),
+                }));
+            }
+            let Some(ban) = engine.bans().get(&addr).cloned() else {
+                return Answer::Now(Err(format!("{addr} cannot be banned")));
+            };
+            let view = json(serde_json::to_value(BanView::new(&ban, t)));
+            kernel_answer(kernel, |ack| KernelCmd::Ban(ban, Some(ack)), view)
+        }
+        Request::Unban { addr } => {
+            if !engine.unban(addr, t) {
+                return Answer::Now(Err(format!("{addr} is not banned")));
+            }
+            let v = json(Ok(serde_json::json!({ "addr": addr, "unbanned": true })));
+            kernel_answer(kernel, |ack| KernelCmd::Unban(addr, Some(ack)), v)
+        }
+    }
+}
+
+/// Sends a change to the kernel thread; the answer waits for its commit.
+fn kernel_answer(
+    kernel: &Sender<KernelCmd>,
+    cmd: impl FnOnce(Ack) -> KernelCmd,
+    value: std::result::Result<serde_json::Value, String>,
+) -> Answer {
+    let value = match value {
+        Ok(v) => v,
+        Err(e) => return Answer::Now(Err(e)),
+    };
+    let (ack, done) = crossbeam_channel::bounded(1);
+    match kernel.try_send(cmd(ack)) {
+        Ok(()) => Answer::AfterKernel(value, done),
+        Err(_) => Answer::Now(Err(
+            "the kernel thread is busy or stopped; the change applies in user space only".into(),
+        )),
+    }
 }
 
 /// The engine's ban behind a `ban` event.
@@ -376,24 +602,32 @@ fn spawn_kernel_thread(
                 while let Ok(c) = rx.recv_deadline(deadline) {
                     cmds.push(c);
                 }
-                let mut add = Vec::new();
-                let mut del = Vec::new();
+                // By address: the last word on an address wins, and the
+                // same ban reported twice (event and control request) is
+                // written once.
+                let mut add: std::collections::HashMap<IpAddr, Duration> = Default::default();
+                let mut del: std::collections::HashSet<IpAddr> = Default::default();
+                let mut acks: Vec<Ack> = Vec::new();
                 let mut oldest: Option<Timestamp> = None;
                 for c in cmds {
                     match c {
-                        KernelCmd::Ban(b) => {
+                        KernelCmd::Ban(b, ack) => {
                             let left = Duration::from_micros(
                                 b.until.as_micros().saturating_sub(now().as_micros()),
                             );
                             if !left.is_zero() {
-                                add.push((b.addr, left));
+                                del.remove(&b.addr);
+                                add.insert(b.addr, left);
                                 oldest = Some(oldest.map_or(b.since, |o| o.min(b.since)));
                                 bans.insert(b.addr, b);
                             }
+                            acks.extend(ack);
                         }
-                        KernelCmd::Unban(a) => {
-                            del.push(a);
+                        KernelCmd::Unban(a, ack) => {
+                            add.remove(&a);
+                            del.insert(a);
                             bans.remove(&a);
+                            acks.extend(ack);
                         }
                         KernelCmd::Update(cfg, reply) => {
                             let plan = KernelPlan::from_config(&cfg, &KernelOptions::default());
@@ -401,7 +635,9 @@ fn spawn_kernel_thread(
                         }
                     }
                 }
+                let mut outcome = Ok(());
                 if !add.is_empty() {
+                    let add: Vec<(IpAddr, Duration)> = add.into_iter().collect();
                     match fw.ban(&add) {
                         Ok(()) => {
                             committed += add.len() as u64;
@@ -409,13 +645,21 @@ fn spawn_kernel_thread(
                                 worst_latency = worst_latency.max(now().since(o));
                             }
                         }
-                        Err(e) => eprintln!("portcullis: error: adding bans to the kernel: {e}"),
+                        Err(e) => {
+                            eprintln!("portcullis: error: adding bans to the kernel: {e}");
+                            outcome = Err(e.to_string());
+                        }
                     }
                 }
                 if !del.is_empty() {
+                    let del: Vec<IpAddr> = del.into_iter().collect();
                     if let Err(e) = fw.unban(&del) {
                         eprintln!("portcullis: warning: removing bans from the kernel: {e}");
+                        outcome = outcome.and(Err(e.to_string()));
                     }
+                }
+                for ack in acks {
+                    let _ = ack.send(outcome.clone());
                 }
                 if let Err(e) = state.save_bans(bans.values()) {
                     eprintln!("portcullis: warning: {e:#}");

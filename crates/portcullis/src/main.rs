@@ -8,8 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod client;
 mod config;
+mod control;
 mod daemon;
+mod lockout;
 mod output;
 mod replay;
 mod state;

@@ -5,13 +5,10 @@
 //!
 //! Every counter is cumulative since the daemon started (gauges say so).
 
-// Wired into the daemon by the control socket and metrics commits that follow.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 
-use portcullis_engine::engine::Counters;
 use portcullis_engine::detector::DetectorStats;
+use portcullis_engine::engine::Counters;
 use portcullis_engine::Reason;
 use serde::{Deserialize, Serialize};
 

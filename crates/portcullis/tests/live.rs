@@ -66,6 +66,18 @@ fn main() {
             "the_hosts_own_iptables_rules_still_apply",
             own_iptables_rules,
         ),
+        live(
+            "control_socket_status_ban_bans_unban_and_refusals",
+            control_socket,
+        ),
+        live(
+            "the_control_socket_refuses_non_root_users",
+            control_socket_root_only,
+        ),
+        live(
+            "the_ssh_client_that_started_it_is_never_blocked",
+            ssh_client_protected,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -80,6 +92,8 @@ struct Net {
     dir: tempfile::TempDir,
     daemon: Option<u32>,
     dnsmasq: Option<u32>,
+    /// Put before the binary: `env VAR=value ...`.
+    env: Vec<String>,
 }
 
 const FW_A: &str = "198.18.1.1";
@@ -122,6 +136,7 @@ impl Net {
             dir: tempfile::tempdir()?,
             daemon: None,
             dnsmasq: None,
+            env: Vec::new(),
         })
     }
 
@@ -138,26 +153,27 @@ impl Net {
 
     fn start_again(&mut self) -> Result<u32, Failed> {
         let bin = env!("CARGO_BIN_EXE_portcullis");
-        let (cfg, ev, st, log) = (
+        let (cfg, ev, st, log, sock) = (
             self.path("rules.json"),
             self.path("events.jsonl"),
             self.path("state"),
             self.path("daemon.log"),
+            self.socket(),
         );
-        let pid = self.lab.spawn(
-            "fw",
+        let mut args: Vec<&str> = self.env.iter().map(String::as_str).collect();
+        args.extend([
             bin,
-            &[
-                "run",
-                "--config",
-                s(&cfg),
-                "--events",
-                s(&ev),
-                "--state-dir",
-                s(&st),
-            ],
-            &log,
-        )?;
+            "run",
+            "--config",
+            s(&cfg),
+            "--events",
+            s(&ev),
+            "--state-dir",
+            s(&st),
+            "--socket",
+            s(&sock),
+        ]);
+        let pid = self.lab.spawn("fw", "env", &args, &log)?;
         self.daemon = Some(pid);
         let ready = wait_for(Duration::from_secs(15), || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -167,6 +183,28 @@ impl Net {
             return Err(format!("portcullis did not start:\n{}", self.log()).into());
         }
         Ok(pid)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.path("run/portcullis.sock")
+    }
+
+    /// `portcullis <args> --socket ...` (a control command) as root; its
+    /// (exit code, stdout + stderr).
+    fn ctl(&self, args: &[&str]) -> (i32, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .args(["--socket", s(&self.socket())])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     fn log(&self) -> String {
@@ -637,4 +675,186 @@ fn own_iptables_rules() -> Result<(), Failed> {
     let rules = net.fw("iptables", &["-S", "INPUT"]);
     assert!(rules.contains("--dport 8082 -j DROP"), "{rules}");
     Ok(())
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn control_socket() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start(r#"{"allow": {"ip": ["198.18.2.0/24"]}, "scan": {"enabled": false}}"#)?;
+    let (code, out) = net.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    for want in ["mode:        inline", "kernel:      iptables", "queue 0:"] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+    assert!(net.ping("a", FW_A));
+
+    // A ban is in the kernel's set when the command returns.
+    let (code, out) = net.ctl(&["ban", A, "--for", "1h", "--reason", "test"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with(&format!("banned {A} for ")), "{out}");
+    let table = net.fw("nft", &["list", "table", "inet", "portcullis"]);
+    assert!(table.contains(A), "not in the kernel:\n{table}");
+    assert!(!net.ping("a", FW_A), "the ban is not enforced");
+    let (code, out) = net.ctl(&["bans"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(A) && out.contains("test") && out.contains("1 active"),
+        "{out}"
+    );
+    let (_, out) = net.ctl(&["bans", "--json"]);
+    let bans = json(&out);
+    assert_eq!(bans.as_array().map(Vec::len), Some(1), "{out}");
+    let left = bans[0]["seconds_left"].as_u64().unwrap();
+    assert!((3500..=3600).contains(&left), "{left}");
+
+    // Refusals say why and exit 1.
+    let (code, out) = net.ctl(&["ban", B]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("never banned: allow.ip[0] 198.18.2.0/24"),
+        "{out}"
+    );
+    let (code, out) = net.ctl(&["ban", "::1"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("loopback"), "{out}");
+    let (code, out) = net.ctl(&["ban", A, "--for", "10s"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("already banned until"), "{out}");
+
+    let (code, out) = net.ctl(&["unban", A]);
+    assert_eq!(code, 0, "{out}");
+    let table = net.fw("nft", &["list", "table", "inet", "portcullis"]);
+    assert!(!table.contains(A), "still in the kernel:\n{table}");
+    assert!(net.ping("a", FW_A), "the unban is not enforced");
+    let (code, out) = net.ctl(&["unban", A]);
+    assert_eq!(
+        (code, out.trim()),
+        (1, "portcullis: 198.18.1.2 is not banned")
+    );
+
+    // A new connection (its SYN goes through user space; pings do not).
+    net.connect("a", FW_A, "9");
+    let (_, out) = net.ctl(&["status", "--json"]);
+    let st = json(&out);
+    assert_eq!(st["packets"]["bans"], 1, "{out}");
+    assert_eq!(st["packets"]["unbans"], 1, "{out}");
+    assert_eq!(st["bans_active"], 0, "{out}");
+    assert_eq!(st["queue"]["fail_open"], true, "{out}");
+    assert!(st["packets"]["packets"].as_u64().unwrap() > 0, "{out}");
+    let ban = net.event("ban", |e| e["event_type"] == "ban" && e["src_ip"] == A)?;
+    assert_eq!(ban["ban"]["reason"], "test");
+    let unban = net.event("unban", |e| e["event_type"] == "unban" && e["src_ip"] == A)?;
+    assert_eq!(unban["ban"]["reason"], "manual");
+    net.stop()?;
+    net.assert_clean()?;
+    assert!(!net.socket().exists(), "the socket file is left behind");
+    let (code, out) = net.ctl(&["status"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no portcullis daemon is running"), "{out}");
+    Ok(())
+}
+
+fn control_socket_root_only() -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let mut net = Net::new()?;
+    net.start(r#"{"scan": {"enabled": false}}"#)?;
+    // The binary where user nobody can run it.
+    let bin_dir = tempfile::tempdir()?;
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let bin = bin_dir.path().join("portcullis");
+    std::fs::copy(env!("CARGO_BIN_EXE_portcullis"), &bin)?;
+    let as_nobody = || {
+        let out = std::process::Command::new(&bin)
+            .args(["status", "--socket", s(&net.socket())])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The file modes keep others out...
+    let (code, err) = as_nobody();
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("ermission denied"), "{err}");
+    let mode = std::fs::metadata(net.socket())?.permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // ...and the daemon checks the peer itself when they are loosened.
+    for p in [net.dir.path().to_path_buf(), net.path("run")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::set_permissions(net.socket(), std::fs::Permissions::from_mode(0o666))?;
+    let (code, err) = as_nobody();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("root's only"), "{err}");
+    let (code, out) = net.ctl(&["status"]);
+    assert_eq!(code, 0, "root still gets in: {out}");
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn ssh_client_protected() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    // As if an operator on A had started it over SSH, with rules that
+    // block A's whole network.
+    net.env = vec![format!("SSH_CONNECTION={A} 50022 {FW_A} 22")];
+    net.start(r#"{"block": {"ip": ["198.18.1.0/24", "198.18.2.0/24"]}}"#)?;
+    assert!(
+        net.log()
+            .contains(&format!("protecting the SSH client {A}")),
+        "{}",
+        net.log()
+    );
+    assert!(net.ping("a", FW_A), "the SSH client is locked out");
+    assert!(!net.ping("b", FW_B), "block.ip does not apply");
+    let (code, out) = net.ctl(&["ban", A]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("never banned: protected[0] {A}")),
+        "{out}"
+    );
+    let (_, out) = net.ctl(&["status", "--json"]);
+    let st = json(&out);
+    let protected = st["protected"].to_string();
+    assert!(protected.contains(&format!("{A} (SSH client)")), "{out}");
+    net.stop()?;
+    net.assert_clean()?;
+
+    // --no-protect-ssh: the rules apply to it like to anyone.
+    let bin = env!("CARGO_BIN_EXE_portcullis");
+    let log = net.path("daemon2.log");
+    let pid = net.lab.spawn(
+        "fw",
+        "env",
+        &[
+            &net.env[0],
+            bin,
+            "run",
+            "--config",
+            s(&net.path("rules.json")),
+            "--state-dir",
+            s(&net.path("state")),
+            "--socket",
+            s(&net.socket()),
+            "--no-protect-ssh",
+        ],
+        &log,
+    )?;
+    net.daemon = Some(pid);
+    wait_for(Duration::from_secs(15), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("running on NFQUEUE")
+            .then_some(())
+    })
+    .ok_or("portcullis --no-protect-ssh did not start")?;
+    assert!(!net.ping("a", FW_A), "--no-protect-ssh still protects");
+    net.stop()?;
+    net.assert_clean()
 }

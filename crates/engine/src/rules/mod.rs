@@ -267,6 +267,14 @@ impl RuleSet {
         addr.is_loopback() || self.allow_ip.lookup(addr).is_some()
     }
 
+    /// The `allow.ip` (or protected) entry covering `addr`, if any.
+    pub fn allowlisted_by(&self, addr: IpAddr) -> Option<RuleRef> {
+        self.allow_ip.lookup(addr).map(|entry| RuleRef {
+            list: list_id::ALLOW_IP,
+            entry,
+        })
+    }
+
     /// DNS name decision: `allow.domain` (and `@@` exceptions) wins over
     /// `block.domain`. A name matches an entry equal to it or to any parent.
     #[inline]
