@@ -141,6 +141,7 @@ struct Applied {
     queue_num: u16,
     fail_open: bool,
     queue_mark: u32,
+    user_space: bool,
 }
 
 impl Applied {
@@ -149,6 +150,7 @@ impl Applied {
             queue_num: plan.queue_num,
             fail_open: plan.fail_open,
             queue_mark: plan.queue_mark,
+            user_space: plan.user_space,
         }
     }
 }
@@ -219,10 +221,12 @@ impl Firewall {
         };
         let r = fw.runner.as_ref();
         let iptables = match path {
-            QueuePath::IptablesNfqueue => install_iptables(r, &Applied::of(plan)),
+            QueuePath::IptablesNfqueue if plan.user_space => {
+                install_iptables(r, &Applied::of(plan))
+            }
             // Leftovers of an earlier fallback run (before a kernel upgrade).
-            QueuePath::NftQueue if fw.caps.iptables => remove_iptables(r).map(drop),
-            QueuePath::NftQueue => Ok(()),
+            _ if fw.caps.iptables => remove_iptables(r).map(drop),
+            _ => Ok(()),
         };
         if let Err(e) = iptables {
             let _ = run(
@@ -247,7 +251,8 @@ impl Firewall {
     /// queue counter: this minus what the daemon received is what passed
     /// uninspected. `None` on the nft `queue` path (not counted there yet).
     pub fn queue_rule_packets(&self) -> Result<Option<u64>, KernelError> {
-        if self.path != QueuePath::IptablesNfqueue {
+        let user_space = self.applied.lock().map_or(true, |a| a.user_space);
+        if self.path != QueuePath::IptablesNfqueue || !user_space {
             return Ok(None);
         }
         let mut total = 0;
@@ -287,7 +292,11 @@ impl Firewall {
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         self.nft_script(&script)?;
         if self.path == QueuePath::IptablesNfqueue && *applied != new {
-            install_iptables(self.runner.as_ref(), &new)?;
+            if new.user_space {
+                install_iptables(self.runner.as_ref(), &new)?;
+            } else {
+                remove_iptables(self.runner.as_ref())?;
+            }
         }
         *applied = new;
         Ok(())

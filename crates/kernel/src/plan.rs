@@ -138,6 +138,10 @@ pub struct KernelPlan {
     /// rest anyway, so ICMP, IPv6 neighbour discovery and the like stay in
     /// the kernel.
     pub queue_new_all_protocols: bool,
+    /// Anything goes to user space. False for a passive daemon that only
+    /// enforces bans ([`KernelPlan::bans_only`]): the chains stop after
+    /// loopback, the allowlist and the ban sets, and no NFQUEUE rule exists.
+    pub user_space: bool,
 }
 
 impl KernelPlan {
@@ -156,6 +160,27 @@ impl KernelPlan {
         plan.queue_dns = export.has_domains || cfg.events.dns_queries;
         plan.queue_output_new = export.outbound_rules || default_drop;
         plan.queue_new_all_protocols = export.rules > 0 || default_drop;
+        plan
+    }
+
+    /// The plan of a passive daemon (monitor mode) that enforces bans
+    /// only: loopback and the allowlist are accepted (never banned), banned
+    /// addresses dropped, everything else left to the host's own rules.
+    /// Nothing is queued and the block lists are not loaded.
+    pub fn bans_only(cfg: &Config, opts: &KernelOptions) -> Self {
+        let mut plan = Self::from_config(cfg, opts);
+        plan.block4.clear();
+        plan.block6.clear();
+        plan.block_ports.clear();
+        plan.block_protocols.clear();
+        plan.allow_ports.clear();
+        plan.allow_protocols.clear();
+        plan.queue_all.clear();
+        plan.queue_dns = false;
+        plan.queue_output_new = false;
+        plan.queue_new_all_protocols = false;
+        plan.block_log_rate = 0;
+        plan.user_space = false;
         plan
     }
 
@@ -181,6 +206,7 @@ impl KernelPlan {
             queue_dns: true,
             queue_output_new: export.outbound_rules,
             queue_new_all_protocols: export.rules > 0,
+            user_space: true,
         }
     }
 
@@ -379,6 +405,9 @@ impl KernelPlan {
             for p in peers {
                 r.push(format!("{fam} {p} @{set} counter drop"));
             }
+        }
+        if !self.user_space {
+            return r;
         }
         // 4. DNS queries, every packet (a reused socket is ESTABLISHED;
         //    TCP DNS data too); protocols queued whole.

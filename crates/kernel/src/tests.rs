@@ -519,3 +519,39 @@ fn queue_path_is_described() {
         "iptables NFQUEUE target on marked packets (this kernel has no nft `queue`)"
     );
 }
+
+#[test]
+fn a_bans_only_plan_queues_nothing_and_installs_no_iptables_rule() {
+    let cfg = portcullis_engine::config::Config::from_json_str(
+        r#"{"block": {"ip": ["198.18.0.0/24"], "port": [23]}, "allow": {"ip": ["198.18.1.1"]}}"#,
+        &portcullis_engine::config::NoLists,
+    )
+    .unwrap();
+    let plan = KernelPlan::bans_only(&cfg, &KernelOptions::default());
+    let text = plan.ruleset_text(QueuePath::IptablesNfqueue);
+    for chain in ["input", "forward", "output"] {
+        let body = text
+            .split(&format!("chain {chain} {{"))
+            .nth(1)
+            .unwrap()
+            .split('}')
+            .next()
+            .unwrap();
+        assert!(body.contains("@ban4 counter drop"), "{body}");
+        assert!(
+            body.contains("@allow4"),
+            "the allowlist is never banned: {body}"
+        );
+        for absent in ["to_user", "blocked", "allowed", "dport"] {
+            assert!(!body.contains(absent), "{absent} in {chain}: {body}");
+        }
+    }
+    let fake = Fake::new(no_nft_queue);
+    let fw = Firewall::install_with(&plan, fake.clone()).unwrap();
+    assert!(
+        !fake.commands().iter().any(|c| c.contains("restore -w")),
+        "no NFQUEUE rule: {:?}",
+        fake.commands()
+    );
+    assert_eq!(fw.queue_rule_packets().unwrap(), None);
+}
