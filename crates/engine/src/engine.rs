@@ -675,6 +675,7 @@ impl Engine {
             reason,
             duration: duration.as_secs(),
             expires: until,
+            enforced: true,
         });
         self.push(ev);
         true
@@ -750,6 +751,7 @@ impl Engine {
             reason: why.to_owned(),
             duration: b.until.since(b.since).as_secs(),
             expires: b.until,
+            enforced: true,
         });
         self.push(ev);
     }

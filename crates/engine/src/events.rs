@@ -177,6 +177,15 @@ pub struct BanInfo {
     /// Ban length in seconds.
     pub duration: u64,
     pub expires: Timestamp,
+    /// False when nothing enforces the ban (passive monitor without
+    /// `--enforce-bans`, dry run): written only then, as
+    /// `"enforced": false`.
+    #[serde(skip_serializing_if = "is_true")]
+    pub enforced: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// `suppressed` object: what the rate limit held back since the last one.
@@ -392,6 +401,9 @@ impl fmt::Display for Event {
                             b.reason,
                             rfc3339(b.expires)
                         )?;
+                        if !b.enforced {
+                            f.write_str(" (not enforced)")?;
+                        }
                     } else {
                         write!(f, " ({})", b.reason)?;
                     }
