@@ -2,10 +2,13 @@
 //!
 //! A [`PacketSource`] yields raw packets with their link type and timestamp;
 //! the engine decides on them. Sources here: pcap and pcapng files
-//! ([`FileSource`]) and memory ([`MemorySource`]). Live sources (NFQUEUE,
-//! AF_PACKET) implement the same trait in later modules.
+//! ([`FileSource`]) and memory ([`MemorySource`]). Live passive capture
+//! through libpcap ([`live::LiveCapture`]) has its own batch API, fit for a
+//! daemon loop that must wake for its timers.
 
 #![forbid(unsafe_code)]
+
+pub mod live;
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -43,6 +46,24 @@ pub enum CaptureError {
     UnsupportedLinkType(u32),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("no interface to capture on")]
+    NoInterface,
+    #[error("interface {0} is given twice")]
+    DuplicateInterface(String),
+    #[error("interface `any` already captures on every interface; give it alone")]
+    AnyWithOthers,
+    #[error("no such network interface: {0}")]
+    NoSuchInterface(String),
+    #[error("capturing on {iface} needs root or CAP_NET_RAW (libpcap: {message})")]
+    PermissionDenied { iface: String, message: String },
+    #[error("bad capture filter {filter:?}: {message}")]
+    BadFilter { filter: String, message: String },
+    #[error(
+        "interface {iface} has link type {name} ({dlt}); supported: Ethernet, raw IP, Linux cooked, BSD loopback"
+    )]
+    UnsupportedInterfaceLink { iface: String, dlt: i32, name: String },
+    #[error("capture on {iface}: {message}")]
+    Live { iface: String, message: String },
 }
 
 /// A source of packets. A lending iterator: each packet borrows the source
