@@ -1,5 +1,6 @@
 //! Prometheus metrics: [`render`] turns a [`Status`] snapshot into the text
-//! exposition format 0.0.4.
+//! exposition format 0.0.4, and [`serve`] answers scrapes over HTTP/1.1 on
+//! a thread of its own.
 //!
 //! # Names
 //! Every metric starts with `portcullis_` and ends in its unit; counters end
@@ -15,14 +16,50 @@
 //! the queue families only in inline mode, the capture families only for
 //! capture interfaces, the detector families only with detection on.
 //!
-//! Guarantee: [`render`] never panics and does no I/O.
+//! # Server
+//! One connection at a time, on one thread: a scrape every 15 s needs no
+//! more, and one thread bounds what a client can hold. Each connection gets
+//! at most [`READ_TIMEOUT`] for its whole request head (a deadline, not a
+//! per-read timeout, so trickling bytes does not extend it) and at most
+//! [`MAX_REQUEST_HEAD`] bytes; a client that sends nothing delays the next
+//! scrape by about [`READ_TIMEOUT`], never longer. The address should be a
+//! management network or loopback: the endpoint has no authentication.
+//!
+//! Guarantees: [`render`] never panics and does no I/O; the server never
+//! panics on anything a client sends, and a `None` snapshot (daemon busy or
+//! stopping) is answered `503`.
 
 // Wired into the daemon by the `--metrics` commit that follows.
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use crate::status::Status;
+
+/// The `Content-Type` of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The most bytes of request head (request line and headers) read from a
+/// client; a longer head is answered `431`.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// How long a client has to send its whole request head.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one write of the response may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After answering, how long (and how many bytes) to read what the client
+/// still sends, so that closing with unread data does not reset the
+/// connection before the client has read the answer.
+const LINGER: Duration = Duration::from_millis(250);
+const LINGER_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -356,6 +393,311 @@ pub fn render(s: &Status) -> String {
     }
 
     e.out
+}
+
+/// The metrics HTTP server, running on its own thread.
+///
+/// Dropping it asks the thread to stop without waiting for it;
+/// [`MetricsServer::shutdown`] waits. Either way the listening socket is
+/// closed once the connection being served (if any) is done, within about
+/// [`READ_TIMEOUT`] plus [`LINGER`].
+#[derive(Debug)]
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves scrapes on a new
+/// thread. `snapshot` is called once per `GET /metrics`; `None` is answered
+/// `503 Service Unavailable`. Connections are served one at a time, so
+/// `snapshot` should give up after a second or so rather than block (and
+/// it must not panic: that ends the server thread).
+pub fn serve<F>(addr: SocketAddr, snapshot: F) -> io::Result<MetricsServer>
+where
+    F: Fn() -> Option<Status> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr)?;
+    let addr = listener.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = thread::Builder::new().name("metrics".into()).spawn({
+        let stop = Arc::clone(&stop);
+        move || accept_loop(&listener, &stop, &snapshot)
+    })?;
+    Ok(MetricsServer {
+        addr,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+impl MetricsServer {
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the server and waits for its thread.
+    pub fn shutdown(mut self) {
+        if self.signal_stop() {
+            if let Some(t) = self.thread.take() {
+                // A panic in the snapshot closure already ended the thread.
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Sets the stop flag and wakes the blocked `accept` with a connection
+    /// of our own. False if the wake-up connection failed: the thread may
+    /// then stay in `accept` until the process exits.
+    fn signal_stop(&mut self) -> bool {
+        if self.stop.swap(true, Ordering::SeqCst) {
+            return true;
+        }
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        TcpStream::connect_timeout(&SocketAddr::new(ip, self.addr.port()), WRITE_TIMEOUT).is_ok()
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.signal_stop();
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, stop: &AtomicBool, snapshot: &dyn Fn() -> Option<Status>) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match conn {
+            // A failed connection is the client's problem, not ours.
+            Ok(stream) => {
+                let _ = handle(stream, snapshot);
+            }
+            // Out of file descriptors and the like: back off instead of
+            // spinning on the same error.
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Why no request head was read.
+#[derive(Debug)]
+enum HeadError {
+    /// The client closed before finishing its head.
+    Closed,
+    /// [`READ_TIMEOUT`] passed.
+    Timeout,
+    /// Longer than [`MAX_REQUEST_HEAD`].
+    TooLarge,
+    Io(io::Error),
+}
+
+/// Reads up to the blank line that ends the request head, by `deadline`.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(HeadError::Timeout)?;
+        stream.set_read_timeout(Some(left)).map_err(HeadError::Io)?;
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(HeadError::Timeout)
+            }
+            Err(e) => return Err(HeadError::Io(e)),
+        };
+        let from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = head_end(&buf, from) {
+            if end > MAX_REQUEST_HEAD {
+                return Err(HeadError::TooLarge);
+            }
+            buf.truncate(end);
+            return Ok(buf);
+        }
+        if buf.len() >= MAX_REQUEST_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+/// The end of the head (just past `\r\n\r\n`, or `\n\n` from lenient
+/// clients), searching from `from`.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    (from..buf.len()).find_map(|i| {
+        if buf[i..].starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else if buf[i..].starts_with(b"\n\n") {
+            Some(i + 2)
+        } else {
+            None
+        }
+    })
+}
+
+struct Response {
+    status: u16,
+    reason: &'static str,
+    content_type: &'static str,
+    extra_headers: &'static str,
+    body: String,
+    head_only: bool,
+}
+
+impl Response {
+    fn text(status: u16, reason: &'static str, body: &str) -> Self {
+        Self {
+            status,
+            reason,
+            content_type: "text/plain; charset=utf-8",
+            extra_headers: "",
+            body: format!("{body}\n"),
+            head_only: false,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n{}\r\n",
+            self.status,
+            self.reason,
+            self.content_type,
+            self.body.len(),
+            self.extra_headers,
+        )
+        .into_bytes();
+        if !self.head_only {
+            out.extend_from_slice(self.body.as_bytes());
+        }
+        out
+    }
+}
+
+const INDEX_HTML: &str = "<!DOCTYPE html>\n<html><head><title>portcullis</title></head>\n<body><h1>portcullis</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
+
+/// The answer to one request head.
+fn respond(head: &[u8], snapshot: &dyn Fn() -> Option<Status>) -> Response {
+    let Some(line) = std::str::from_utf8(head)
+        .ok()
+        .and_then(|h| h.lines().next())
+    else {
+        return Response::text(400, "Bad Request", "bad request");
+    };
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Response::text(400, "Bad Request", "bad request");
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
+        return Response::text(400, "Bad Request", "bad request");
+    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            let mut r = Response::text(405, "Method Not Allowed", "method not allowed");
+            r.extra_headers = "Allow: GET, HEAD\r\n";
+            return r;
+        }
+    };
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let mut r = match path {
+        "/metrics" => match snapshot() {
+            Some(s) => Response {
+                status: 200,
+                reason: "OK",
+                content_type: CONTENT_TYPE,
+                extra_headers: "",
+                body: render(&s),
+                head_only: false,
+            },
+            None => {
+                let mut r = Response::text(
+                    503,
+                    "Service Unavailable",
+                    "the daemon did not answer; try again",
+                );
+                r.extra_headers = "Retry-After: 1\r\n";
+                r
+            }
+        },
+        "/" => Response {
+            status: 200,
+            reason: "OK",
+            content_type: "text/html; charset=utf-8",
+            extra_headers: "",
+            body: INDEX_HTML.to_owned(),
+            head_only: false,
+        },
+        _ => Response::text(404, "Not Found", "not found; metrics are at /metrics"),
+    };
+    r.head_only = head_only;
+    r
+}
+
+/// Serves one connection: reads the head, answers, closes.
+fn handle(mut stream: TcpStream, snapshot: &dyn Fn() -> Option<Status>) -> io::Result<()> {
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let _ = stream.set_nodelay(true);
+    let response = match read_head(&mut stream, Instant::now() + READ_TIMEOUT) {
+        Ok(head) => respond(&head, snapshot),
+        Err(HeadError::TooLarge) => Response::text(
+            431,
+            "Request Header Fields Too Large",
+            "request head too large",
+        ),
+        Err(HeadError::Timeout) => Response::text(408, "Request Timeout", "request timeout"),
+        Err(HeadError::Closed) => return Ok(()),
+        Err(HeadError::Io(e)) => return Err(e),
+    };
+    stream.write_all(&response.bytes())?;
+    stream.shutdown(Shutdown::Write)?;
+    linger(&mut stream);
+    Ok(())
+}
+
+/// Reads (and discards) what the client still sends, until it closes, for
+/// at most [`LINGER`] and [`LINGER_BYTES`].
+fn linger(stream: &mut TcpStream) {
+    let deadline = Instant::now() + LINGER;
+    let mut chunk = [0u8; 4096];
+    let mut read = 0;
+    while read < LINGER_BYTES {
+        let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            return;
+        };
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -333,3 +333,233 @@ fn label_values_are_escaped() {
         .contains(&("config".to_owned(), "C:\\rules \"new\".json".to_owned())));
     assert_eq!(escape_help("a\\b\nc \"d\""), "a\\\\b\\nc \"d\"");
 }
+
+// ---------------------------------------------------------------- HTTP
+
+fn start(status: Option<Status>) -> MetricsServer {
+    serve("127.0.0.1:0".parse().unwrap(), move || status.clone()).unwrap()
+}
+
+#[derive(Debug)]
+struct Reply {
+    status_line: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn read_reply(stream: &mut TcpStream) -> Reply {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("end of head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap().to_owned();
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(": ").expect("header");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    Reply {
+        status_line,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn request(addr: SocketAddr, raw: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    // The server may answer (and stop reading) before all of an oversize
+    // request is written.
+    let _ = stream.write_all(raw);
+    read_reply(&mut stream)
+}
+
+fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n").as_bytes(),
+    )
+}
+
+#[test]
+fn scrape_answers_the_metrics_with_the_right_headers() {
+    let server = start(Some(known()));
+    let addr = server.local_addr();
+    assert_ne!(addr.port(), 0);
+
+    let r = get(addr, "/metrics");
+    assert_eq!(r.status_line, "HTTP/1.1 200 OK");
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert_eq!(
+        r.header("Content-Length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    assert_eq!(r.body, render(&known()));
+
+    let r = get(addr, "/metrics?name[]=portcullis_bans_active");
+    assert_eq!(r.status_line, "HTTP/1.1 200 OK");
+
+    let r = request(addr, b"HEAD /metrics HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status_line, "HTTP/1.1 200 OK");
+    assert_eq!(
+        r.header("Content-Length"),
+        Some(render(&known()).len().to_string().as_str())
+    );
+    assert_eq!(r.body, "");
+
+    let r = get(addr, "/");
+    assert_eq!(r.status_line, "HTTP/1.1 200 OK");
+    assert!(r.header("Content-Type").unwrap().starts_with("text/html"));
+    assert!(r.body.contains("href=\"/metrics\""));
+
+    server.shutdown();
+}
+
+#[test]
+fn wrong_paths_methods_and_requests_are_refused() {
+    let server = start(Some(known()));
+    let addr = server.local_addr();
+
+    let r = get(addr, "/metrics/x");
+    assert_eq!(r.status_line, "HTTP/1.1 404 Not Found");
+    assert_eq!(
+        r.header("Content-Length"),
+        Some(r.body.len().to_string().as_str())
+    );
+
+    let r = request(
+        addr,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(r.status_line, "HTTP/1.1 405 Method Not Allowed");
+    assert_eq!(r.header("Allow"), Some("GET, HEAD"));
+
+    let r = request(addr, b"hello there\r\n\r\n");
+    assert_eq!(r.status_line, "HTTP/1.1 400 Bad Request");
+
+    let r = request(addr, b"GET /metrics SPDY/3\r\n\r\n");
+    assert_eq!(r.status_line, "HTTP/1.1 400 Bad Request");
+
+    // Twice the limit, without ever ending the head.
+    let mut big = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
+    big.resize(2 * MAX_REQUEST_HEAD, b'a');
+    let r = request(addr, &big);
+    assert_eq!(
+        r.status_line,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+
+    // A head that ends, but only after the limit.
+    big.extend_from_slice(b"\r\n\r\n");
+    let r = request(addr, &big);
+    assert_eq!(
+        r.status_line,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+
+    // The server still works afterwards.
+    assert_eq!(get(addr, "/metrics").status_line, "HTTP/1.1 200 OK");
+    server.shutdown();
+}
+
+#[test]
+fn no_snapshot_is_service_unavailable() {
+    let server = start(None);
+    let r = get(server.local_addr(), "/metrics");
+    assert_eq!(r.status_line, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    server.shutdown();
+}
+
+#[test]
+fn a_silent_client_does_not_hold_the_server() {
+    let server = start(Some(known()));
+    let addr = server.local_addr();
+    let mut silent = TcpStream::connect(addr).unwrap();
+    let t = Instant::now();
+    let r = get(addr, "/metrics");
+    let waited = t.elapsed();
+    assert_eq!(r.status_line, "HTTP/1.1 200 OK");
+    assert!(
+        waited < READ_TIMEOUT + Duration::from_secs(1),
+        "the second client waited {waited:?}"
+    );
+    assert_eq!(
+        read_reply(&mut silent).status_line,
+        "HTTP/1.1 408 Request Timeout"
+    );
+    server.shutdown();
+}
+
+#[test]
+fn a_trickling_client_does_not_hold_the_server() {
+    let server = start(Some(known()));
+    let addr = server.local_addr();
+    let mut slow = TcpStream::connect(addr).unwrap();
+    // One byte every 100 ms: each read succeeds, the head never ends.
+    let trickle = thread::spawn(move || {
+        let _ = slow.write_all(b"GET /metrics HTTP/1.1\r\n");
+        for _ in 0..50 {
+            if slow.write_all(b"X").is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    let r = get(addr, "/metrics");
+    let waited = t.elapsed();
+    assert_eq!(r.status_line, "HTTP/1.1 200 OK");
+    assert!(
+        waited < READ_TIMEOUT + Duration::from_secs(1),
+        "the second client waited {waited:?}"
+    );
+    server.shutdown();
+    trickle.join().unwrap();
+}
+
+#[test]
+fn shutdown_closes_the_port_and_drop_stops_the_thread() {
+    let server = start(Some(known()));
+    let addr = server.local_addr();
+    server.shutdown();
+    assert_eq!(
+        TcpStream::connect(addr).unwrap_err().kind(),
+        io::ErrorKind::ConnectionRefused
+    );
+
+    let server = start(Some(known()));
+    let addr = server.local_addr();
+    drop(server);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still listening after drop");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_wildcard_address_is_woken_through_loopback() {
+    let server = serve("0.0.0.0:0".parse().unwrap(), || None).unwrap();
+    let port = server.local_addr().port();
+    server.shutdown();
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}
