@@ -13,6 +13,7 @@ mod config;
 mod control;
 mod daemon;
 mod lockout;
+mod metrics;
 mod output;
 mod replay;
 mod state;
