@@ -62,6 +62,8 @@ pub enum EventType {
     Suppressed,
     Queue,
     Reload,
+    /// A passive capture lost packets (monitor mode).
+    Capture,
 }
 
 impl EventType {
@@ -75,6 +77,7 @@ impl EventType {
             Self::Suppressed => "suppressed",
             Self::Queue => "queue",
             Self::Reload => "reload",
+            Self::Capture => "capture",
         }
     }
 }
@@ -216,6 +219,18 @@ pub struct QueueInfo {
     pub fate: &'static str,
 }
 
+/// `capture` object: packets a passive capture lost since the last
+/// `capture` event of that interface. They were not inspected; the host
+/// handled them as usual (nothing is inline in monitor mode).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CaptureInfo {
+    pub interface: String,
+    /// The capture ring was full (libpcap `ps_drop`): we fell behind.
+    pub dropped: u64,
+    /// The interface or its driver dropped them (`ps_ifdrop`).
+    pub if_dropped: u64,
+}
+
 /// `reload` object: the outcome of re-reading the configuration (SIGHUP).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReloadInfo {
@@ -246,6 +261,8 @@ pub struct Event {
     pub queue: Option<QueueInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureInfo>,
 }
 
 impl Event {
@@ -261,6 +278,7 @@ impl Event {
             suppressed: None,
             queue: None,
             reload: None,
+            capture: None,
         }
     }
 
@@ -433,6 +451,20 @@ impl fmt::Display for Event {
                         q.user_dropped,
                         q.overruns,
                         q.fate
+                    )?;
+                }
+                Ok(())
+            }
+            EventType::Capture => {
+                f.write_str("[CAPTURE] ")?;
+                if let Some(c) = &self.capture {
+                    write!(
+                        f,
+                        "{}: {} packets not inspected (capture buffer full {}, interface {})",
+                        c.interface,
+                        c.dropped + c.if_dropped,
+                        c.dropped,
+                        c.if_dropped
                     )?;
                 }
                 Ok(())

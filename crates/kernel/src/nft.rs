@@ -45,7 +45,12 @@ pub(crate) fn update_script(plan: &KernelPlan, path: QueuePath, ban_counters: bo
     for set in LIST_SETS {
         let _ = writeln!(s, "flush set inet {TABLE} {set}");
     }
-    for chain in CHAINS {
+    // A bans-only table has the base chains alone.
+    let base = ["input", "forward", "output"];
+    for chain in CHAINS
+        .iter()
+        .filter(|c| plan.user_space || base.contains(c))
+    {
         let _ = writeln!(s, "flush chain inet {TABLE} {chain}");
     }
     s.push_str(&plan.render(path, ban_counters));

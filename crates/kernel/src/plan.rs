@@ -341,11 +341,14 @@ impl KernelPlan {
             }
             s.push_str("\t}\n");
         }
-        for (name, rules) in [
+        let chains = [
             ("allowed", self.allowed_rules()),
             ("blocked", self.blocked_rules()),
             ("to_user", self.to_user_rules(path)),
-        ] {
+        ];
+        // A bans-only table has no use for them.
+        let chains = if self.user_space { &chains[..] } else { &[] };
+        for (name, rules) in chains {
             let _ = writeln!(s, "\tchain {name} {{");
             for rule in rules {
                 let _ = writeln!(s, "\t\t{rule}");

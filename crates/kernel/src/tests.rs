@@ -546,6 +546,14 @@ fn a_bans_only_plan_queues_nothing_and_installs_no_iptables_rule() {
             assert!(!body.contains(absent), "{absent} in {chain}: {body}");
         }
     }
+    assert!(!text.contains("to_user"), "{text}");
+    // A reload flushes only the chains such a table has.
+    let update = nft::update_script(&plan, QueuePath::IptablesNfqueue, true);
+    assert!(
+        update.contains("flush chain inet portcullis input\n"),
+        "{update}"
+    );
+    assert!(!update.contains("to_user"), "{update}");
     let fake = Fake::new(no_nft_queue);
     let fw = Firewall::install_with(&plan, fake.clone()).unwrap();
     assert!(

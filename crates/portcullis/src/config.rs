@@ -22,12 +22,18 @@ impl ListLoader for FsLoader {
 
 /// The config at `path`, or the default policy embedded in the binary.
 pub fn load(path: Option<&Path>) -> Result<Arc<Config>> {
-    load_protecting(path, &[])
+    load_for_daemon(path, &[], &[])
 }
 
-/// [`load`], with `protect` added to what is never blocked nor banned
-/// (the SSH client that started the daemon).
-pub fn load_protecting(path: Option<&Path>, protect: &[ipnet::IpNet]) -> Result<Arc<Config>> {
+/// [`load`], with `protect` added to what is never blocked nor banned (the
+/// SSH client that started the daemon) and, when the file sets no
+/// `home_net`, `home` as it (a passive daemon's own addresses: what is sent
+/// to them is inbound, what they send outbound).
+pub fn load_for_daemon(
+    path: Option<&Path>,
+    protect: &[ipnet::IpNet],
+    home: &[ipnet::IpNet],
+) -> Result<Arc<Config>> {
     let (text, base, name) = match path {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
@@ -43,6 +49,9 @@ pub fn load_protecting(path: Option<&Path>, protect: &[ipnet::IpNet]) -> Result<
     let mut cfg = Config::from_json_str(&text, &FsLoader { base })
         .map_err(|errs| anyhow::anyhow!("{name} is invalid:\n{errs}"))?;
     cfg.rules.protect(protect);
+    if cfg.home_net.is_empty() {
+        cfg.home_net = home.to_vec();
+    }
     Ok(Arc::new(cfg))
 }
 
@@ -100,4 +109,26 @@ pub fn summary(cfg: &Config) -> String {
         let _ = writeln!(s, "home_net: {}", nets.join(", "));
     }
     s
+}
+
+/// This host's own addresses (every interface of the network namespace,
+/// loopback left out), as host prefixes.
+pub fn local_addresses() -> Vec<ipnet::IpNet> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<ipnet::IpNet> = addrs
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            let ip: std::net::IpAddr = if let Some(v4) = a.as_sockaddr_in() {
+                v4.ip().into()
+            } else {
+                a.as_sockaddr_in6()?.ip().into()
+            };
+            (!ip.is_loopback()).then(|| ipnet::IpNet::from(ip))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }

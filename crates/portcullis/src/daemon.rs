@@ -1,56 +1,97 @@
-//! `portcullis run`: the engine in the kernel's packet path.
+//! `portcullis run`: the engine in the kernel's packet path (inline), or
+//! beside it (monitor, dry run).
 //!
 //! Threads:
-//! - the **packet thread** (this one): NFQUEUE batches -> engine -> batched
-//!   verdicts; NXDOMAIN answers for blocked DNS queries; owns the engine;
+//! - the **packet thread** (this one): a [`PacketPath`] (NFQUEUE batches
+//!   and verdicts in [`crate::inline`], passive capture in
+//!   [`crate::monitor`]) -> the engine; it owns the engine and answers
+//!   control requests between batches;
 //! - the **detector** thread (inside the engine);
-//! - the **kernel** thread: every nft call (ban batches, reload, teardown)
-//!   and the ban state file, so the packet path never waits for a process;
+//! - the **kernel** thread ([`crate::kernel_thread`]): every nft call (ban
+//!   batches, reload, teardown) and the ban state file, so the packet path
+//!   never waits for a process;
 //! - the **event writer**: JSON Lines and console, behind a bounded channel;
-//! - the **control** thread: the Unix socket of `portcullis status|bans|
-//!   ban|unban`; it hands each request to the packet thread, which answers
-//!   between batches (it owns the engine).
+//! - the **control** thread ([`crate::control`]): the Unix socket of
+//!   `portcullis status|bans|ban|unban|explain`;
+//! - the **metrics** thread ([`crate::metrics`], with `--metrics`).
 //!
-//! **Invariant: the packet thread never blocks on anything but the queue
-//! socket** (with a 100 ms timeout, so signals and timers are served).
+//! **Invariant: the packet thread never blocks on anything but its packet
+//! source** (with a 100 ms timeout, so signals, timers and control requests
+//! are served).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use clap::ValueEnum;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use portcullis_engine::config::{BlockedDnsResponse, Config};
-use portcullis_engine::engine::{Ban, DetectorMode, Engine, PacketIn};
-use portcullis_engine::events::{rfc3339, Event, EventType, QueueInfo, ReloadInfo};
-use portcullis_engine::{Action, Direction, Reason, Timestamp};
-use portcullis_kernel::{Firewall, KernelOptions, KernelPlan};
-use portcullis_nfqueue::{Hook, Queue, QueueConfig, Responder, Verdict as NfVerdict};
-use portcullis_wire::LinkType;
+use portcullis_engine::config::Config;
+use portcullis_engine::engine::{Ban, DetectorMode, Engine};
+use portcullis_engine::events::{rfc3339, Event, EventType, ReloadInfo};
+use portcullis_engine::Timestamp;
+use portcullis_kernel::{Firewall, KernelOptions};
 
 use crate::cli::EngineArgs;
 use crate::config;
 use crate::control::{self, Answer, Pending, Request};
+use crate::inline::InlinePath;
+use crate::kernel_thread::{self, Ack, KernelCmd, Rules, UNKNOWN};
+use crate::monitor::MonitorPath;
 use crate::output::Output;
 use crate::state::StateDir;
-use crate::status::{DetectorStatus, PacketCounters, QueueStatus, Status};
+use crate::status::{DetectorStatus, PacketCounters, Status};
+
+/// How the daemon sees packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// In the packet path (nftables + NFQUEUE): drops are enforced.
+    Inline,
+    /// Passive capture (libpcap): nothing is dropped inline; would-be drops
+    /// are logged, scans detected (and banned with --enforce-bans).
+    Monitor,
+}
 
 /// Options of `portcullis run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// inline: decide in the packet path; monitor: capture passively.
+    #[arg(long, value_enum, default_value_t = Mode::Inline)]
+    pub mode: Mode,
+    /// Monitor mode: an interface to capture on (repeat for more; `any`
+    /// for all). Default: any.
+    #[arg(long = "interface", short = 'i', value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// Monitor mode: a capture filter in tcpdump syntax.
+    #[arg(long, value_name = "FILTER")]
+    pub bpf: Option<String>,
+    /// Monitor mode: ban detected scanners in the kernel (a table with the
+    /// ban sets only; nothing else is enforced).
+    #[arg(long)]
+    pub enforce_bans: bool,
+    /// Enforce nothing: no kernel rules at all; every would-be drop and ban
+    /// is logged (`would_block`, `"enforced": false`). Runs as a passive
+    /// monitor (on `any` unless --interface is given).
+    #[arg(long, conflicts_with = "enforce_bans")]
+    pub dry_run: bool,
     /// Where bans are kept across restarts.
     #[arg(long, default_value = "/var/lib/portcullis")]
     pub state_dir: PathBuf,
-    /// The control socket (`portcullis status`, `bans`, `ban`, `unban`),
-    /// root only.
+    /// The control socket (`portcullis status`, `bans`, `ban`, `unban`,
+    /// `explain`), root only.
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (no
+    /// authentication: bind to loopback or a management network; in inline
+    /// mode a remote scraper needs an allow rule).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
     /// Do not protect the SSH client that started the daemon. By default
     /// its address (from SSH_CONNECTION, ours or an ancestor's: sudo drops
     /// it) is never blocked nor banned, so a bad rule cannot lock you out.
@@ -58,17 +99,16 @@ pub struct RunArgs {
     pub no_protect_ssh: bool,
 }
 
-/// How long the packet thread waits for packets before serving timers and
-/// signals.
+/// How long the packet thread waits for packets before serving timers,
+/// signals and control requests.
 const POLL: Duration = Duration::from_millis(100);
-/// How long the kernel thread gathers ban changes into one nft call.
-const BAN_BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// Events waiting for the writer before new ones are dropped (and counted).
 const EVENT_QUEUE: usize = 65_536;
-/// How often queue drop counters are read.
-const QUEUE_STATS_EVERY: Duration = Duration::from_secs(1);
+/// How often loss counters are read and the metrics snapshot refreshed.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 
-fn now() -> Timestamp {
+/// Wall-clock time as the engine counts it.
+pub fn now() -> Timestamp {
     let us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -76,14 +116,17 @@ fn now() -> Timestamp {
     Timestamp::from_micros(us)
 }
 
-/// Tells whoever asked for a kernel change whether it is done.
-type Ack = Sender<std::result::Result<(), String>>;
-
-/// What the kernel thread is asked to do.
-enum KernelCmd {
-    Ban(Ban, Option<Ack>),
-    Unban(IpAddr, Option<Ack>),
-    Update(Arc<Config>, Sender<Result<()>>),
+/// Where packets come from and go: the part of the daemon that differs
+/// between inline and monitor mode.
+pub trait PacketPath {
+    /// Processes what arrives within `wait` (deciding it, inline).
+    fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<()>;
+    /// Packets lost since the last call, as events (called every second).
+    fn losses(&mut self) -> Vec<Event>;
+    /// Fills in this path's part of a status snapshot.
+    fn status(&mut self, s: &mut Status);
+    /// Shutting down: settle what is still pending.
+    fn finish(&mut self);
 }
 
 /// Addresses never blocked nor banned on top of the rules file.
@@ -103,12 +146,36 @@ fn protected(args: &RunArgs) -> Vec<ipnet::IpNet> {
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    let passive = args.mode == Mode::Monitor || args.dry_run;
+    if !passive && (!args.interfaces.is_empty() || args.bpf.is_some() || args.enforce_bans) {
+        anyhow::bail!("--interface, --bpf and --enforce-bans are for --mode monitor");
+    }
+    if let Some(f) = &args.bpf {
+        portcullis_capture::live::check_filter(f)?;
+    }
     let protect = protected(args);
-    let cfg = config::load_protecting(args.engine.config.as_deref(), &protect)?;
+    // Passive captures without a direction: this host's addresses tell.
+    let home = if passive {
+        config::local_addresses()
+    } else {
+        Vec::new()
+    };
+    let cfg = config::load_for_daemon(args.engine.config.as_deref(), &protect, &home)?;
     let state = StateDir::open(&args.state_dir)?;
     // Before any kernel change: a second daemon must not clean up the
     // first one's rules as if they were a crash's leftovers.
     let (control, requests) = control::Server::start(&args.socket)?;
+    let latest = Arc::new(Mutex::new(None::<Status>));
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let snap = Arc::clone(&latest);
+            let m = crate::metrics::serve(addr, move || snap.lock().ok()?.clone())
+                .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+            eprintln!("portcullis: metrics on http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        None => None,
+    };
 
     // Signals first, so that a TERM during setup still tears down.
     let term = Arc::new(AtomicBool::new(false));
@@ -120,48 +187,79 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .context("installing signal handlers")?;
 
+    let rules = match (passive, args.enforce_bans) {
+        (false, _) => Some(Rules::Full),
+        (true, true) => Some(Rules::BansOnly),
+        (true, false) => None,
+    };
     let opts = KernelOptions::default();
-    let plan = KernelPlan::from_config(&cfg, &opts);
-    let skip_mark = opts.skip_mark;
-    let firewall = Firewall::install(&plan).context("installing kernel rules")?;
-    let kernel_path = firewall.queue_path().to_string();
-    eprintln!(
-        "portcullis: kernel rules installed (table inet portcullis); queue path: {kernel_path}"
-    );
+    let (firewall, kernel_path) = match rules {
+        Some(r) => {
+            let fw = Firewall::install(&r.plan(&cfg)).context("installing kernel rules")?;
+            let path = match r {
+                Rules::Full => fw.queue_path().to_string(),
+                Rules::BansOnly => "nftables ban sets only (passive)".to_owned(),
+            };
+            eprintln!("portcullis: kernel rules installed (table inet portcullis); {path}");
+            (Some((fw, r)), path)
+        }
+        None => (None, "none (passive, nothing enforced)".to_owned()),
+    };
 
     // From here on, every exit path must tear the kernel rules down: the
     // kernel thread does it when its channel closes.
     let (kernel_tx, kernel_rx) = crossbeam_channel::bounded::<KernelCmd>(65_536);
     let queue_hits = Arc::new(AtomicU64::new(UNKNOWN));
-    let kernel = spawn_kernel_thread(firewall, kernel_rx, state.clone(), Arc::clone(&queue_hits))?;
+    let kernel = kernel_thread::spawn(firewall, kernel_rx, state.clone(), Arc::clone(&queue_hits))?;
     let ctl = Control {
         kernel: &kernel_tx,
         term: &term,
         hup: &hup,
-        queue_hits: &queue_hits,
-        skip_mark,
         requests: &requests,
+        latest: &latest,
+        bans_enforced: rules.is_some(),
         info: Info {
             started: Instant::now(),
-            mode: "inline",
+            mode: match (args.mode, args.dry_run) {
+                (_, true) => "monitor (dry run)",
+                (Mode::Inline, _) => "inline",
+                (Mode::Monitor, _) => "monitor",
+            },
             kernel_path,
             config: args.engine.config.as_ref().map_or_else(
                 || "embedded default policy".to_owned(),
                 |p| p.display().to_string(),
             ),
             protect,
+            home,
         },
     };
-    let result = serve(args, cfg, &state, &ctl);
+    let path: Result<Box<dyn PacketPath>> = if passive {
+        let ifs = if args.interfaces.is_empty() {
+            vec![portcullis_capture::live::ANY.to_owned()]
+        } else {
+            args.interfaces.clone()
+        };
+        MonitorPath::open(&ifs, args.bpf.as_deref()).map(|p| Box::new(p) as Box<dyn PacketPath>)
+    } else {
+        InlinePath::open(&cfg, opts.skip_mark, Arc::clone(&queue_hits))
+            .map(|p| Box::new(p) as Box<dyn PacketPath>)
+    };
+    let result = path.and_then(|p| serve(args, cfg, &state, &ctl, p));
     // No more requests: the engine is gone.
     drop(control);
+    if let Some(m) = metrics {
+        m.shutdown();
+    }
     drop(kernel_tx);
     let teardown = kernel
         .join()
         .map_err(|_| anyhow::anyhow!("the kernel thread panicked"))?;
     match (result, teardown) {
         (Ok(code), Ok(())) => {
-            eprintln!("portcullis: kernel rules removed");
+            if rules.is_some() {
+                eprintln!("portcullis: kernel rules removed");
+            }
             Ok(code)
         }
         (Err(e), Ok(())) => Err(e),
@@ -178,12 +276,12 @@ struct Control<'a> {
     term: &'a AtomicBool,
     /// SIGHUP seen.
     hup: &'a AtomicBool,
-    /// Packets our queue rule sent (kernel thread), or [`UNKNOWN`].
-    queue_hits: &'a AtomicU64,
-    /// The mark our own packets (DNS answers) carry.
-    skip_mark: u32,
     /// Control socket requests.
     requests: &'a Receiver<Pending>,
+    /// The snapshot the metrics server serves.
+    latest: &'a Mutex<Option<Status>>,
+    /// Bans go into the kernel (inline, or monitor with --enforce-bans).
+    bans_enforced: bool,
     /// What `status` reports that does not change.
     info: Info,
 }
@@ -195,6 +293,8 @@ struct Info {
     kernel_path: String,
     config: String,
     protect: Vec<ipnet::IpNet>,
+    /// `home_net` when the file has none (passive mode).
+    home: Vec<ipnet::IpNet>,
 }
 
 fn serve(
@@ -202,29 +302,14 @@ fn serve(
     cfg: Arc<Config>,
     state: &StateDir,
     ctl: &Control<'_>,
+    mut path: Box<dyn PacketPath>,
 ) -> Result<ExitCode> {
-    let Control {
-        kernel,
-        term,
-        hup,
-        queue_hits,
-        skip_mark,
-        requests,
-        ..
-    } = *ctl;
-    let mut qcfg = QueueConfig::new(cfg.inline.queue);
-    qcfg.fail_open = !cfg.inline.fail_closed;
-    qcfg.max_len = cfg.inline.queue_length;
-    qcfg.spin = Duration::from_micros(50);
-    let mut queue = Queue::open(&qcfg).context("opening the NFQUEUE")?;
-    let mut responder = Responder::open().context("opening the raw sockets for DNS answers")?;
-    // Our answers must pass our own chains, not come back to the queue.
-    responder
-        .set_mark(skip_mark)
-        .context("marking DNS answers")?;
-
+    let kernel = ctl.kernel;
     let mut engine = Engine::new(cfg, DetectorMode::Thread { capacity: 1024 })
         .context("starting the scan detector")?;
+    // Passive: drops are only logged. Bans still apply to the engine's own
+    // verdicts (logged as would_block) and, with --enforce-bans, the kernel.
+    engine.set_enforcing(args.mode == Mode::Inline && !args.dry_run);
     let start = now();
     match state.load_bans() {
         Ok(bans) => {
@@ -249,11 +334,14 @@ fn serve(
     let mut dropped_events = 0u64;
     let forward = |engine: &mut Engine, dropped: &mut u64| {
         let events: Vec<Event> = engine.drain_events().collect();
-        for ev in events {
+        for mut ev in events {
             match ev.event_type {
                 EventType::Ban => {
                     if let Some(b) = engine_ban(engine, &ev) {
                         let _ = kernel.try_send(KernelCmd::Ban(b, None));
+                    }
+                    if let Some(b) = ev.ban.as_mut() {
+                        b.enforced = ctl.bans_enforced;
                     }
                 }
                 EventType::Unban => {
@@ -269,98 +357,32 @@ fn serve(
         }
     };
 
-    let nxdomain = |e: &Engine| e.config().dns.blocked_response == BlockedDnsResponse::Nxdomain;
     let mut last_tick = Instant::now();
-    let mut last_stats = Instant::now();
-    let mut seen = QueueDrops::default();
-    let mut overruns = 0;
-    let mut queue_status = QueueStatus {
-        number: qcfg.num,
-        fail_open: qcfg.fail_open,
-        ..QueueStatus::default()
-    };
-    eprintln!(
-        "portcullis: running on NFQUEUE {} ({})",
-        qcfg.num,
-        if qcfg.fail_open {
-            "fail-open"
-        } else {
-            "fail-closed"
-        }
-    );
-    while !term.load(Ordering::Relaxed) {
-        if hup.swap(false, Ordering::Relaxed) {
-            let ev = reload(args, &mut engine, kernel);
+    let mut last_stats = Instant::now() - STATS_EVERY;
+    while !ctl.term.load(Ordering::Relaxed) {
+        if ctl.hup.swap(false, Ordering::Relaxed) {
+            let ev = reload(args, &mut engine, kernel, &ctl.info);
             let _ = event_tx.try_send(ev);
         }
-        match queue.recv_batch(Some(POLL)) {
-            Ok(0) => {}
-            Ok(_) => {
-                let t = now();
-                let answer = nxdomain(&engine);
-                queue.decide_each(|p| {
-                    let dir = match p.hook {
-                        Hook::Output | Hook::Postrouting => Direction::Outbound,
-                        Hook::Forward => Direction::Forwarded,
-                        _ => Direction::Inbound,
-                    };
-                    let ts = p.timestamp_micros.map_or(t, Timestamp::from_micros);
-                    let v = engine.process(&PacketIn {
-                        data: p.payload,
-                        link: LinkType::Raw,
-                        ts,
-                        dir: Some(dir),
-                    });
-                    if v.reason == Reason::BlockedDomain && answer {
-                        // Best effort: the query is dropped either way.
-                        let _ = responder.respond_to(p);
-                    }
-                    match v.action {
-                        Action::Accept => (NfVerdict::Accept, None),
-                        Action::Drop => (NfVerdict::Drop, None),
-                    }
-                });
-                queue.flush().context("sending verdicts")?;
-                engine.flush();
-            }
-            Err(e) => return Err(e).context("reading the NFQUEUE"),
-        }
+        path.step(&mut engine, POLL)?;
         if last_tick.elapsed() >= POLL {
             engine.tick(now());
             last_tick = Instant::now();
         }
-        if last_stats.elapsed() >= QUEUE_STATS_EVERY {
+        if last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();
-            let cur = QueueDrops::read(
-                qcfg.num,
-                queue_hits.load(Ordering::Relaxed),
-                queue.counters().packets,
-            );
-            let new_overruns = queue.counters().enobufs;
-            if let Some(ev) = seen.event(&cur, new_overruns - overruns, qcfg.num, qcfg.fail_open) {
+            for ev in path.losses() {
                 let _ = event_tx.try_send(ev);
             }
-            // The estimate can dip (skew between the two readings): keep the
-            // high-water mark so nothing is reported twice.
-            seen = QueueDrops {
-                uninspected: seen.uninspected.max(cur.uninspected),
-                ..cur
-            };
-            overruns = new_overruns;
-            queue_status = QueueStatus {
-                received: queue.counters().packets,
-                queue_dropped: seen.queue_dropped,
-                user_dropped: seen.user_dropped,
-                uninspected: seen.uninspected,
-                overruns,
-                ..queue_status
-            };
+            // The metrics server reads this copy; never wait for a scrape.
+            if let Ok(mut g) = ctl.latest.try_lock() {
+                *g = Some(status(&engine, &ctl.info, path.as_mut(), dropped_events));
+            }
         }
-        for p in requests.try_iter() {
+        for p in ctl.requests.try_iter() {
             let answer = match &p.request {
                 Request::Status => {
-                    queue_status.received = queue.counters().packets;
-                    let s = status(&engine, &ctl.info, Some(&queue_status), dropped_events);
+                    let s = status(&engine, &ctl.info, path.as_mut(), dropped_events);
                     Answer::Now(serde_json::to_value(s).map_err(|e| e.to_string()))
                 }
                 req => answer(&mut engine, req, kernel),
@@ -370,19 +392,13 @@ fn serve(
         forward(&mut engine, &mut dropped_events);
     }
 
-    // Shutting down: let what is queued through (fail-open) or not, close
-    // the windows, save the bans, stop the writer.
-    queue.verdict_outstanding(if qcfg.fail_open {
-        NfVerdict::Accept
-    } else {
-        NfVerdict::Drop
-    });
-    let _ = queue.flush();
-    drop(queue);
+    // Shutting down: settle what is queued, close the windows, stop the
+    // writer. The bans file is the kernel thread's alone: it has seen every
+    // ban and unban (including the expiries `finish` reports) and writes
+    // the file after each batch.
+    path.finish();
+    drop(path);
     engine.finish();
-    // The bans file is the kernel thread's alone: it has seen every ban and
-    // unban (including the expiries `finish` just reported) and writes the
-    // file after each batch.
     forward(&mut engine, &mut dropped_events);
     drop(event_tx);
     let _ = writer.join();
@@ -393,12 +409,7 @@ fn serve(
 }
 
 /// A snapshot for `portcullis status` and the metrics.
-fn status(
-    engine: &Engine,
-    info: &Info,
-    queue: Option<&QueueStatus>,
-    events_dropped: u64,
-) -> Status {
+fn status(engine: &Engine, info: &Info, path: &mut dyn PacketPath, events_dropped: u64) -> Status {
     let mut protected = vec!["loopback".to_owned()];
     protected.extend(
         info.protect
@@ -410,7 +421,7 @@ fn status(
     if n > info.protect.len() {
         protected.push(format!("allow.ip: {} prefixes", n - info.protect.len()));
     }
-    Status {
+    let mut s = Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
         mode: info.mode.to_owned(),
@@ -419,13 +430,15 @@ fn status(
         config: info.config.clone(),
         kernel_path: info.kernel_path.clone(),
         packets: PacketCounters::from(engine.counters()),
-        queue: queue.cloned(),
+        queue: None,
         capture: Vec::new(),
         bans_active: engine.bans().len(),
         protected,
         detector: engine.detector_stats().as_ref().map(DetectorStatus::from),
         events_dropped,
-    }
+    };
+    path.status(&mut s);
+    s
 }
 
 /// One active ban as `portcullis bans` shows it.
@@ -538,8 +551,8 @@ fn engine_ban(engine: &Engine, ev: &Event) -> Option<Ban> {
 /// SIGHUP: re-reads the config, updates the kernel sets (one transaction)
 /// and the engine. On any error the old rules stay in force. Either way a
 /// `reload` event says what happened.
-fn reload(args: &RunArgs, engine: &mut Engine, kernel: &Sender<KernelCmd>) -> Event {
-    let outcome = try_reload(args, engine, kernel);
+fn reload(args: &RunArgs, engine: &mut Engine, kernel: &Sender<KernelCmd>, info: &Info) -> Event {
+    let outcome = try_reload(args, engine, kernel, info);
     let mut ev = Event::new(now(), EventType::Reload, None);
     ev.reload = Some(ReloadInfo {
         status: if outcome.is_ok() { "ok" } else { "error" },
@@ -556,8 +569,10 @@ fn try_reload(
     args: &RunArgs,
     engine: &mut Engine,
     kernel: &Sender<KernelCmd>,
+    info: &Info,
 ) -> std::result::Result<(), String> {
-    let cfg = config::load(args.engine.config.as_deref()).map_err(|e| format!("{e:#}"))?;
+    let cfg = config::load_for_daemon(args.engine.config.as_deref(), &info.protect, &info.home)
+        .map_err(|e| format!("{e:#}"))?;
     let (tx, rx) = crossbeam_channel::bounded(1);
     kernel
         .send(KernelCmd::Update(Arc::clone(&cfg), tx))
@@ -568,112 +583,6 @@ fn try_reload(
     engine
         .reload(cfg)
         .map_err(|e| format!("restarting the detector: {e}"))
-}
-
-fn spawn_kernel_thread(
-    fw: Firewall,
-    rx: Receiver<KernelCmd>,
-    state: StateDir,
-    queue_hits: Arc<AtomicU64>,
-) -> Result<JoinHandle<Result<()>>> {
-    std::thread::Builder::new()
-        .name("portcullis-kernel".into())
-        .spawn(move || {
-            let mut bans: std::collections::HashMap<IpAddr, Ban> = Default::default();
-            // Detection (the packet's time) to kernel commit, worst seen.
-            let mut worst_latency = Duration::ZERO;
-            let mut committed = 0u64;
-            let mut last_poll = Instant::now();
-            loop {
-                if last_poll.elapsed() >= QUEUE_STATS_EVERY {
-                    last_poll = Instant::now();
-                    if let Ok(Some(n)) = fw.queue_rule_packets() {
-                        queue_hits.store(n, Ordering::Relaxed);
-                    }
-                }
-                let first = match rx.recv_timeout(QUEUE_STATS_EVERY) {
-                    Ok(c) => c,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-                };
-                // Gather what arrives within the window into one nft call.
-                let deadline = Instant::now() + BAN_BATCH_WINDOW;
-                let mut cmds = vec![first];
-                while let Ok(c) = rx.recv_deadline(deadline) {
-                    cmds.push(c);
-                }
-                // By address: the last word on an address wins, and the
-                // same ban reported twice (event and control request) is
-                // written once.
-                let mut add: std::collections::HashMap<IpAddr, Duration> = Default::default();
-                let mut del: std::collections::HashSet<IpAddr> = Default::default();
-                let mut acks: Vec<Ack> = Vec::new();
-                let mut oldest: Option<Timestamp> = None;
-                for c in cmds {
-                    match c {
-                        KernelCmd::Ban(b, ack) => {
-                            let left = Duration::from_micros(
-                                b.until.as_micros().saturating_sub(now().as_micros()),
-                            );
-                            if !left.is_zero() {
-                                del.remove(&b.addr);
-                                add.insert(b.addr, left);
-                                oldest = Some(oldest.map_or(b.since, |o| o.min(b.since)));
-                                bans.insert(b.addr, b);
-                            }
-                            acks.extend(ack);
-                        }
-                        KernelCmd::Unban(a, ack) => {
-                            add.remove(&a);
-                            del.insert(a);
-                            bans.remove(&a);
-                            acks.extend(ack);
-                        }
-                        KernelCmd::Update(cfg, reply) => {
-                            let plan = KernelPlan::from_config(&cfg, &KernelOptions::default());
-                            let _ = reply.send(fw.update(&plan).map_err(anyhow::Error::from));
-                        }
-                    }
-                }
-                let mut outcome = Ok(());
-                if !add.is_empty() {
-                    let add: Vec<(IpAddr, Duration)> = add.into_iter().collect();
-                    match fw.ban(&add) {
-                        Ok(()) => {
-                            committed += add.len() as u64;
-                            if let Some(o) = oldest {
-                                worst_latency = worst_latency.max(now().since(o));
-                            }
-                        }
-                        Err(e) => {
-                            eprintln!("portcullis: error: adding bans to the kernel: {e}");
-                            outcome = Err(e.to_string());
-                        }
-                    }
-                }
-                if !del.is_empty() {
-                    let del: Vec<IpAddr> = del.into_iter().collect();
-                    if let Err(e) = fw.unban(&del) {
-                        eprintln!("portcullis: warning: removing bans from the kernel: {e}");
-                        outcome = outcome.and(Err(e.to_string()));
-                    }
-                }
-                for ack in acks {
-                    let _ = ack.send(outcome.clone());
-                }
-                if let Err(e) = state.save_bans(bans.values()) {
-                    eprintln!("portcullis: warning: {e:#}");
-                }
-            }
-            if committed > 0 {
-                eprintln!(
-                    "portcullis: {committed} bans committed to the kernel; worst latency from detection {} ms",
-                    worst_latency.as_millis()
-                );
-            }
-            fw.teardown().map_err(anyhow::Error::from)
-        })
-        .context("starting the kernel thread")
 }
 
 fn spawn_writer(events: Option<&Path>, console: bool) -> Result<(Sender<Event>, JoinHandle<()>)> {
@@ -694,63 +603,4 @@ fn spawn_writer(events: Option<&Path>, console: bool) -> Result<(Sender<Event>, 
         })
         .context("starting the event writer")?;
     Ok((tx, handle))
-}
-
-/// Marks "not known yet" in the shared queue-rule counter.
-const UNKNOWN: u64 = u64::MAX;
-
-/// Cumulative counters of our queue since it was opened.
-#[derive(Debug, Clone, Copy, Default)]
-struct QueueDrops {
-    queue_dropped: u64,
-    user_dropped: u64,
-    /// Sent toward the queue, received by us, queued, dropped: none of
-    /// these. Only known on the iptables path.
-    uninspected: u64,
-}
-
-impl QueueDrops {
-    /// `hits`: packets our queue rule sent (or [`UNKNOWN`]); `received`:
-    /// packets this daemon read from the queue.
-    fn read(num: u16, hits: u64, received: u64) -> Self {
-        let Some(q) = portcullis_nfqueue::queue_stats()
-            .ok()
-            .and_then(|all| all.into_iter().find(|q| q.queue_number == num))
-        else {
-            return Self::default();
-        };
-        let (queue_dropped, user_dropped) = (u64::from(q.queue_dropped), u64::from(q.user_dropped));
-        // The rule's counter is read on the kernel thread up to a second
-        // earlier: this can only undercount now and catch up later.
-        let uninspected = if hits == UNKNOWN {
-            0
-        } else {
-            hits.saturating_sub(received + u64::from(q.queue_total) + queue_dropped + user_dropped)
-        };
-        Self {
-            queue_dropped,
-            user_dropped,
-            uninspected,
-        }
-    }
-
-    /// A `queue` event if anything was lost since `self`.
-    fn event(&self, cur: &Self, overruns: u64, num: u16, fail_open: bool) -> Option<Event> {
-        let q = cur.queue_dropped.saturating_sub(self.queue_dropped);
-        let u = cur.user_dropped.saturating_sub(self.user_dropped);
-        let p = cur.uninspected.saturating_sub(self.uninspected);
-        if q == 0 && u == 0 && p == 0 && overruns == 0 {
-            return None;
-        }
-        let mut ev = Event::new(now(), EventType::Queue, None);
-        ev.queue = Some(QueueInfo {
-            number: num,
-            queue_dropped: q,
-            user_dropped: u,
-            overruns,
-            uninspected: p,
-            fate: if fail_open { "passed" } else { "dropped" },
-        });
-        Some(ev)
-    }
 }

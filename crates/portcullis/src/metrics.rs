@@ -29,9 +29,6 @@
 //! panics on anything a client sends, and a `None` snapshot (daemon busy or
 //! stopping) is answered `503`.
 
-// Wired into the daemon by the `--metrics` commit that follows.
-#![allow(dead_code)]
-
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};

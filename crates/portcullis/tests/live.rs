@@ -78,6 +78,18 @@ fn main() {
             "the_ssh_client_that_started_it_is_never_blocked",
             ssh_client_protected,
         ),
+        live(
+            "monitor_mode_reports_a_scan_and_would_be_drops_while_traffic_flows",
+            monitor_reports,
+        ),
+        live(
+            "monitor_mode_with_enforce_bans_bans_in_the_kernel_only",
+            monitor_enforce_bans,
+        ),
+        live(
+            "dry_run_enforces_nothing_and_applies_the_capture_filter",
+            dry_run,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -94,6 +106,8 @@ struct Net {
     dnsmasq: Option<u32>,
     /// Put before the binary: `env VAR=value ...`.
     env: Vec<String>,
+    /// Put after `run`'s usual options (`--mode monitor`...).
+    extra: Vec<String>,
 }
 
 const FW_A: &str = "198.18.1.1";
@@ -137,6 +151,7 @@ impl Net {
             daemon: None,
             dnsmasq: None,
             env: Vec::new(),
+            extra: Vec::new(),
         })
     }
 
@@ -173,11 +188,13 @@ impl Net {
             "--socket",
             s(&sock),
         ]);
+        args.extend(self.extra.iter().map(String::as_str));
         let pid = self.lab.spawn("fw", "env", &args, &log)?;
         self.daemon = Some(pid);
         let ready = wait_for(Duration::from_secs(15), || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            text.contains("running on NFQUEUE").then_some(())
+            (text.contains("running on NFQUEUE") || text.contains("portcullis: monitoring"))
+                .then_some(())
         });
         if ready.is_none() {
             return Err(format!("portcullis did not start:\n{}", self.log()).into());
@@ -855,6 +872,117 @@ fn ssh_client_protected() -> Result<(), Failed> {
     })
     .ok_or("portcullis --no-protect-ssh did not start")?;
     assert!(!net.ping("a", FW_A), "--no-protect-ssh still protects");
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn monitor_reports() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.extra = [
+        "--mode",
+        "monitor",
+        "--interface",
+        "vfwa",
+        "--interface",
+        "vfwb",
+    ]
+    .map(String::from)
+    .to_vec();
+    net.start(&format!(
+        r#"{{"block": {{"ip": ["{B}"]}}, "events": {{"dns_queries": false}}}}"#
+    ))?;
+    net.assert_clean()?;
+    // B is blocked, but nothing is inline: its ping gets through, logged.
+    assert!(net.ping("b", FW_B), "monitor mode dropped traffic");
+    let drop = net.event("would_block drop", |e| {
+        e["event_type"] == "drop" && e["src_ip"] == B
+    })?;
+    assert_eq!(drop["drop"]["action"], "would_block", "{drop}");
+    // A real scan is detected, named and "banned" without enforcement.
+    net.nmap("a", "-sS", "1-50", FW_A, "20s");
+    let (scan, ban) = scan_events(&net, A)?;
+    assert_eq!(scan["scan"]["kind"], "syn", "{scan}");
+    assert_eq!(ban["ban"]["enforced"], false, "{ban}");
+    assert!(net.ping("a", FW_A), "a monitor must not block the scanner");
+    let (code, out) = net.ctl(&["status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let st = json(&out);
+    assert_eq!(st["mode"], "monitor", "{out}");
+    assert_eq!(st["enforcing"], false, "{out}");
+    let caps = st["capture"].as_array().unwrap();
+    assert_eq!(caps.len(), 2, "{out}");
+    assert!(
+        caps.iter().all(|c| c["received"].as_u64() > Some(0)),
+        "{out}"
+    );
+    assert_eq!(st["bans_active"], 1, "{out}");
+    net.assert_clean()?;
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn monitor_enforce_bans() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.extra = ["--mode", "monitor", "-i", "vfwa", "--enforce-bans"]
+        .map(String::from)
+        .to_vec();
+    net.start(r#"{"block": {"port": [22]}, "events": {"dns_queries": false}}"#)?;
+    let table = net.fw("nft", &["list", "table", "inet", "portcullis"]);
+    assert!(table.contains("set ban4"), "{table}");
+    assert!(
+        !table.contains("goto to_user"),
+        "nothing is queued:\n{table}"
+    );
+    let ipt = net.fw("iptables", &["-t", "security", "-S"]);
+    assert!(
+        !ipt.contains("NFQUEUE"),
+        "nothing is queued in monitor mode:\n{ipt}"
+    );
+    // block.port is not enforced: only bans are.
+    assert!(net.ping("a", FW_A));
+    net.nmap("a", "-sS", "1-50", FW_A, "20s");
+    let (_, ban) = scan_events(&net, A)?;
+    assert_eq!(
+        ban["ban"]["enforced"],
+        Value::Null,
+        "enforced bans carry no flag: {ban}"
+    );
+    let banned = wait_for(Duration::from_secs(3), || {
+        (!net.ping("a", FW_A)).then_some(())
+    });
+    assert!(banned.is_some(), "the ban is not in the kernel");
+    assert!(net.ping("b", FW_B), "another host is cut off");
+    net.stop()?;
+    net.assert_clean()
+}
+
+fn dry_run() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.extra = ["--dry-run", "--bpf", "icmp or icmp6"]
+        .map(String::from)
+        .to_vec();
+    net.start(&format!(
+        r#"{{"block": {{"ip": ["{B}"], "port": [9]}}, "events": {{"dns_queries": false}}}}"#
+    ))?;
+    net.assert_clean()?;
+    assert!(net.ping("b", FW_B), "dry run dropped a ping");
+    let drop = net.event("would_block drop", |e| {
+        e["event_type"] == "drop" && e["src_ip"] == B
+    })?;
+    assert_eq!(drop["drop"]["action"], "would_block", "{drop}");
+    // TCP is outside the capture filter: the blocked port is not seen.
+    net.connect("a", FW_A, "9");
+    std::thread::sleep(Duration::from_millis(500));
+    let tcp: Vec<Value> = net
+        .events()
+        .into_iter()
+        .filter(|e| e["proto"] == "TCP")
+        .collect();
+    assert!(tcp.is_empty(), "the filter let TCP through: {tcp:?}");
+    let (_, out) = net.ctl(&["status", "--json"]);
+    let st = json(&out);
+    assert_eq!(st["mode"], "monitor (dry run)", "{out}");
+    assert_eq!(st["capture"][0]["interface"], "any", "{out}");
     net.stop()?;
     net.assert_clean()
 }

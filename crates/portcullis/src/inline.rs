@@ -1,0 +1,201 @@
+//! The inline packet path: NFQUEUE batches -> engine -> batched verdicts,
+//! NXDOMAIN answers for blocked DNS queries, queue loss accounting.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use portcullis_engine::config::{BlockedDnsResponse, Config};
+use portcullis_engine::engine::{Engine, PacketIn};
+use portcullis_engine::events::{Event, EventType, QueueInfo};
+use portcullis_engine::{Action, Direction, Reason, Timestamp};
+use portcullis_nfqueue::{Hook, Queue, QueueConfig, Responder, Verdict as NfVerdict};
+use portcullis_wire::LinkType;
+
+use crate::daemon::{now, PacketPath};
+use crate::kernel_thread::UNKNOWN;
+use crate::status::{QueueStatus, Status};
+
+/// The queue, the DNS responder and what the queue lost so far.
+pub struct InlinePath {
+    queue: Queue,
+    qcfg: QueueConfig,
+    responder: Responder,
+    /// Packets our queue rule sent (kernel thread), or [`UNKNOWN`].
+    queue_hits: Arc<AtomicU64>,
+    seen: QueueDrops,
+    overruns: u64,
+}
+
+impl InlinePath {
+    /// Opens the queue of `cfg` and the raw sockets for DNS answers (marked
+    /// `skip_mark`, so our own chains let them pass).
+    pub fn open(cfg: &Config, skip_mark: u32, queue_hits: Arc<AtomicU64>) -> Result<Self> {
+        let mut qcfg = QueueConfig::new(cfg.inline.queue);
+        qcfg.fail_open = !cfg.inline.fail_closed;
+        qcfg.max_len = cfg.inline.queue_length;
+        qcfg.spin = Duration::from_micros(50);
+        let queue = Queue::open(&qcfg).context("opening the NFQUEUE")?;
+        let mut responder = Responder::open().context("opening the raw sockets for DNS answers")?;
+        responder
+            .set_mark(skip_mark)
+            .context("marking DNS answers")?;
+        eprintln!(
+            "portcullis: running on NFQUEUE {} ({})",
+            qcfg.num,
+            if qcfg.fail_open {
+                "fail-open"
+            } else {
+                "fail-closed"
+            }
+        );
+        Ok(Self {
+            queue,
+            qcfg,
+            responder,
+            queue_hits,
+            seen: QueueDrops::default(),
+            overruns: 0,
+        })
+    }
+}
+
+impl PacketPath for InlinePath {
+    fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<()> {
+        let n = self
+            .queue
+            .recv_batch(Some(wait))
+            .context("reading the NFQUEUE")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let t = now();
+        let answer = engine.config().dns.blocked_response == BlockedDnsResponse::Nxdomain;
+        let responder = &mut self.responder;
+        self.queue.decide_each(|p| {
+            let dir = match p.hook {
+                Hook::Output | Hook::Postrouting => Direction::Outbound,
+                Hook::Forward => Direction::Forwarded,
+                _ => Direction::Inbound,
+            };
+            let ts = p.timestamp_micros.map_or(t, Timestamp::from_micros);
+            let v = engine.process(&PacketIn {
+                data: p.payload,
+                link: LinkType::Raw,
+                ts,
+                dir: Some(dir),
+            });
+            if v.reason == Reason::BlockedDomain && answer {
+                // Best effort: the query is dropped either way.
+                let _ = responder.respond_to(p);
+            }
+            match v.action {
+                Action::Accept => (NfVerdict::Accept, None),
+                Action::Drop => (NfVerdict::Drop, None),
+            }
+        });
+        self.queue.flush().context("sending verdicts")?;
+        engine.flush();
+        Ok(())
+    }
+
+    fn losses(&mut self) -> Vec<Event> {
+        let num = self.qcfg.num;
+        let cur = QueueDrops::read(
+            num,
+            self.queue_hits.load(Ordering::Relaxed),
+            self.queue.counters().packets,
+        );
+        let overruns = self.queue.counters().enobufs;
+        let ev = self
+            .seen
+            .event(&cur, overruns - self.overruns, num, self.qcfg.fail_open);
+        // The estimate can dip (skew between the two readings): keep the
+        // high-water mark so nothing is reported twice.
+        self.seen = QueueDrops {
+            uninspected: self.seen.uninspected.max(cur.uninspected),
+            ..cur
+        };
+        self.overruns = overruns;
+        ev.into_iter().collect()
+    }
+
+    fn status(&mut self, s: &mut Status) {
+        s.queue = Some(QueueStatus {
+            number: self.qcfg.num,
+            fail_open: self.qcfg.fail_open,
+            received: self.queue.counters().packets,
+            queue_dropped: self.seen.queue_dropped,
+            user_dropped: self.seen.user_dropped,
+            uninspected: self.seen.uninspected,
+            overruns: self.overruns,
+        });
+    }
+
+    fn finish(&mut self) {
+        // What is still queued passes (fail-open) or not.
+        self.queue.verdict_outstanding(if self.qcfg.fail_open {
+            NfVerdict::Accept
+        } else {
+            NfVerdict::Drop
+        });
+        let _ = self.queue.flush();
+    }
+}
+
+/// Cumulative counters of our queue since it was opened.
+#[derive(Debug, Clone, Copy, Default)]
+struct QueueDrops {
+    queue_dropped: u64,
+    user_dropped: u64,
+    /// Sent toward the queue, received by us, queued, dropped: none of
+    /// these. Only known on the iptables path.
+    uninspected: u64,
+}
+
+impl QueueDrops {
+    /// `hits`: packets our queue rule sent (or [`UNKNOWN`]); `received`:
+    /// packets this daemon read from the queue.
+    fn read(num: u16, hits: u64, received: u64) -> Self {
+        let Some(q) = portcullis_nfqueue::queue_stats()
+            .ok()
+            .and_then(|all| all.into_iter().find(|q| q.queue_number == num))
+        else {
+            return Self::default();
+        };
+        let (queue_dropped, user_dropped) = (u64::from(q.queue_dropped), u64::from(q.user_dropped));
+        // The rule's counter is read on the kernel thread up to a second
+        // earlier: this can only undercount now and catch up later.
+        let uninspected = if hits == UNKNOWN {
+            0
+        } else {
+            hits.saturating_sub(received + u64::from(q.queue_total) + queue_dropped + user_dropped)
+        };
+        Self {
+            queue_dropped,
+            user_dropped,
+            uninspected,
+        }
+    }
+
+    /// A `queue` event if anything was lost since `self`.
+    fn event(&self, cur: &Self, overruns: u64, num: u16, fail_open: bool) -> Option<Event> {
+        let q = cur.queue_dropped.saturating_sub(self.queue_dropped);
+        let u = cur.user_dropped.saturating_sub(self.user_dropped);
+        let p = cur.uninspected.saturating_sub(self.uninspected);
+        if q == 0 && u == 0 && p == 0 && overruns == 0 {
+            return None;
+        }
+        let mut ev = Event::new(now(), EventType::Queue, None);
+        ev.queue = Some(QueueInfo {
+            number: num,
+            queue_dropped: q,
+            user_dropped: u,
+            overruns,
+            uninspected: p,
+            fate: if fail_open { "passed" } else { "dropped" },
+        });
+        Some(ev)
+    }
+}

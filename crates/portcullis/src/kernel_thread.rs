@@ -1,0 +1,177 @@
+//! The daemon's kernel thread: every nft call (ban batches, reload,
+//! teardown) and the ban state file, so the packet path never waits for a
+//! process. Without kernel rules (passive monitor, dry run) it keeps only
+//! the state file.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use portcullis_engine::config::Config;
+use portcullis_engine::engine::Ban;
+use portcullis_engine::Timestamp;
+use portcullis_kernel::{Firewall, KernelOptions, KernelPlan};
+
+use crate::daemon::now;
+use crate::state::StateDir;
+
+/// How long the kernel thread gathers ban changes into one nft call.
+const BAN_BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// How often the queue rule's counter is read.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// Marks "not known yet" in the shared queue-rule counter.
+pub const UNKNOWN: u64 = u64::MAX;
+
+/// Tells whoever asked for a kernel change whether it is done.
+pub type Ack = Sender<std::result::Result<(), String>>;
+
+/// What the kernel thread is asked to do.
+pub enum KernelCmd {
+    Ban(Ban, Option<Ack>),
+    Unban(IpAddr, Option<Ack>),
+    Update(Arc<Config>, Sender<Result<()>>),
+}
+
+/// Which rules the daemon keeps in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// Inline: lists, bans, NFQUEUE ([`KernelPlan::from_config`]).
+    Full,
+    /// Passive with `--enforce-bans` ([`KernelPlan::bans_only`]).
+    BansOnly,
+}
+
+impl Rules {
+    pub fn plan(self, cfg: &Config) -> KernelPlan {
+        let opts = KernelOptions::default();
+        match self {
+            Self::Full => KernelPlan::from_config(cfg, &opts),
+            Self::BansOnly => KernelPlan::bans_only(cfg, &opts),
+        }
+    }
+}
+
+/// Starts the thread. It tears `fw` down when the channel closes and
+/// returns how that went. `queue_hits` receives the queue rule's packet
+/// counter every second (left at [`UNKNOWN`] where it is not counted).
+pub fn spawn(
+    fw: Option<(Firewall, Rules)>,
+    rx: Receiver<KernelCmd>,
+    state: StateDir,
+    queue_hits: Arc<AtomicU64>,
+) -> Result<JoinHandle<Result<()>>> {
+    std::thread::Builder::new()
+        .name("portcullis-kernel".into())
+        .spawn(move || {
+            let mut bans: HashMap<IpAddr, Ban> = HashMap::new();
+            // Detection (the packet's time) to kernel commit, worst seen.
+            let mut worst_latency = Duration::ZERO;
+            let mut committed = 0u64;
+            let mut last_poll = Instant::now();
+            loop {
+                if last_poll.elapsed() >= POLL_EVERY {
+                    last_poll = Instant::now();
+                    if let Some(Ok(Some(n))) = fw.as_ref().map(|(f, _)| f.queue_rule_packets()) {
+                        queue_hits.store(n, Ordering::Relaxed);
+                    }
+                }
+                let first = match rx.recv_timeout(POLL_EVERY) {
+                    Ok(c) => c,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
+                // Gather what arrives within the window into one nft call.
+                let deadline = Instant::now() + BAN_BATCH_WINDOW;
+                let mut cmds = vec![first];
+                while let Ok(c) = rx.recv_deadline(deadline) {
+                    cmds.push(c);
+                }
+                // By address: the last word on an address wins, and the
+                // same ban reported twice (event and control request) is
+                // written once.
+                let mut add: HashMap<IpAddr, Duration> = HashMap::new();
+                let mut del: HashSet<IpAddr> = HashSet::new();
+                let mut acks: Vec<Ack> = Vec::new();
+                let mut oldest: Option<Timestamp> = None;
+                for c in cmds {
+                    match c {
+                        KernelCmd::Ban(b, ack) => {
+                            let left = Duration::from_micros(
+                                b.until.as_micros().saturating_sub(now().as_micros()),
+                            );
+                            if !left.is_zero() {
+                                del.remove(&b.addr);
+                                add.insert(b.addr, left);
+                                oldest = Some(oldest.map_or(b.since, |o| o.min(b.since)));
+                                bans.insert(b.addr, b);
+                            }
+                            acks.extend(ack);
+                        }
+                        KernelCmd::Unban(a, ack) => {
+                            add.remove(&a);
+                            del.insert(a);
+                            bans.remove(&a);
+                            acks.extend(ack);
+                        }
+                        KernelCmd::Update(cfg, reply) => {
+                            let r = match &fw {
+                                Some((f, rules)) => {
+                                    f.update(&rules.plan(&cfg)).map_err(anyhow::Error::from)
+                                }
+                                None => Ok(()),
+                            };
+                            let _ = reply.send(r);
+                        }
+                    }
+                }
+                let mut outcome = Ok(());
+                if let Some((f, _)) = &fw {
+                    if !add.is_empty() {
+                        let add: Vec<(IpAddr, Duration)> = add.into_iter().collect();
+                        match f.ban(&add) {
+                            Ok(()) => {
+                                committed += add.len() as u64;
+                                if let Some(o) = oldest {
+                                    worst_latency = worst_latency.max(now().since(o));
+                                }
+                            }
+                            Err(e) => {
+                                eprintln!("portcullis: error: adding bans to the kernel: {e}");
+                                outcome = Err(e.to_string());
+                            }
+                        }
+                    }
+                    if !del.is_empty() {
+                        let del: Vec<IpAddr> = del.into_iter().collect();
+                        if let Err(e) = f.unban(&del) {
+                            eprintln!("portcullis: warning: removing bans from the kernel: {e}");
+                            outcome = outcome.and(Err(e.to_string()));
+                        }
+                    }
+                }
+                for ack in acks {
+                    let _ = ack.send(outcome.clone());
+                }
+                if let Err(e) = state.save_bans(bans.values()) {
+                    eprintln!("portcullis: warning: {e:#}");
+                }
+            }
+            if committed > 0 {
+                eprintln!(
+                    "portcullis: {committed} bans committed to the kernel; worst latency from detection {} ms",
+                    worst_latency.as_millis()
+                );
+            }
+            match fw {
+                Some((f, _)) => f.teardown().map_err(anyhow::Error::from),
+                None => Ok(()),
+            }
+        })
+        .context("starting the kernel thread")
+}

@@ -1,0 +1,101 @@
+//! The passive packet path (monitor mode, dry run): libpcap capture on one
+//! or more interfaces -> the same engine, nothing inline. Would-be drops are
+//! logged as `would_block`; scans are detected and, with `--enforce-bans`,
+//! banned in the kernel's ban set (the only kernel rules then).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use portcullis_capture::live::{LiveCapture, LiveOptions};
+use portcullis_engine::engine::{Engine, PacketIn};
+use portcullis_engine::events::{CaptureInfo, Event, EventType};
+
+use crate::daemon::{now, PacketPath};
+use crate::status::{CaptureStatus, Status};
+
+/// The capture and the losses already reported.
+pub struct MonitorPath {
+    capture: LiveCapture,
+    /// Per interface: (dropped, if_dropped) reported so far.
+    reported: HashMap<String, (u64, u64)>,
+}
+
+impl MonitorPath {
+    pub fn open(interfaces: &[String], bpf: Option<&str>) -> Result<Self> {
+        let opts = LiveOptions {
+            interfaces: interfaces.to_vec(),
+            bpf: bpf.map(str::to_owned),
+            ..LiveOptions::default()
+        };
+        let capture = LiveCapture::open(&opts).context("opening the capture")?;
+        eprintln!(
+            "portcullis: monitoring {} (passive: nothing is dropped inline){}",
+            interfaces.join(", "),
+            bpf.map(|f| format!(", filter {f:?}")).unwrap_or_default()
+        );
+        Ok(Self {
+            capture,
+            reported: HashMap::new(),
+        })
+    }
+}
+
+impl PacketPath for MonitorPath {
+    fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<()> {
+        let n = self
+            .capture
+            .next_batch(wait, &mut |p| {
+                engine.process(&PacketIn {
+                    data: p.packet.data,
+                    link: p.packet.link,
+                    ts: p.packet.ts,
+                    dir: p.dir,
+                });
+            })
+            .context("reading the capture")?;
+        if n > 0 {
+            engine.flush();
+        }
+        Ok(())
+    }
+
+    fn losses(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        for s in self.capture.stats() {
+            let seen = self.reported.entry(s.name.clone()).or_default();
+            let (d, i) = (
+                s.dropped.saturating_sub(seen.0),
+                s.if_dropped.saturating_sub(seen.1),
+            );
+            if d == 0 && i == 0 {
+                continue;
+            }
+            *seen = (s.dropped, s.if_dropped);
+            let mut ev = Event::new(now(), EventType::Capture, None);
+            ev.capture = Some(CaptureInfo {
+                interface: s.name,
+                dropped: d,
+                if_dropped: i,
+            });
+            out.push(ev);
+        }
+        out
+    }
+
+    fn status(&mut self, s: &mut Status) {
+        s.capture = self
+            .capture
+            .stats()
+            .into_iter()
+            .map(|c| CaptureStatus {
+                interface: c.name,
+                received: c.received,
+                dropped: c.dropped,
+                if_dropped: c.if_dropped,
+            })
+            .collect();
+    }
+
+    fn finish(&mut self) {}
+}
