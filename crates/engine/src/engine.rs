@@ -34,6 +34,7 @@ use crate::events::{
     rrtype_name, Aggregated, BanInfo, DnsInfo, DropAggregator, DropInfo, DropKey, Event, EventType,
     Flow, ScanInfo, SuppressedInfo, TokenBucket,
 };
+use crate::explain::Explanation;
 use crate::rules::DomainMatch;
 use crate::types::{Action, Direction, Probe, ProbeShape, Reason, Timestamp, Verdict};
 
@@ -826,6 +827,22 @@ impl Engine {
     /// The latest packet time seen.
     pub fn now(&self) -> Timestamp {
         self.now
+    }
+
+    /// Which lists, rules and ban apply to `addr` and what they add up to,
+    /// the ban judged at `now` (pass [`Engine::now`] for the latest packet
+    /// time, or the caller's clock). Pure: reads the rules and the ban
+    /// table, changes nothing. O(n) in the list sizes (it scans the entries
+    /// as written to name *every* match): for the control socket, not the
+    /// packet path. See [`crate::explain`].
+    pub fn explain(&self, addr: IpAddr, now: Timestamp) -> Explanation {
+        crate::explain::explain(
+            &self.cfg.rules,
+            self.cfg.policy.default,
+            self.bans.get(&addr),
+            addr,
+            now,
+        )
     }
 }
 

@@ -12,9 +12,11 @@ pub mod config;
 pub mod detector;
 pub mod engine;
 pub mod events;
+pub mod explain;
 pub mod rules;
 pub mod types;
 
 pub use types::{Action, Direction, Probe, ProbeShape, Reason, RuleRef, Timestamp, Verdict};
 
 pub use engine::{DetectorMode, Engine, PacketIn};
+pub use explain::Explanation;

@@ -81,8 +81,8 @@ enum Entries {
     Names(Vec<String>),
     /// A domain list file: entries are its line numbers.
     File(FileInfo),
-    /// The `rules` array: each rule's comment.
-    Rules(Vec<Option<String>>),
+    /// The `rules` array, as written (for `describe` and `explain`).
+    Rules(Vec<RuleSpec>),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -377,11 +377,71 @@ impl RuleSet {
                 None => format!("{name}[{i}]"),
             },
             Entries::File(f) => format!("{name} {}:{}", f.path, r.entry),
-            Entries::Rules(v) => match v.get(i) {
-                Some(Some(comment)) => format!("{name}[{i}] ({comment})"),
+            Entries::Rules(v) => match v.get(i).and_then(|r| r.comment.as_ref()) {
+                Some(comment) => format!("{name}[{i}] ({comment})"),
                 _ => format!("{name}[{i}]"),
             },
         }
+    }
+
+    /// The name of list `id` (`block.ip`, `rules`, `block.domain_lists[0]`).
+    pub(crate) fn list_name(&self, id: u16) -> &str {
+        self.lists
+            .get(usize::from(id))
+            .map_or("(unknown list)", |l| l.name.as_str())
+    }
+
+    /// The prefixes of an address list (`block.ip`, `allow.ip`) as written,
+    /// duplicates and overlaps kept; empty for any other list.
+    pub(crate) fn ip_entries(&self, id: u16) -> &[IpNet] {
+        match self.lists.get(usize::from(id)).map(|l| &l.entries) {
+            Some(Entries::Ips(v)) => v,
+            _ => &[],
+        }
+    }
+
+    /// The ranges of a port list as written; empty for any other list.
+    pub(crate) fn port_entries(&self, id: u16) -> &[(u16, u16)] {
+        match self.lists.get(usize::from(id)).map(|l| &l.entries) {
+            Some(Entries::Ports(v)) => v,
+            _ => &[],
+        }
+    }
+
+    /// The numbers of a protocol list as written; empty for any other list.
+    pub(crate) fn protocol_entries(&self, id: u16) -> &[u8] {
+        match self.lists.get(usize::from(id)).map(|l| &l.entries) {
+            Some(Entries::Protocols(v)) => v,
+            _ => &[],
+        }
+    }
+
+    /// The composite rules as written, in file order (index = `rules[i]`).
+    pub(crate) fn rule_specs(&self) -> &[RuleSpec] {
+        match self
+            .lists
+            .get(usize::from(list_id::RULES))
+            .map(|l| &l.entries)
+        {
+            Some(Entries::Rules(v)) => v,
+            _ => &[],
+        }
+    }
+
+    /// The `allow.ip` entry the packet path names for `addr` (longest
+    /// prefix; of equal prefixes, the first in the file).
+    pub(crate) fn allow_ip_entry(&self, addr: IpAddr) -> Option<u32> {
+        self.allow_ip.lookup(addr)
+    }
+
+    /// The `block.ip` entry the packet path names for `addr`.
+    pub(crate) fn block_ip_entry(&self, addr: IpAddr) -> Option<u32> {
+        self.block_ip.lookup(addr)
+    }
+
+    /// Whether any name is on the block side (a DNS query can be refused).
+    pub(crate) fn blocks_domains(&self) -> bool {
+        self.domains.block_count() > 0
     }
 
     /// The plain lists, as the kernel rules layer (`portcullis-kernel`)
@@ -675,14 +735,14 @@ pub(crate) struct RuleSpec {
 #[derive(Debug)]
 pub(crate) struct RuleSetBuilder {
     set: RuleSet,
-    rule_comments: Vec<Option<String>>,
+    rule_specs: Vec<RuleSpec>,
 }
 
 impl RuleSetBuilder {
     pub(crate) fn new() -> Self {
         Self {
             set: RuleSet::empty(),
-            rule_comments: Vec::new(),
+            rule_specs: Vec::new(),
         }
     }
 
@@ -742,7 +802,7 @@ impl RuleSetBuilder {
 
     /// Adds the next composite rule (call in file order).
     pub(crate) fn rule(&mut self, spec: RuleSpec) {
-        let index = self.rule_comments.len() as u32;
+        let index = self.rule_specs.len() as u32;
         let reason = if spec.allow {
             Reason::AllowRule
         } else if spec.ips.is_some() {
@@ -755,11 +815,11 @@ impl RuleSetBuilder {
         let compiled = CompiledRule {
             index,
             direction: spec.direction,
-            ips: spec.ips.map(IpTable::from_nets),
-            ports: spec.ports.map(PortSet::from_ranges),
-            protocols: spec.protocols.map(|v| {
+            ips: spec.ips.clone().map(IpTable::from_nets),
+            ports: spec.ports.clone().map(PortSet::from_ranges),
+            protocols: spec.protocols.as_ref().map(|v| {
                 let mut s = ProtoSet::default();
-                v.into_iter().for_each(|n| s.insert(n));
+                v.iter().for_each(|&n| s.insert(n));
                 s
             }),
             reason,
@@ -769,7 +829,7 @@ impl RuleSetBuilder {
         } else {
             self.set.block_rules.push(compiled);
         }
-        self.rule_comments.push(spec.comment);
+        self.rule_specs.push(spec);
     }
 
     /// Registers a domain list file; returns its list id.
@@ -811,9 +871,9 @@ impl RuleSetBuilder {
     }
 
     pub(crate) fn build(mut self) -> RuleSet {
-        let comments = std::mem::take(&mut self.rule_comments);
+        let specs = std::mem::take(&mut self.rule_specs);
         if let Some(l) = self.set.lists.get_mut(usize::from(list_id::RULES)) {
-            l.entries = Entries::Rules(comments);
+            l.entries = Entries::Rules(specs);
         }
         self.set.domains.shrink();
         self.set
