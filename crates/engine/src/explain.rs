@@ -141,6 +141,7 @@ pub fn explain(
         .chain(applicable(false).filter(has_ip))
         .collect();
     let allowed_by: Vec<Match> = ip_matches(list_id::ALLOW_IP)
+        .chain(ip_matches(list_id::PROTECTED))
         .chain(applicable(true).filter(has_ip))
         .collect();
 
@@ -344,6 +345,14 @@ fn describe(rules: &RuleSet, list: u16, entry: usize) -> String {
 }
 
 fn ip_match(rules: &RuleSet, list: u16, entry: u32, addr: IpAddr) -> Match {
+    // The allowlist's lookup numbers protected addresses after the file's
+    // entries (see `RuleSet::protect`).
+    let own = rules.ip_entries(list).len() as u32;
+    let (list, entry) = if list == list_id::ALLOW_IP && entry >= own {
+        (list_id::PROTECTED, entry - own)
+    } else {
+        (list, entry)
+    };
     let net = rules
         .ip_entries(list)
         .get(entry as usize)

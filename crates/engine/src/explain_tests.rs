@@ -469,3 +469,21 @@ fn serde_round_trip() {
     assert_eq!(json["ban"]["seconds_left"], 570);
     assert_eq!(json["blocked_by"][0]["net"], "198.18.0.0/24");
 }
+
+#[test]
+fn protected_addresses_are_explained_as_protected() {
+    let mut cfg = Config::from_json_str(
+        r#"{"block": {"ip": ["198.18.0.0/24"]}, "allow": {"ip": ["198.18.1.1"]}}"#,
+        &NoLists,
+    )
+    .unwrap();
+    cfg.rules.protect(&["198.18.0.9/32".parse().unwrap()]);
+    let e = Engine::new(Arc::new(cfg), DetectorMode::Off).unwrap();
+    let x = e.explain("198.18.0.9".parse().unwrap(), Timestamp::from_secs(1));
+    let allow = x.allowlisted.as_ref().unwrap();
+    assert_eq!(allow.list, "protected");
+    assert_eq!(allow.text, "protected[0] 198.18.0.9");
+    assert_eq!(x.allowed_by.len(), 1, "{x}");
+    assert_eq!(x.blocked_by.len(), 1, "{x}");
+    assert!(x.verdict.starts_with("accepted"), "{x}");
+}

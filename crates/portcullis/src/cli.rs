@@ -63,6 +63,15 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Which rule, list or ban applies to an address in the running daemon,
+    /// and why (every entry that names it, and the verdict in the engine's
+    /// precedence).
+    Explain {
+        #[arg(value_parser = client::parse_addr)]
+        addr: std::net::IpAddr,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Validate a rules file and summarize what it loads.
     ///
     /// Exits 0 when the file is valid, 1 when it is not (every error is
@@ -155,6 +164,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Command::Unban { addr, client } => client::run(&client, Request::Unban { addr }),
+        Command::Explain { addr, client } => client::run(&client, Request::Explain { addr }),
         Command::Schema => {
             let schema = portcullis_engine::config::schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

@@ -67,6 +67,11 @@ pub fn run(args: &ClientArgs, request: Request) -> Result<ExitCode> {
             )
         }
         Request::Unban { addr } => format!("unbanned {addr}; removed from the kernel ban set\n"),
+        Request::Explain { .. } => {
+            let x: portcullis_engine::Explanation =
+                serde_json::from_value(value).context("the daemon's explanation")?;
+            format!("{x}\n")
+        }
     };
     print!("{text}");
     Ok(ExitCode::SUCCESS)

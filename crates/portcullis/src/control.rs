@@ -57,6 +57,9 @@ pub enum Request {
     Unban {
         addr: IpAddr,
     },
+    Explain {
+        addr: IpAddr,
+    },
 }
 
 /// The answer: a JSON value on success, a message saying what to do

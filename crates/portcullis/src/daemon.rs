@@ -513,6 +513,11 @@ fn answer(engine: &mut Engine, req: &Request, kernel: &Sender<KernelCmd>) -> Ans
             let view = json(serde_json::to_value(BanView::new(&ban, t)));
             kernel_answer(kernel, |ack| KernelCmd::Ban(ban, Some(ack)), view)
         }
+        Request::Explain { addr } => {
+            // Wall-clock time: the engine's packet time stands still when
+            // no packets come.
+            Answer::Now(json(serde_json::to_value(engine.explain(addr, t))))
+        }
         Request::Unban { addr } => {
             if !engine.unban(addr, t) {
                 return Answer::Now(Err(format!("{addr} is not banned")));
