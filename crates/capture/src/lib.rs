@@ -61,7 +61,11 @@ pub enum CaptureError {
     #[error(
         "interface {iface} has link type {name} ({dlt}); supported: Ethernet, raw IP, Linux cooked, BSD loopback"
     )]
-    UnsupportedInterfaceLink { iface: String, dlt: i32, name: String },
+    UnsupportedInterfaceLink {
+        iface: String,
+        dlt: i32,
+        name: String,
+    },
     #[error("capture on {iface}: {message}")]
     Live { iface: String, message: String },
 }

@@ -49,7 +49,8 @@ pub enum CaptureDirection {
     /// Packets received and sent (the default).
     #[default]
     Both,
-    /// Only packets received by the interface.
+    /// Only packets received by the interface (in promiscuous mode, also
+    /// those for other hosts: all are marked [`Direction::Inbound`]).
     In,
     /// Only packets sent by the interface.
     Out,
@@ -291,7 +292,10 @@ impl LiveCapture {
             .iter_mut()
             .map(|h| {
                 if let Ok(s) = h.cap.stats() {
-                    for (k, now) in [s.received, s.dropped, s.if_dropped].into_iter().enumerate() {
+                    for (k, now) in [s.received, s.dropped, s.if_dropped]
+                        .into_iter()
+                        .enumerate()
+                    {
                         h.total[k] += u64::from(now.wrapping_sub(h.last[k]));
                         h.last[k] = now;
                     }
@@ -371,11 +375,10 @@ fn open_one(name: &str, opts: &LiveOptions) -> Result<Handle, CaptureError> {
         cap.direction(pcap_dir).map_err(live_err)?;
     }
     if let Some(bpf) = &opts.bpf {
-        cap.filter(bpf, true)
-            .map_err(|e| CaptureError::BadFilter {
-                filter: bpf.clone(),
-                message: format!("on {name}: {}", pcap_message(&e)),
-            })?;
+        cap.filter(bpf, true).map_err(|e| CaptureError::BadFilter {
+            filter: bpf.clone(),
+            message: format!("on {name}: {}", pcap_message(&e)),
+        })?;
     }
     Ok(Handle {
         name: name.to_owned(),
@@ -503,8 +506,16 @@ mod tests {
         ] {
             v1[1] = pkttype;
             v2[10] = pkttype;
-            assert_eq!(cooked_direction(LinkType::LinuxSll, &v1), want, "v1 {pkttype}");
-            assert_eq!(cooked_direction(LinkType::LinuxSll2, &v2), want, "v2 {pkttype}");
+            assert_eq!(
+                cooked_direction(LinkType::LinuxSll, &v1),
+                want,
+                "v1 {pkttype}"
+            );
+            assert_eq!(
+                cooked_direction(LinkType::LinuxSll2, &v2),
+                want,
+                "v2 {pkttype}"
+            );
         }
         // Truncated headers and non-cooked links: unknown, no panic.
         assert_eq!(cooked_direction(LinkType::LinuxSll, &[0]), None);
@@ -553,7 +564,10 @@ mod tests {
         assert!(text.contains("\"udp and\""), "{text}");
         assert!(text.contains("syntax error"), "{text}");
         let err = check_filter("port 99999").unwrap_err().to_string();
-        assert!(err.contains("port 99999") && err.contains("99999 > 65535"), "{err}");
+        assert!(
+            err.contains("port 99999") && err.contains("99999 > 65535"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -571,7 +585,10 @@ mod tests {
             err(&["x", "x"], None),
             CaptureError::DuplicateInterface(n) if n == "x"
         ));
-        assert!(matches!(err(&[ANY, "x"], None), CaptureError::AnyWithOthers));
+        assert!(matches!(
+            err(&[ANY, "x"], None),
+            CaptureError::AnyWithOthers
+        ));
         // The filter is checked before any interface is opened.
         assert!(matches!(
             err(&["lo"], Some("tcp port")),
@@ -597,7 +614,10 @@ mod tests {
             &pcap::Error::PcapError("socket: Operation not permitted".into()),
         );
         let text = perm.to_string();
-        assert!(matches!(perm, CaptureError::PermissionDenied { .. }), "{text}");
+        assert!(
+            matches!(perm, CaptureError::PermissionDenied { .. }),
+            "{text}"
+        );
         assert!(
             text.contains("eth0") && text.contains("root") && text.contains("CAP_NET_RAW"),
             "{text}"
