@@ -49,7 +49,8 @@ pub enum CaptureDirection {
     /// Packets received and sent (the default).
     #[default]
     Both,
-    /// Only packets received by the interface.
+    /// Only packets received by the interface (in promiscuous mode, also
+    /// those for other hosts: all are marked [`Direction::Inbound`]).
     In,
     /// Only packets sent by the interface.
     Out,
