@@ -727,6 +727,16 @@ fn control_socket() -> Result<(), Failed> {
     let left = bans[0]["seconds_left"].as_u64().unwrap();
     assert!((3500..=3600).contains(&left), "{left}");
 
+    let (code, out) = net.ctl(&["explain", A]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("verdict: dropped: banned (test)"), "{out}");
+    let (_, out) = net.ctl(&["explain", B, "--json"]);
+    let x = json(&out);
+    assert_eq!(
+        x["allowlisted"]["text"], "allow.ip[0] 198.18.2.0/24",
+        "{out}"
+    );
+
     // Refusals say why and exit 1.
     let (code, out) = net.ctl(&["ban", B]);
     assert_eq!(code, 1, "{out}");
