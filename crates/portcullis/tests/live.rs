@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use portcullis_testnet::{live_trial, wait_for, Lab};
+use portcullis_testnet::{enter, join, live_trial, wait_for, Lab};
 use serde_json::Value;
 
 const TOOLS: &[(&str, &str)] = &[
@@ -90,6 +90,7 @@ fn main() {
             "dry_run_enforces_nothing_and_applies_the_capture_filter",
             dry_run,
         ),
+        live("metrics_are_scraped_over_http", metrics_scrape),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -993,6 +994,68 @@ fn dry_run() -> Result<(), Failed> {
     let st = json(&out);
     assert_eq!(st["mode"], "monitor (dry run)", "{out}");
     assert_eq!(st["capture"][0]["interface"], "any", "{out}");
+    net.stop()?;
+    net.assert_clean()
+}
+
+/// `GET path` over HTTP/1.1 to `addr` from inside namespace `ns`: the
+/// whole response.
+fn http_get(ns: String, addr: String, path: &'static str) -> Result<String, Failed> {
+    use std::io::{Read, Write};
+    join(std::thread::spawn(move || {
+        enter(&ns)?;
+        let mut c = std::net::TcpStream::connect(&addr).map_err(|e| format!("{addr}: {e}"))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }))
+}
+
+fn metrics_scrape() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.extra = vec!["--metrics".into(), "127.0.0.1:0".into()];
+    net.start(r#"{"block": {"port": [9]}, "events": {"dns_queries": false}}"#)?;
+    let addr = net
+        .log()
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis: metrics on http://"))
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .ok_or_else(|| format!("no metrics address in the log:\n{}", net.log()))?
+        .to_owned();
+    assert!(!net.connect("a", FW_A, "9"), "block.port 9 does not apply");
+    let (code, out) = net.ctl(&["ban", B, "--for", "5m"]);
+    assert_eq!(code, 0, "{out}");
+    // The snapshot is refreshed every second.
+    let ns = net.lab.ns("fw");
+    let body = wait_for(Duration::from_secs(5), || {
+        let r = http_get(ns.clone(), addr.clone(), "/metrics").ok()?;
+        r.contains("portcullis_bans_active 1\n").then_some(r)
+    })
+    .ok_or("no scrape with the ban in it")?;
+    let (head, body) = body.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let value = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+    };
+    assert!(value("portcullis_packets_total") > 0, "{body}");
+    assert_eq!(value("portcullis_bans_total"), 1);
+    assert!(value("portcullis_queue_received_packets_total") > 0);
+    assert_eq!(value("portcullis_enforcing"), 1);
+    assert!(
+        value("portcullis_verdicts_total{reason=\"blocked_port\"}") > 0,
+        "{body}"
+    );
+    let r = http_get(ns, addr, "/nope")?;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
     net.stop()?;
     net.assert_clean()
 }
