@@ -751,6 +751,37 @@ mod tests {
     }
 
     #[test]
+    fn capture_losses_and_unenforced_bans_say_so() {
+        let ts = Timestamp::from_micros(1_700_000_000_000_000);
+        let mut e = Event::new(ts, EventType::Capture, None);
+        e.capture = Some(CaptureInfo {
+            interface: "eth0".into(),
+            dropped: 7,
+            if_dropped: 2,
+        });
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["event_type"], "capture");
+        assert_eq!(v["capture"]["dropped"], 7);
+        assert!(e.to_string().contains("[CAPTURE] eth0: 9 packets not inspected"), "{e}");
+
+        let addr: std::net::IpAddr = "198.18.0.9".parse().unwrap();
+        let mut b = Event::new(ts, EventType::Ban, Some(Flow::addr(addr)));
+        b.ban = Some(BanInfo {
+            reason: "scan:syn".into(),
+            duration: 600,
+            expires: ts,
+            enforced: true,
+        });
+        let v: serde_json::Value = serde_json::to_value(&b).unwrap();
+        assert!(v["ban"].get("enforced").is_none(), "{v}");
+        assert!(!b.to_string().contains("not enforced"));
+        b.ban.as_mut().unwrap().enforced = false;
+        let v: serde_json::Value = serde_json::to_value(&b).unwrap();
+        assert_eq!(v["ban"]["enforced"], false);
+        assert!(b.to_string().ends_with("(not enforced)"), "{b}");
+    }
+
+    #[test]
     fn aggregation_reports_first_then_one_summary() {
         let mut agg = DropAggregator::new(Duration::from_secs(60), 16);
         let key = DropKey {
