@@ -10,6 +10,7 @@ use clap::Parser;
 mod cli;
 mod config;
 mod daemon;
+mod notify;
 mod output;
 mod replay;
 mod state;
