@@ -39,10 +39,11 @@ fn main() {
             unit_security,
         ),
         with_tool("logrotate_snippet_parses", "logrotate", logrotate_parses),
-        Trial::test("install_script_lays_out_every_file", || install_script()),
-        Trial::test("replay_draws_a_progress_bar_only_on_a_terminal", || {
-            progress_bar()
-        }),
+        Trial::test("install_script_lays_out_every_file", install_script),
+        Trial::test(
+            "replay_draws_a_progress_bar_only_on_a_terminal",
+            progress_bar,
+        ),
         if DAEMON_SPEAKS_NOTIFY {
             live_trial(NOTIFY_TEST, LIVE_TOOLS, daemon_notify)
         } else {
