@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::client::{self, ClientArgs};
 use crate::control::Request;
@@ -84,6 +84,20 @@ pub enum Command {
     },
     /// Print the JSON Schema of the rules file.
     Schema,
+    /// Print a shell completion script, e.g.
+    /// `portcullis completions bash > /etc/bash_completion.d/portcullis`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `portcullis man | man -l -`, or
+    /// write it and one page per subcommand into a folder.
+    Man {
+        /// Write `portcullis.1` and `portcullis-<subcommand>.1` here
+        /// instead of printing the main page.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run the whole engine (rules, detector, bans) over a pcap or pcapng
     /// capture, writing exactly the events the live daemon would.
     Replay {
@@ -126,6 +140,9 @@ pub struct Common {
     /// the next packet) or on its own thread as in the live daemon.
     #[arg(long, value_enum, default_value_t = DetectorArg::Inline)]
     pub detector: DetectorArg,
+    /// No progress bar (one is drawn on stderr only when it is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,7 +187,82 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "portcullis", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: None } => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the manual page")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing manual pages to {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay { file, common } => replay::replay_file(&file, &common),
         Command::Demo { save_pcap, common } => replay::demo(save_pcap.as_deref(), &common),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    const UNIT: &str = include_str!("../../../packaging/systemd/portcullis.service");
+
+    /// The arguments of every `Exec*=` line of the unit that runs us.
+    fn our_exec_lines() -> Vec<(String, Vec<String>)> {
+        UNIT.lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| k.starts_with("Exec"))
+            .map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    v.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),
+                )
+            })
+            .filter(|(_, argv)| argv[0] == "/usr/local/bin/portcullis")
+            .collect()
+    }
+
+    #[test]
+    fn the_systemd_units_command_lines_parse() {
+        let lines = our_exec_lines();
+        let keys: Vec<&str> = lines.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["ExecStartPre", "ExecStart", "ExecReload"]);
+        for (key, argv) in &lines {
+            let cli = Cli::try_parse_from(argv)
+                .unwrap_or_else(|e| panic!("{key}={}: {e}", argv.join(" ")));
+            match (key.as_str(), &cli.command) {
+                ("ExecStart", Command::Run(args)) => {
+                    let e = &args.engine;
+                    assert_eq!(
+                        e.config.as_deref(),
+                        Some(std::path::Path::new("/etc/portcullis/rules.json"))
+                    );
+                    // Inside the unit's writable folders.
+                    assert!(e
+                        .events
+                        .as_ref()
+                        .unwrap()
+                        .starts_with("/var/log/portcullis"));
+                    assert!(args.state_dir.starts_with("/var/lib/portcullis"));
+                    assert!(!e.quiet, "event lines belong in the journal");
+                }
+                ("ExecStartPre" | "ExecReload", Command::Check { config }) => {
+                    assert_eq!(
+                        config.as_deref(),
+                        Some(std::path::Path::new("/etc/portcullis/rules.json"))
+                    );
+                }
+                (k, c) => panic!("{k} runs {c:?}"),
+            }
+        }
     }
 }

@@ -17,6 +17,7 @@ mod kernel_thread;
 mod lockout;
 mod metrics;
 mod monitor;
+mod notify;
 mod output;
 mod replay;
 mod state;

@@ -1,9 +1,14 @@
 //! `portcullis replay` and `portcullis demo`: the engine over a capture.
 
+use std::fs::File;
+use std::io::{BufReader, IsTerminal, Read};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use anyhow::{Context, Result};
 use portcullis_capture::{FileSource, PacketSource};
@@ -15,11 +20,83 @@ use crate::cli::{Common, DetectorArg};
 use crate::config;
 use crate::output::Output;
 
+/// Packets between two progress updates: keeps the bar's cost (a clock
+/// read and an atomic) off the per-packet path.
+const PROGRESS_EVERY: u64 = 4096;
+
+/// A capture file being read, with the count of bytes read so far for the
+/// progress bar.
+struct Capture {
+    source: FileSource,
+    read: Arc<AtomicU64>,
+    len: u64,
+}
+
+/// Counts the bytes that pass through it.
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn open_capture(path: &Path) -> Result<Capture> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let read = Arc::new(AtomicU64::new(0));
+    // Counted below the buffer: the position advances a buffer at a time,
+    // which is all a progress bar needs.
+    let counting = Counting {
+        inner: file,
+        read: Arc::clone(&read),
+    };
+    let source = FileSource::new(BufReader::with_capacity(1 << 20, counting))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Capture { source, read, len })
+}
+
+/// A progress bar over the bytes of the capture, drawn on stderr only when
+/// stderr is a terminal and `--no-progress` is not given.
+fn progress_bar(cap: &Capture, common: &Common) -> Option<ProgressBar> {
+    if common.no_progress || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let style = ProgressStyle::with_template(
+        "replay {bar:40} {binary_bytes}/{binary_total_bytes} {percent}% eta {eta}",
+    )
+    .ok()?;
+    let bar = ProgressBar::with_draw_target(Some(cap.len), ProgressDrawTarget::stderr())
+        .with_style(style);
+    Some(bar)
+}
+
+/// Runs a capture file through a fresh engine, with a progress bar on a
+/// terminal.
+fn run_capture(cap: &mut Capture, cfg: Arc<Config>, common: &Common) -> Result<ReplayStats> {
+    let bar = progress_bar(cap, common);
+    let read = Arc::clone(&cap.read);
+    let progress = bar.as_ref().map(|b| (b, &*read));
+    let stats = run_source(&mut cap.source, cfg, common, progress);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    stats
+}
+
 /// Runs `source` through a fresh engine, writing events as they come.
+/// `progress`: a bar to move to the byte count every few thousand packets
+/// (console lines are then printed above it).
 pub fn run_source(
     source: &mut dyn PacketSource,
     cfg: Arc<Config>,
     common: &Common,
+    progress: Option<(&ProgressBar, &AtomicU64)>,
 ) -> Result<ReplayStats> {
     let mode = match common.detector {
         DetectorArg::Inline => DetectorMode::Inline,
@@ -27,8 +104,18 @@ pub fn run_source(
     };
     let mut engine = Engine::new(cfg, mode).context("starting the scan detector")?;
     let mut out = Output::new(common.engine.events.as_deref(), !common.engine.quiet)?;
+    if let Some((bar, _)) = progress {
+        out.set_progress(bar.clone());
+    }
     let started = Instant::now();
+    let mut n = 0u64;
     while let Some(p) = source.next_packet().context("reading the capture")? {
+        n += 1;
+        if n % PROGRESS_EVERY == 0 {
+            if let Some((bar, read)) = progress {
+                bar.set_position(read.load(Ordering::Relaxed));
+            }
+        }
         engine.process(&PacketIn {
             data: p.data,
             link: p.link,
@@ -89,12 +176,12 @@ impl ReplayStats {
 
 pub fn replay_file(file: &Path, common: &Common) -> Result<ExitCode> {
     let cfg = config::load(common.engine.config.as_deref())?;
-    let mut source = FileSource::open(file)?;
-    let stats = run_source(&mut source, cfg, common)?;
-    if source.skipped > 0 {
+    let mut cap = open_capture(file)?;
+    let stats = run_capture(&mut cap, cfg, common)?;
+    if cap.source.skipped > 0 {
         eprintln!(
             "skipped {} packets on interfaces with unsupported link types",
-            source.skipped
+            cap.source.skipped
         );
     }
     stats.print();
@@ -118,7 +205,7 @@ pub fn demo(save: Option<&Path>, common: &Common) -> Result<ExitCode> {
         frames.len(),
         path.display()
     );
-    let mut source = FileSource::open(&path)?;
-    run_source(&mut source, cfg, common)?.print();
+    let mut cap = open_capture(&path)?;
+    run_capture(&mut cap, cfg, common)?.print();
     Ok(ExitCode::SUCCESS)
 }

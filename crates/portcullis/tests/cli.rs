@@ -116,3 +116,73 @@ fn replay_of_a_missing_file_says_so() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("cannot open /nonexistent/x.pcap"), "{err}");
 }
+
+/// The words of a completion script: runs of letters, digits, `-` and `_`.
+fn words(text: &str) -> std::collections::HashSet<&str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+#[test]
+fn completions_for_every_shell_name_the_subcommands_and_their_options() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = portcullis(&["completions", shell]);
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let words = words(&text);
+        for w in [
+            "run",
+            "replay",
+            "check",
+            "schema",
+            "demo",
+            "completions",
+            "man",
+        ] {
+            assert!(words.contains(w), "{shell}: no {w:?} in\n{text}");
+        }
+        // Options of subcommands, not only the top level (fish writes
+        // them without the dashes).
+        for o in ["state-dir", "no-progress"] {
+            assert!(text.contains(o), "{shell}: no {o:?} in\n{text}");
+        }
+    }
+    let out = portcullis(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn man_page_is_roff_naming_every_subcommand() {
+    let out = portcullis(&["man"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(".TH portcullis 1"), "{text}");
+    for sub in ["run", "replay", "check", "completions"] {
+        assert!(
+            text.contains(&format!("portcullis\\-{sub}(1)")),
+            "no {sub} in\n{text}"
+        );
+    }
+}
+
+#[test]
+fn man_dir_writes_a_page_per_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = portcullis(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in ["portcullis.1", "portcullis-run.1", "portcullis-replay.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page}: {text}");
+    }
+    let run = std::fs::read_to_string(dir.path().join("portcullis-run.1")).unwrap();
+    assert!(run.contains("state\\-dir"), "{run}");
+}
