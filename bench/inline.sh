@@ -156,6 +156,10 @@ else
         WITH=0
     fi
 fi
+PC_SOCKET=()
+if [[ $WITH == 1 ]] && "$PORTCULLIS" run --help 2>&1 | grep -q -- '--socket'; then
+    PC_SOCKET=(--socket "/tmp/pcbench-$$.sock")
+fi
 PC_QUIET=()
 if [[ $WITH == 1 ]] && "$PORTCULLIS" run --help 2>&1 | grep -q -- '--quiet'; then
     PC_QUIET=(--quiet)
@@ -196,7 +200,7 @@ QNUM=""
 # queue is bound.
 pc_start() {
     local tag=$1 cfg=${2:-}
-    local args=(run --events "$WORK/events-$tag.jsonl" --state-dir "$WORK/state" "${PC_QUIET[@]}")
+    local args=(run --events "$WORK/events-$tag.jsonl" --state-dir "$WORK/state" "${PC_QUIET[@]}" "${PC_SOCKET[@]}")
     [[ -n $cfg ]] && args+=(--config "$cfg")
     bg "$WORK/portcullis-$tag.log" "${SRV[@]}" "$PORTCULLIS" "${args[@]}"
     PC_PID=$BG

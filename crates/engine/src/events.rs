@@ -762,7 +762,11 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         assert_eq!(v["event_type"], "capture");
         assert_eq!(v["capture"]["dropped"], 7);
-        assert!(e.to_string().contains("[CAPTURE] eth0: 9 packets not inspected"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("[CAPTURE] eth0: 9 packets not inspected"),
+            "{e}"
+        );
 
         let addr: std::net::IpAddr = "198.18.0.9".parse().unwrap();
         let mut b = Event::new(ts, EventType::Ban, Some(Flow::addr(addr)));

@@ -42,6 +42,7 @@ use crate::control::{self, Answer, Pending, Request};
 use crate::inline::InlinePath;
 use crate::kernel_thread::{self, Ack, KernelCmd, Rules, UNKNOWN};
 use crate::monitor::MonitorPath;
+use crate::notify::Notifier;
 use crate::output::Output;
 use crate::state::StateDir;
 use crate::status::{DetectorStatus, PacketCounters, Status};
@@ -186,6 +187,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .context("installing signal handlers")?;
+    // SIGUSR1 (logrotate): the event writer reopens its file.
+    let usr1 = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&usr1))
+        .context("installing signal handlers")?;
+    let notify = Notifier::from_env().context("NOTIFY_SOCKET")?;
 
     let rules = match (passive, args.enforce_bans) {
         (false, _) => Some(Rules::Full),
@@ -217,6 +223,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         hup: &hup,
         requests: &requests,
         latest: &latest,
+        notify: &notify,
+        usr1: &usr1,
         bans_enforced: rules.is_some(),
         info: Info {
             started: Instant::now(),
@@ -246,6 +254,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             .map(|p| Box::new(p) as Box<dyn PacketPath>)
     };
     let result = path.and_then(|p| serve(args, cfg, &state, &ctl, p));
+    let _ = notify.stopping();
     // No more requests: the engine is gone.
     drop(control);
     if let Some(m) = metrics {
@@ -282,6 +291,10 @@ struct Control<'a> {
     latest: &'a Mutex<Option<Status>>,
     /// Bans go into the kernel (inline, or monitor with --enforce-bans).
     bans_enforced: bool,
+    /// systemd's notification socket (no-op without one).
+    notify: &'a Notifier,
+    /// SIGUSR1 seen: the event writer reopens its file.
+    usr1: &'a Arc<AtomicBool>,
     /// What `status` reports that does not change.
     info: Info,
 }
@@ -330,7 +343,11 @@ fn serve(
         Err(e) => eprintln!("portcullis: warning: ignoring saved bans: {e:#}"),
     }
 
-    let (event_tx, writer) = spawn_writer(args.engine.events.as_deref(), !args.engine.quiet)?;
+    let (event_tx, writer) = spawn_writer(
+        args.engine.events.as_deref(),
+        !args.engine.quiet,
+        Arc::clone(ctl.usr1),
+    )?;
     let mut dropped_events = 0u64;
     let forward = |engine: &mut Engine, dropped: &mut u64| {
         let events: Vec<Event> = engine.drain_events().collect();
@@ -359,10 +376,26 @@ fn serve(
 
     let mut last_tick = Instant::now();
     let mut last_stats = Instant::now() - STATS_EVERY;
+    // WatchdogSec= in the unit: prove the packet loop turns, at twice the
+    // rate systemd asks for.
+    let watchdog = crate::notify::watchdog_interval().map(|d| d / 2);
+    let mut last_watchdog = Instant::now();
+    let _ = ctl
+        .notify
+        .ready_with_status(&format!("{}; {}", ctl.info.mode, ctl.info.kernel_path));
     while !ctl.term.load(Ordering::Relaxed) {
         if ctl.hup.swap(false, Ordering::Relaxed) {
+            let _ = ctl.notify.reloading();
             let ev = reload(args, &mut engine, kernel, &ctl.info);
             let _ = event_tx.try_send(ev);
+            // The old rules stay in force on failure: ready either way.
+            let _ = ctl.notify.ready();
+        }
+        if let Some(every) = watchdog {
+            if last_watchdog.elapsed() >= every {
+                let _ = ctl.notify.watchdog();
+                last_watchdog = Instant::now();
+            }
         }
         path.step(&mut engine, POLL)?;
         if last_tick.elapsed() >= POLL {
@@ -378,6 +411,16 @@ fn serve(
             if let Ok(mut g) = ctl.latest.try_lock() {
                 *g = Some(status(&engine, &ctl.info, path.as_mut(), dropped_events));
             }
+            // `systemctl status` shows this line.
+            let c = engine.counters();
+            let _ = ctl.notify.status(&format!(
+                "{}: {} packets, {} dropped, {} scans, {} bans active",
+                ctl.info.mode,
+                c.packets,
+                c.dropped,
+                c.scans,
+                engine.bans().len()
+            ));
         }
         for p in ctl.requests.try_iter() {
             let answer = match &p.request {
@@ -392,6 +435,7 @@ fn serve(
         forward(&mut engine, &mut dropped_events);
     }
 
+    let _ = ctl.notify.stopping();
     // Shutting down: settle what is queued, close the windows, stop the
     // writer. The bans file is the kernel thread's alone: it has seen every
     // ban and unban (including the expiries `finish` reports) and writes
@@ -590,21 +634,38 @@ fn try_reload(
         .map_err(|e| format!("restarting the detector: {e}"))
 }
 
-fn spawn_writer(events: Option<&Path>, console: bool) -> Result<(Sender<Event>, JoinHandle<()>)> {
+/// The event writer. `reopen` (SIGUSR1, logrotate) makes it reopen the
+/// event log at its path; it checks at least every [`POLL`].
+fn spawn_writer(
+    events: Option<&Path>,
+    console: bool,
+    reopen: Arc<AtomicBool>,
+) -> Result<(Sender<Event>, JoinHandle<()>)> {
     let mut out = Output::new(events, console)?;
     let (tx, rx) = crossbeam_channel::bounded::<Event>(EVENT_QUEUE);
     let handle = std::thread::Builder::new()
         .name("portcullis-events".into())
-        .spawn(move || {
-            while let Ok(ev) = rx.recv() {
-                let _ = out.write(&ev);
-                for ev in rx.try_iter().take(1024) {
+        .spawn(move || loop {
+            match rx.recv_timeout(POLL) {
+                Ok(ev) => {
                     let _ = out.write(&ev);
+                    for ev in rx.try_iter().take(1024) {
+                        let _ = out.write(&ev);
+                    }
+                    // Written promptly: a SIEM tails this file.
+                    let _ = out.flush();
                 }
-                // Written promptly: a SIEM tails this file.
-                let _ = out.flush();
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    let _ = out.flush();
+                    break;
+                }
             }
-            let _ = out.flush();
+            if reopen.swap(false, Ordering::Relaxed) {
+                if let Err(e) = out.reopen() {
+                    eprintln!("portcullis: warning: {e:#}; events still go to the old file");
+                }
+            }
         })
         .context("starting the event writer")?;
     Ok((tx, handle))

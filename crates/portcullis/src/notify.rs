@@ -18,15 +18,6 @@
 //!   it (notifications are best effort; the firewall must not stop because
 //!   systemd is busy).
 
-// Called from `daemon.rs` once it is wired (docs/operations.md); until then
-// only the tests use this module. The expectation turns into a warning as
-// soon as the daemon calls it: then delete these two lines.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "wired into daemon.rs separately")
-)]
-#![cfg_attr(test, allow(dead_code))]
-
 use std::ffi::OsStr;
 use std::io;
 use std::os::linux::net::SocketAddrExt;

@@ -85,10 +85,6 @@ impl Output {
     /// a new file at the configured path (SIGUSR1 in `portcullis run`).
     /// A no-op for stdout or no event log. If the reopen fails, events keep
     /// going to the old file, so none is lost, and the error is returned.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "SIGUSR1, wired into daemon.rs separately")
-    )]
     pub fn reopen(&mut self) -> Result<()> {
         let Some(p) = self.path.as_deref() else {
             return Ok(());

@@ -22,7 +22,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 /// Whether `daemon.rs` sends sd_notify messages and reopens the event log
 /// on SIGUSR1. Set to true in the change that wires them; until then the
 /// live check reports itself ignored with this reason.
-const DAEMON_SPEAKS_NOTIFY: bool = false;
+const DAEMON_SPEAKS_NOTIFY: bool = true;
 const NOTIFY_TEST: &str = "daemon_speaks_sd_notify_and_reopens_its_log";
 
 fn main() {
@@ -363,12 +363,22 @@ fn daemon_notify() -> Result<(), Failed> {
     let p = |n: &str| dir.path().join(n);
     let sock = UnixDatagram::bind(p("notify"))?;
     sock.set_read_timeout(Some(Duration::from_secs(15)))?;
+    // The next notification other than a plain STATUS= refresh (sent every
+    // second; checked below).
+    let statuses = std::cell::Cell::new(0);
     let recv = || -> Result<String, String> {
-        let mut buf = [0u8; 4096];
-        let n = sock
-            .recv(&mut buf)
-            .map_err(|e| format!("no notification: {e}"))?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        loop {
+            let mut buf = [0u8; 4096];
+            let n = sock
+                .recv(&mut buf)
+                .map_err(|e| format!("no notification: {e}"))?;
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.lines().all(|l| l.starts_with("STATUS=")) {
+                statuses.set(statuses.get() + 1);
+                continue;
+            }
+            return Ok(msg);
+        }
     };
     std::fs::write(p("rules.json"), r#"{"scan": {"enabled": false}}"#)?;
     let s = |q: &Path| q.to_str().unwrap().to_owned();
@@ -387,6 +397,8 @@ fn daemon_notify() -> Result<(), Failed> {
             &ev,
             "--state-dir",
             &st,
+            "--socket",
+            &s(&p("ctl.sock")),
         ],
         &p("daemon.log"),
     )?;
@@ -428,6 +440,9 @@ fn daemon_notify() -> Result<(), Failed> {
     let stopping = recv()?;
     if !stopping.lines().any(|l| l == "STOPPING=1") {
         return Err(format!("no STOPPING=1 on SIGTERM: {stopping:?}").into());
+    }
+    if statuses.get() == 0 {
+        return Err("no STATUS= refresh while running".into());
     }
     let code = lab.wait(pid, Duration::from_secs(15))?;
     if code != Some(0) {
