@@ -18,6 +18,7 @@
 # Run as root from anywhere:  sudo bench/inline.sh
 # Settings (environment):
 #   RUNS=3               repetitions of each measurement
+#   TESTS="tcp udp conn" which measurements to run
 #   TCP_SECS=5           iperf3 -t
 #   UDP_PACKETS=1000000  64-byte datagrams per UDP run (iperf3 -k)
 #   UDP_RATE=            offered packets/s; empty: calibrated on the
@@ -34,6 +35,7 @@
 set -Eeuo pipefail
 
 RUNS=${RUNS:-3}
+TESTS=" ${TESTS:-tcp udp conn} "
 TCP_SECS=${TCP_SECS:-5}
 UDP_PACKETS=${UDP_PACKETS:-1000000}
 UDP_RATE=${UDP_RATE:-}
@@ -427,11 +429,14 @@ run_test() {
 log "portcullis inline benchmark: $(nproc) cores, load average at start $LOAD"
 log "work directory $WORK"
 
+if [[ $TESTS == *" tcp "* ]]; then
 log "1. TCP bulk (iperf3 -t $TCP_SECS)"
 run_test tcp
+fi
 
 # Offered UDP rate: what the no-firewall path delivers without loss.
 UDP_CAL=""
+if [[ $TESTS == *" udp "* ]]; then
 if [[ -z $UDP_RATE ]]; then
     log "2. UDP: calibrating the offered rate on the no-firewall path"
     m_udp cal-max 0 $((UDP_PACKETS / 2))
@@ -451,11 +456,14 @@ if [[ -z $UDP_RATE ]]; then
 fi
 log "2. UDP $UDP_LEN-byte datagrams, $UDP_PACKETS at $UDP_RATE/s"
 run_test udp
+fi
 
+if [[ $TESTS == *" conn "* ]]; then
 log "3. new TCP connections (connrate, $CONN_COUNT x $CONN_CONCURRENCY threads, <= $CONN_SECS s)"
 bg "$WORK/connrate-server.txt" timeout 3600 "${SRV[@]}" "$CONNRATE" server "$ADDR_S:$CONN_PORT" --max-secs 3500
 wait_listen "$CONN_PORT"
 run_test conn
+fi
 
 # ---------------------------------------------------------------- report
 col() { # col TEST MODE FIELD -> median of that field over the runs, or "nan"
