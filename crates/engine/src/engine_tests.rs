@@ -224,3 +224,36 @@ fn protected_addresses_are_accepted_never_banned_and_named() {
     assert_eq!(v[1].reason, Reason::Banned);
     assert_eq!(v[2].reason, Reason::BlockedIp);
 }
+
+#[test]
+fn probes_wait_for_their_batch_at_most_probe_delay() {
+    let cfg = Config::from_json_str("{}", &NoLists).unwrap();
+    let mut e = Engine::new(Arc::new(cfg), DetectorMode::Thread { capacity: 64 }).unwrap();
+    let syn = |port: u16, us: u64| {
+        let src: SocketAddr = "198.18.0.66:40000".parse().unwrap();
+        let dst = SocketAddr::new(ip("198.18.0.1"), port);
+        traffic::Frame::new(T0 + us, traffic::tcp_syn(src, dst, traffic::SynStyle::Nmap))
+    };
+    let seen = |e: &Engine| e.detector_stats().map_or(0, |s| s.probes);
+    // Two probes 1 ms apart: younger than PROBE_DELAY, they stay here.
+    feed(
+        &mut e,
+        &[syn(1, 0), syn(2, 1_000)],
+        Some(Direction::Inbound),
+    );
+    e.flush_due();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(seen(&e), 0, "sent before PROBE_DELAY");
+    // A packet 2 ms after the first: the batch goes.
+    feed(
+        &mut e,
+        &[syn(3, PROBE_DELAY.as_micros() as u64)],
+        Some(Direction::Inbound),
+    );
+    e.flush_due();
+    let t = std::time::Instant::now();
+    while seen(&e) < 3 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(seen(&e), 3);
+}

@@ -96,7 +96,7 @@ impl PacketPath for InlinePath {
             }
         });
         self.queue.flush().context("sending verdicts")?;
-        engine.flush();
+        engine.flush_due();
         Ok(())
     }
 

@@ -55,7 +55,7 @@ impl PacketPath for MonitorPath {
             })
             .context("reading the capture")?;
         if n > 0 {
-            engine.flush();
+            engine.flush_due();
         }
         Ok(())
     }
