@@ -62,6 +62,23 @@ impl Family {
             Family::V6 => "ip6tables-restore",
         }
     }
+
+    /// The nftables family iptables-nft keeps this family's tables in.
+    pub(crate) fn nft_family(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+}
+
+/// True if an `iptables -S` listing has no chain and no rule of anyone's:
+/// only the built-in chains' policies (`-P`), all ACCEPT.
+pub(crate) fn is_bare(listing: &str) -> bool {
+    listing.lines().all(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        w.is_empty() || matches!(w.as_slice(), ["-P", _, "ACCEPT"])
+    })
 }
 
 /// What of ours `iptables -S` shows.

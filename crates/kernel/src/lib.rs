@@ -162,6 +162,9 @@ pub struct Firewall {
     caps: Capabilities,
     path: QueuePath,
     applied: Mutex<Applied>,
+    /// iptables-nft `security` tables (by family) that did not exist before
+    /// our install: removed again at teardown if nothing else is in them.
+    created_tables: Mutex<Vec<Family>>,
 }
 
 impl Firewall {
@@ -218,11 +221,12 @@ impl Firewall {
             caps,
             path,
             applied: Mutex::new(Applied::of(plan)),
+            created_tables: Mutex::new(Vec::new()),
         };
         let r = fw.runner.as_ref();
         let iptables = match path {
             QueuePath::IptablesNfqueue if plan.user_space => {
-                install_iptables(r, &Applied::of(plan))
+                fw.install_iptables_noting_tables(plan)
             }
             // Leftovers of an earlier fallback run (before a kernel upgrade).
             _ if fw.caps.iptables => remove_iptables(r).map(drop),
@@ -238,6 +242,20 @@ impl Firewall {
             return Err(e);
         }
         Ok(fw)
+    }
+
+    /// [`install_iptables`], noting which `security` tables it creates.
+    fn install_iptables_noting_tables(&self, plan: &KernelPlan) -> Result<(), KernelError> {
+        let r = self.runner.as_ref();
+        let missing: Vec<Family> = Family::BOTH
+            .into_iter()
+            .filter(|f| !nft_table_exists(r, f.nft_family(), iptables::TABLE))
+            .collect();
+        let result = install_iptables(r, &Applied::of(plan));
+        if let Ok(mut created) = self.created_tables.lock() {
+            *created = missing;
+        }
+        result
     }
 
     /// How queued packets reach user space.
@@ -373,6 +391,28 @@ impl Firewall {
         } else {
             Ok(())
         };
+        // iptables-nft leaves the `security` table it created for our jumps
+        // behind, with empty built-in chains. Remove it only if our install
+        // created it and nobody has put anything in it since.
+        if iptables.is_ok() {
+            let created = self
+                .created_tables
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default();
+            for fam in created {
+                let r = self.runner.as_ref();
+                let listing = run(r, fam.program(), &["-w", "-t", iptables::TABLE, "-S"], None);
+                if listing.is_ok_and(|l| iptables::is_bare(&l)) {
+                    let _ = run(
+                        r,
+                        "nft",
+                        &["delete", "table", fam.nft_family(), iptables::TABLE],
+                        None,
+                    );
+                }
+            }
+        }
         let table = self.nft_script(&nft::remove_table());
         iptables.and(table)
     }
@@ -470,6 +510,12 @@ pub fn present_with(runner: &dyn Runner) -> Result<bool, KernelError> {
 /// Whether our table exists. Asks for the (small) ban set: `nft list
 /// tables` would load every set's elements first (most of a second with
 /// 100,000 listed prefixes).
+/// Whether nft table `family name` exists (any error counts as no: the
+/// caller only uses this to decide what it may clean up).
+fn nft_table_exists(runner: &dyn Runner, family: &str, name: &str) -> bool {
+    run(runner, "nft", &["list", "table", family, name], None).is_ok()
+}
+
 fn table_present(runner: &dyn Runner) -> Result<bool, KernelError> {
     match run(runner, "nft", &["list", "set", "inet", TABLE, "ban4"], None) {
         Ok(_) => Ok(true),

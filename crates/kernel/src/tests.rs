@@ -123,6 +123,9 @@ fn install_batches_everything_and_falls_back_to_iptables() {
     let mut want: Vec<&str> = PROBE.to_vec();
     want.extend([
         "nft -f -",
+        // Do the iptables-nft tables exist already (see teardown)?
+        "nft list table ip security",
+        "nft list table ip6 security",
         "iptables -w -t security -S",
         "iptables-restore -w --noflush",
         "ip6tables -w -t security -S",
@@ -146,8 +149,8 @@ fn install_batches_everything_and_falls_back_to_iptables() {
     ));
     assert!(script.contains("198.18.0.0/29"));
     assert!(script.contains("meta mark set meta mark | 0x20000000 accept"));
-    assert!(calls[13].1.contains("--queue-num 0 --queue-bypass"));
-    assert_eq!(calls[13].1, calls[15].1);
+    assert!(calls[15].1.contains("--queue-num 0 --queue-bypass"));
+    assert_eq!(calls[15].1, calls[17].1);
 
     // Bans: one call, one `add` per family (this kernel updates timeouts).
     fake.clear();
@@ -562,4 +565,55 @@ fn a_bans_only_plan_queues_nothing_and_installs_no_iptables_rule() {
         fake.commands()
     );
     assert_eq!(fw.queue_rule_packets().unwrap(), None);
+}
+
+#[test]
+fn teardown_removes_the_security_tables_it_created_only_if_bare() {
+    // ip security did not exist before us and is bare after; ip6 security
+    // did not exist either but someone added a rule to it meanwhile.
+    let fake = Fake::new(|program, args, input| match (program, args) {
+        ("nft", ["list", "table", _, "security"]) => Some((1, "", NO_SUCH)),
+        ("ip6tables", ["-w", "-t", "security", "-S"]) => Some((
+            0,
+            "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n-A INPUT -p tcp -j DROP\n",
+            "",
+        )),
+        _ => no_nft_queue(program, args, input),
+    });
+    let fw = Firewall::install_with(&example_plan(), fake.clone()).unwrap();
+    let before = fake.commands().len();
+    fw.teardown().unwrap();
+    let after: Vec<String> = fake.commands()[before..].to_vec();
+    assert!(
+        after.iter().any(|c| c == "nft delete table ip security"),
+        "{after:?}"
+    );
+    assert!(
+        !after.iter().any(|c| c == "nft delete table ip6 security"),
+        "a table with someone's rule in it was deleted: {after:?}"
+    );
+
+    // Tables that existed before the install are never deleted.
+    let fake = Fake::new(no_nft_queue);
+    let fw = Firewall::install_with(&example_plan(), fake.clone()).unwrap();
+    fw.teardown().unwrap();
+    assert!(
+        !fake
+            .commands()
+            .iter()
+            .any(|c| c.starts_with("nft delete table")),
+        "{:?}",
+        fake.commands()
+    );
+}
+
+#[test]
+fn bare_listings_hold_only_accept_policies() {
+    assert!(iptables::is_bare(
+        "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n"
+    ));
+    assert!(iptables::is_bare(""));
+    assert!(!iptables::is_bare("-P INPUT DROP\n"));
+    assert!(!iptables::is_bare("-P INPUT ACCEPT\n-N MINE\n"));
+    assert!(!iptables::is_bare("-P INPUT ACCEPT\n-A INPUT -j ACCEPT\n"));
 }

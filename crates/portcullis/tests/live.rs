@@ -521,7 +521,10 @@ fn sigterm_cleanup() -> Result<(), Failed> {
     assert!(table.contains("chain input"), "{table}");
     net.stop()?;
     net.assert_clean()?;
-    assert!(net.fw("nft", &["list", "tables"]).contains("someone_else"));
+    // Exactly the state before: someone else's table, and not even the
+    // empty `security` tables iptables-nft made for our jumps.
+    let tables = net.fw("nft", &["list", "tables"]);
+    assert_eq!(tables.trim(), "table inet someone_else", "{tables}");
     Ok(())
 }
 
