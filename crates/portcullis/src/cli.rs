@@ -66,9 +66,15 @@ pub enum Command {
     /// Which rule, list or ban applies to an address in the running daemon,
     /// and why (every entry that names it, and the verdict in the engine's
     /// precedence).
+    ///
+    /// With --config, answers from that rules file instead, without a
+    /// daemon (no bans then): what would a new file do to this address?
     Explain {
         #[arg(value_parser = client::parse_addr)]
         addr: std::net::IpAddr,
+        /// Explain against this rules file, not the running daemon.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -181,7 +187,32 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Command::Unban { addr, client } => client::run(&client, Request::Unban { addr }),
-        Command::Explain { addr, client } => client::run(&client, Request::Explain { addr }),
+        Command::Explain {
+            addr,
+            config: Some(path),
+            client,
+        } => {
+            let cfg = config::load(Some(&path))?;
+            let now = crate::daemon::now();
+            let x = portcullis_engine::explain::explain(
+                &cfg.rules,
+                cfg.policy.default,
+                None,
+                addr,
+                now,
+            );
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&x)?);
+            } else {
+                println!("{x}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            addr,
+            config: None,
+            client,
+        } => client::run(&client, Request::Explain { addr }),
         Command::Schema => {
             let schema = portcullis_engine::config::schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

@@ -186,3 +186,37 @@ fn man_dir_writes_a_page_per_subcommand() {
     let run = std::fs::read_to_string(dir.path().join("portcullis-run.1")).unwrap();
     assert!(run.contains("state\\-dir"), "{run}");
 }
+
+#[test]
+fn explain_against_a_rules_file_needs_no_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"{"block": {"ip": ["198.18.5.0/24", "198.18.0.0/16"]}, "allow": {"ip": ["198.18.5.9"]}}"#,
+    )
+    .unwrap();
+    let r = rules.to_str().unwrap();
+    let out = portcullis(&["explain", "198.18.5.7", "--config", r]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("block.ip[0] 198.18.5.0/24"), "{text}");
+    assert!(text.contains("block.ip[1] 198.18.0.0/16"), "{text}");
+    assert!(text.contains("verdict: dropped"), "{text}");
+    let out = portcullis(&["explain", "198.18.5.9", "--config", r, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["allowlisted"]["text"], "allow.ip[0] 198.18.5.9");
+    assert!(
+        v["verdict"].as_str().unwrap().starts_with("accepted"),
+        "{v}"
+    );
+    // Without --config it asks the daemon, which is not running here.
+    let out = portcullis(&["explain", "198.18.5.7", "--socket", "/nonexistent/x.sock"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("no portcullis daemon is running"), "{err}");
+}
