@@ -14,17 +14,18 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A live test for a libtest-mimic harness: it runs `f` when
 /// [`skip_reason`] finds nothing missing, and otherwise reports itself
-/// **ignored with the reason**, never passed.
+/// **ignored with the reason**, never passed. `f` may be a closure (one
+/// test function run with different parameters).
 pub fn live_trial(
-    name: &str,
+    name: impl Into<String>,
     tools: &'static [(&'static str, &'static str)],
-    f: fn() -> Result<(), libtest_mimic::Failed>,
+    f: impl FnOnce() -> Result<(), libtest_mimic::Failed> + Send + 'static,
 ) -> libtest_mimic::Trial {
     libtest_mimic::Trial::ignorable_test(name, move || {
         if let Some(reason) = skip_reason(tools) {
@@ -51,6 +52,15 @@ pub fn join<T>(h: std::thread::JoinHandle<Result<T, String>>) -> Result<T, libte
     h.join()
         .map_err(|_| "thread panicked")?
         .map_err(libtest_mimic::Failed::from)
+}
+
+/// `Ok` if `cond` holds, else a test failure with the message `msg` makes.
+pub fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), libtest_mimic::Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg().into())
+    }
 }
 
 /// Why live tests cannot run here, or `None` when they can.
@@ -267,18 +277,27 @@ impl Lab {
         run("kill", &[&format!("-{signal}"), &pid.to_string()]).map(drop)
     }
 
-    /// Waits up to `limit` for a process this lab started to exit; its exit
-    /// code (None if killed by a signal).
-    pub fn wait(&mut self, pid: u32, limit: Duration) -> Result<Option<i32>, String> {
+    /// Whether a process this lab started has exited, without waiting: its
+    /// exit status (then the lab forgets it), or `None` while it runs.
+    pub fn try_wait(&mut self, pid: u32) -> Result<Option<ExitStatus>, String> {
         let i = self
             .children
             .iter()
             .position(|(_, c)| c.id() == pid)
             .ok_or_else(|| format!("pid {pid} was not started by this lab"))?;
+        let st = self.children[i].1.try_wait().map_err(|e| e.to_string())?;
+        if st.is_some() {
+            self.children.remove(i);
+        }
+        Ok(st)
+    }
+
+    /// Waits up to `limit` for a process this lab started to exit; its exit
+    /// code (None if killed by a signal).
+    pub fn wait(&mut self, pid: u32, limit: Duration) -> Result<Option<i32>, String> {
         let end = Instant::now() + limit;
         loop {
-            if let Some(st) = self.children[i].1.try_wait().map_err(|e| e.to_string())? {
-                self.children.remove(i);
+            if let Some(st) = self.try_wait(pid)? {
                 return Ok(st.code());
             }
             if Instant::now() >= end {
