@@ -1,4 +1,5 @@
-//! Live NFQUEUE tests in network namespaces the tests create.
+//! Live NFQUEUE tests in network namespaces the tests create
+//! (`portcullis_testnet::Lab`, removed on drop, also on failure).
 //!
 //! They need root. Run with a custom harness (libtest-mimic) so that, when
 //! they cannot run, each reports itself **ignored with the reason** instead
@@ -7,11 +8,8 @@
 //!
 //! Every flood is bounded: at most 200,000 packets and 10 s per sender.
 
-#[allow(dead_code)] // each test binary uses a different part
-mod support;
-
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::mpsc;
@@ -23,7 +21,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use portcullis_nfqueue::{
     queue_stats, Hook, NfqError, Packet, Queue, QueueConfig, QueueCounters, QueueStats, Verdict,
 };
-use support::{b_addr, Netns, Pair, A4, A6, B4, B6};
+use portcullis_testnet::{check, enter, join, Lab};
 
 const PORT: u16 = 9999;
 const MAX_PACKETS: u32 = 200_000;
@@ -47,13 +45,50 @@ fn main() {
     libtest_mimic::run(&args, tests).exit();
 }
 
+/// What these tests need.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+    ("nft", "nftables"),
+];
+
 fn live(name: &str, f: fn() -> Result<(), Failed>) -> Trial {
-    portcullis_testnet::live_trial(name, support::TOOLS, f)
+    portcullis_testnet::live_trial(name, TOOLS, f)
 }
 
 // ---- helpers -------------------------------------------------------------
 
-use portcullis_testnet::{enter, join};
+const A4: &str = "198.18.0.1";
+const B4: &str = "198.18.0.2";
+const A6: &str = "2001:2::1";
+const B6: &str = "2001:2::2";
+
+/// Namespaces `a` (198.18.0.1, 2001:2::1), which sends, and `b`
+/// (198.18.0.2, 2001:2::2), which queues and receives on [`B_IF`].
+fn pair() -> Result<Lab, Failed> {
+    let mut lab = Lab::new();
+    lab.add_ns("a")?;
+    lab.add_ns("b")?;
+    lab.link(
+        "a",
+        &[&format!("{A4}/24"), &format!("{A6}/64")],
+        "b",
+        &[&format!("{B4}/24"), &format!("{B6}/64")],
+    )?;
+    Ok(lab)
+}
+
+/// The receiving interface in `b` (`Lab::link` names it).
+const B_IF: &str = "vba";
+
+/// Interface index of `dev` in namespace `short`.
+fn ifindex(lab: &Lab, short: &str, dev: &str) -> Result<u32, Failed> {
+    let out = lab.exec(short, "ip", &["-o", "link", "show", dev])?;
+    out.split(':')
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("no ifindex in {out:?}").into())
+}
 
 fn iptables(v6: bool) -> &'static str {
     if v6 {
@@ -64,7 +99,7 @@ fn iptables(v6: bool) -> &'static str {
 }
 
 /// `-I INPUT -p udp --dport 9999 -j NFQUEUE --queue-num N [--queue-bypass]` in `ns`.
-fn add_queue_rule(ns: &Netns, v6: bool, num: u16, bypass: bool) -> Result<(), Failed> {
+fn add_queue_rule(lab: &Lab, ns: &str, v6: bool, num: u16, bypass: bool) -> Result<(), Failed> {
     let num = num.to_string();
     let mut args = vec![
         "-I",
@@ -81,17 +116,17 @@ fn add_queue_rule(ns: &Netns, v6: bool, num: u16, bypass: bool) -> Result<(), Fa
     if bypass {
         args.push("--queue-bypass");
     }
-    ns.exec(iptables(v6), &args)?;
+    lab.exec(ns, iptables(v6), &args)?;
     Ok(())
 }
 
-fn flush_rules(ns: &Netns, v6: bool) -> Result<(), Failed> {
-    ns.exec(iptables(v6), &["-F", "INPUT"])?;
+fn flush_rules(lab: &Lab, ns: &str, v6: bool) -> Result<(), Failed> {
+    lab.exec(ns, iptables(v6), &["-F", "INPUT"])?;
     Ok(())
 }
 
 /// An nft chain after iptables' filter table counting port-9999 packets with `mark`.
-fn add_mark_counter(ns: &Netns, mark: u32) -> Result<(), Failed> {
+fn add_mark_counter(lab: &Lab, ns: &str, mark: u32) -> Result<(), Failed> {
     let script = format!(
         "add table inet pcqtest\n\
          add chain inet pcqtest in {{ type filter hook input priority 10; }}\n\
@@ -99,13 +134,13 @@ fn add_mark_counter(ns: &Netns, mark: u32) -> Result<(), Failed> {
     );
     let path = std::env::temp_dir().join(format!("pcqtest-{}.nft", std::process::id()));
     std::fs::write(&path, script).map_err(|e| e.to_string())?;
-    let r = ns.exec("nft", &["-f", &path.to_string_lossy()]);
+    let r = lab.exec(ns, "nft", &["-f", &path.to_string_lossy()]);
     let _ = std::fs::remove_file(&path);
-    r.map(|_| ())
+    r.map(|_| ()).map_err(Failed::from)
 }
 
-fn mark_count(ns: &Netns) -> Result<u64, Failed> {
-    let out = ns.exec("nft", &["list", "chain", "inet", "pcqtest", "in"])?;
+fn mark_count(lab: &Lab, ns: &str) -> Result<u64, Failed> {
+    let out = lab.exec(ns, "nft", &["list", "chain", "inet", "pcqtest", "in"])?;
     let after = out
         .split("counter packets ")
         .nth(1)
@@ -145,10 +180,10 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(ns: &Netns, v6: bool) -> Result<Self, Failed> {
+    fn start(lab: &Lab, ns: &str, v6: bool) -> Result<Self, Failed> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
-        let name = ns.name().to_owned();
+        let name = lab.ns(ns);
         let stop2 = stop.clone();
         let handle = thread::spawn(move || -> Result<RecvOut, String> {
             enter(&name)?;
@@ -218,9 +253,16 @@ struct SendOut {
 
 /// Send `count` UDP packets (sequence numbers from `first_seq`, `size`-byte
 /// payload) from `ns` to b:9999, as fast as possible, within 10 s.
-fn send(ns: &Netns, v6: bool, first_seq: u32, count: u32, size: usize) -> Result<SendOut, Failed> {
+fn send(
+    lab: &Lab,
+    ns: &str,
+    v6: bool,
+    first_seq: u32,
+    count: u32,
+    size: usize,
+) -> Result<SendOut, Failed> {
     let count = count.min(MAX_PACKETS);
-    let name = ns.name().to_owned();
+    let name = lab.ns(ns);
     let h = thread::spawn(move || -> Result<SendOut, String> {
         enter(&name)?;
         let (local, dst) = if v6 {
@@ -270,10 +312,10 @@ struct Consumer {
 }
 
 impl Consumer {
-    fn start(ns: &Netns, cfg: QueueConfig, mut decide: Decide) -> Result<Self, Failed> {
+    fn start(lab: &Lab, ns: &str, cfg: QueueConfig, mut decide: Decide) -> Result<Self, Failed> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Result<u32, String>>();
-        let name = ns.name().to_owned();
+        let name = lab.ns(ns);
         let stop2 = stop.clone();
         let handle = thread::spawn(move || -> Result<ConsumerOut, String> {
             let setup = enter(&name).and_then(|()| Queue::open(&cfg).map_err(|e| e.to_string()));
@@ -321,14 +363,6 @@ impl Consumer {
     }
 }
 
-fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(msg().into())
-    }
-}
-
 // ---- tests ---------------------------------------------------------------
 
 /// Even sequence numbers are accepted with mark 0x2a, odd ones dropped: the
@@ -337,14 +371,16 @@ fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
 fn accept_drop_mark(v6: bool) -> Result<(), Failed> {
     const N: u32 = 200;
     const MARK: u32 = 0x2a;
-    let pair = Pair::new(if v6 { "adm6" } else { "adm4" })?;
-    let ifindex = pair.b_ifindex()?;
-    add_queue_rule(&pair.b, v6, 7, true)?;
-    add_mark_counter(&pair.b, MARK)?;
+    let lab = pair()?;
+    let ifindex = ifindex(&lab, "b", B_IF)?;
+    add_queue_rule(&lab, "b", v6, 7, true)?;
+    add_mark_counter(&lab, "b", MARK)?;
 
     let problems = Arc::new(Mutex::new(Vec::<String>::new()));
     let probs = problems.clone();
-    let want_dst = b_addr(v6);
+    let want_dst: IpAddr = if v6 { B6 } else { B4 }
+        .parse()
+        .unwrap_or(IpAddr::from([198, 18, 0, 2]));
     let decide: Decide = Box::new(move |p: &Packet<'_>| {
         let mut bad = Vec::new();
         let (family, proto) = if v6 { (10, 0x86dd) } else { (2, 0x0800) };
@@ -361,8 +397,8 @@ fn accept_drop_mark(v6: bool) -> Result<(), Failed> {
             ));
         }
         let dst_ok = match want_dst {
-            std::net::IpAddr::V4(a) => p.payload.get(16..20) == Some(&a.octets()[..]),
-            std::net::IpAddr::V6(a) => p.payload.get(24..40) == Some(&a.octets()[..]),
+            IpAddr::V4(a) => p.payload.get(16..20) == Some(&a.octets()[..]),
+            IpAddr::V6(a) => p.payload.get(24..40) == Some(&a.octets()[..]),
         };
         if !dst_ok || p.is_gso || p.original_len as usize != p.payload.len() || p.mark != 0 {
             bad.push(format!("payload/gso/len/mark wrong: {p:?}"));
@@ -387,9 +423,9 @@ fn accept_drop_mark(v6: bool) -> Result<(), Failed> {
         }
     });
 
-    let consumer = Consumer::start(&pair.b, QueueConfig::new(7), decide)?;
-    let receiver = Receiver::start(&pair.b, v6)?;
-    let s = send(&pair.a, v6, 0, N, 32)?;
+    let consumer = Consumer::start(&lab, "b", QueueConfig::new(7), decide)?;
+    let receiver = Receiver::start(&lab, "b", v6)?;
+    let s = send(&lab, "a", v6, 0, N, 32)?;
     let r = receiver.finish()?;
     let c = consumer.finish()?;
 
@@ -425,7 +461,7 @@ fn accept_drop_mark(v6: bool) -> Result<(), Failed> {
     check(c.counters.packets == u64::from(N), || {
         format!("queue saw {} packets, want {N}", c.counters.packets)
     })?;
-    let marked = mark_count(&pair.b)?;
+    let marked = mark_count(&lab, "b")?;
     check(marked == u64::from(N / 2), || {
         format!(
             "{marked} packets carried mark {MARK:#x} after the queue, want {}",
@@ -449,15 +485,16 @@ fn accept_drop_mark(v6: bool) -> Result<(), Failed> {
 /// their verdicts into batch messages; nothing is lost.
 fn batches_under_load() -> Result<(), Failed> {
     const N: u32 = 20_000;
-    let pair = Pair::new("load")?;
-    add_queue_rule(&pair.b, false, 3, true)?;
+    let lab = pair()?;
+    add_queue_rule(&lab, "b", false, 3, true)?;
     let consumer = Consumer::start(
-        &pair.b,
+        &lab,
+        "b",
         QueueConfig::new(3),
         Box::new(|_| (Verdict::Accept, None)),
     )?;
-    let receiver = Receiver::start(&pair.b, false)?;
-    let s = send(&pair.a, false, 0, N, 32)?;
+    let receiver = Receiver::start(&lab, "b", false)?;
+    let s = send(&lab, "a", false, 0, N, 32)?;
     let r = receiver.finish()?;
     let c = consumer.finish()?;
     println!(
@@ -487,17 +524,18 @@ fn batches_under_load() -> Result<(), Failed> {
 /// daemon starts and after it is gone); without it, it is dropped.
 fn bypass_when_listener_gone() -> Result<(), Failed> {
     const N: u32 = 20;
-    let pair = Pair::new("byp")?;
-    add_queue_rule(&pair.b, false, 5, true)?;
+    let lab = pair()?;
+    add_queue_rule(&lab, "b", false, 5, true)?;
 
     let phase = |first: u32| -> Result<usize, Failed> {
-        let receiver = Receiver::start(&pair.b, false)?;
-        send(&pair.a, false, first, N, 16)?;
+        let receiver = Receiver::start(&lab, "b", false)?;
+        send(&lab, "a", false, first, N, 16)?;
         Ok(receiver.finish()?.seqs.len())
     };
     let before = phase(0)?;
     let consumer = Consumer::start(
-        &pair.b,
+        &lab,
+        "b",
         QueueConfig::new(5),
         Box::new(|_| (Verdict::Accept, None)),
     )?;
@@ -505,8 +543,8 @@ fn bypass_when_listener_gone() -> Result<(), Failed> {
     let c = consumer.finish()?; // the listener is gone: socket closed
     let after = phase(200)?;
 
-    flush_rules(&pair.b, false)?;
-    add_queue_rule(&pair.b, false, 5, false)?;
+    flush_rules(&lab, "b", false)?;
+    add_queue_rule(&lab, "b", false, 5, false)?;
     let no_bypass = phase(300)?;
     println!("  received: no listener {before}, listening {during} (queued {}), gone {after}, gone without bypass {no_bypass}", c.counters.packets);
     check(
@@ -524,8 +562,8 @@ fn bypass_when_listener_gone() -> Result<(), Failed> {
 
 /// A second socket cannot bind a bound queue; the error names the owner.
 fn second_listener_refused() -> Result<(), Failed> {
-    let ns = Netns::new("busy")?;
-    let name = ns.name().to_owned();
+    let mut lab = Lab::new();
+    let name = lab.add_ns("q")?;
     let h = thread::spawn(move || -> Result<(), String> {
         enter(&name)?;
         let first = Queue::open(&QueueConfig::new(11)).map_err(|e| format!("first open: {e}"))?;
@@ -560,13 +598,13 @@ fn second_listener_refused() -> Result<(), Failed> {
 fn fail_open_when_full() -> Result<(), Failed> {
     const N: u32 = 100;
     const LEN: u32 = 16;
-    let pair = Pair::new("full")?;
-    add_queue_rule(&pair.b, false, 9, true)?;
+    let lab = pair()?;
+    add_queue_rule(&lab, "b", false, 9, true)?;
     let mut results = Vec::new();
     for fail_open in [true, false] {
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
-        let name = pair.b.name().to_owned();
+        let name = lab.ns("b");
         let h = thread::spawn(move || -> Result<(u64, Option<QueueStats>), String> {
             enter(&name)?;
             let cfg = QueueConfig {
@@ -597,8 +635,8 @@ fn fail_open_when_full() -> Result<(), Failed> {
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .map_err(|_| "listener did not start")?;
-        let receiver = Receiver::start(&pair.b, false)?;
-        send(&pair.a, false, 0, N, 16)?;
+        let receiver = Receiver::start(&lab, "b", false)?;
+        send(&lab, "a", false, 0, N, 16)?;
         thread::sleep(Duration::from_millis(100));
         let _ = go_tx.send(());
         let (queued, stats) = join(h)?;
@@ -637,7 +675,7 @@ fn fail_open_when_full() -> Result<(), Failed> {
 fn throughput() -> Result<(), Failed> {
     const N: u32 = MAX_PACKETS;
     const PAYLOAD: usize = 36;
-    let pair = Pair::new("tput")?;
+    let lab = pair()?;
     println!();
     println!(
         "  {:<28} {:>8} {:>12} {:>9} {:>13} {:>9} {:>8} {:>8} {:>9}",
@@ -657,24 +695,25 @@ fn throughput() -> Result<(), Failed> {
         ("batch 64, one send/batch", 64),
         ("one send per verdict", 1),
     ] {
-        flush_rules(&pair.b, false)?;
+        flush_rules(&lab, "b", false)?;
         let consumer = if batch > 0 {
-            add_queue_rule(&pair.b, false, 1, true)?;
+            add_queue_rule(&lab, "b", false, 1, true)?;
             let cfg = QueueConfig {
                 batch,
                 fail_open: false,
                 ..QueueConfig::new(1)
             };
             Some(Consumer::start(
-                &pair.b,
+                &lab,
+                "b",
                 cfg,
                 Box::new(|_| (Verdict::Accept, None)),
             )?)
         } else {
             None
         };
-        let receiver = Receiver::start(&pair.b, false)?;
-        let s = send(&pair.a, false, 0, N, PAYLOAD)?;
+        let receiver = Receiver::start(&lab, "b", false)?;
+        let s = send(&lab, "a", false, 0, N, PAYLOAD)?;
         let r = receiver.finish()?;
         let c = consumer.map(Consumer::finish).transpose()?;
         let span = match (r.first, r.last) {
@@ -714,8 +753,9 @@ fn throughput() -> Result<(), Failed> {
 /// Every byte arrives either way.
 fn gso_super_packets() -> Result<(), Failed> {
     const BYTES: usize = 4 << 20;
-    let pair = Pair::new("gso")?;
-    pair.b.exec(
+    let lab = pair()?;
+    lab.exec(
+        "b",
         "iptables",
         &[
             "-I",
@@ -743,7 +783,8 @@ fn gso_super_packets() -> Result<(), Failed> {
             (Verdict::Accept, None)
         });
         let consumer = Consumer::start(
-            &pair.b,
+            &lab,
+            "b",
             QueueConfig {
                 gso,
                 ..QueueConfig::new(4)
@@ -752,7 +793,7 @@ fn gso_super_packets() -> Result<(), Failed> {
         )?;
 
         let (tx, rx) = mpsc::channel();
-        let name = pair.b.name().to_owned();
+        let name = lab.ns("b");
         let server = thread::spawn(move || -> Result<usize, String> {
             enter(&name)?;
             let l = TcpListener::bind((B4, 9998)).map_err(|e| format!("listen: {e}"))?;
@@ -772,7 +813,7 @@ fn gso_super_packets() -> Result<(), Failed> {
         });
         rx.recv_timeout(Duration::from_secs(5))
             .map_err(|_| "server did not start")?;
-        let name = pair.a.name().to_owned();
+        let name = lab.ns("a");
         let client = thread::spawn(move || -> Result<(), String> {
             enter(&name)?;
             let mut s = TcpStream::connect_timeout(
