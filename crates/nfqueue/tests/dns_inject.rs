@@ -1,11 +1,12 @@
 //! Live tests of [`Responder`]: a blocked DNS query is dropped at an
 //! NFQUEUE and the client gets NXDOMAIN at once, from `dig`'s point of view.
 //!
-//! Each test makes its own namespaces: a client (198.18.7.2 / 2001:2:7::2)
-//! and a resolver (198.18.7.53 / 2001:2:7::53) running `dnsmasq`, which
-//! answers `allowed.test` with 198.19.0.1 and nothing else; for the
-//! forwarded case a router between them (client 198.18.8.2 /
-//! 2001:2:8::2, resolver 198.18.9.53 / 2001:2:9::53). A queue listener in
+//! Each test makes its own namespaces (a `portcullis_testnet::Lab`): a
+//! client (198.18.7.2 / 2001:2:0:7::2) and a resolver (198.18.7.53 /
+//! 2001:2:0:7::53) running `dnsmasq`, which answers `allowed.test` with
+//! 198.19.0.1 and nothing else; for the forwarded case a router between
+//! them (client 198.18.8.2 / 2001:2:0:8::2, resolver 198.18.9.53 /
+//! 2001:2:0:9::53). A queue listener in
 //! the namespace with the NFQUEUE rule drops queries for names under
 //! `blocked.test` and answers them with the `Responder`; everything else
 //! is accepted. The rule is in
@@ -20,24 +21,20 @@
 //! answers carried the responder's mark (counted by an iptables rule).
 //!
 //! They need root, `dig` and `dnsmasq`; otherwise each is reported ignored
-//! with the reason. dnsmasq is started by the test and killed by its pid;
-//! the namespaces are deleted on drop, also on failure.
+//! with the reason. dnsmasq is started by the test's lab and killed by its
+//! pid; the namespaces are deleted on drop, also on failure.
 
-#[allow(dead_code)]
-mod support;
-
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use portcullis_nfqueue::{Hook, Packet, Queue, QueueConfig, Responder, Verdict};
+use portcullis_testnet::{check, enter, join, live_trial, wait_for, Lab};
 use portcullis_wire::dns::{parse_query, tcp_message};
 use portcullis_wire::{decode, IpProto, LinkType};
-use support::{run, skip_reason, Netns};
 
 /// The mark the responder puts on its packets; the queue rules skip it.
 const MARK: u32 = 0x70c;
@@ -68,50 +65,39 @@ fn main() {
                     if tcp { "tcp" } else { "udp" },
                     if v6 { "6" } else { "4" }
                 );
-                tests.push(Trial::ignorable_test(name, move || {
-                    if let Some(reason) = skip() {
-                        return Ok(Completion::ignored_with(format!("skipped: {reason}")));
-                    }
-                    scenario(at, v6, tcp).map(|()| Completion::Completed)
-                }));
+                tests.push(live_trial(name, TOOLS, move || scenario(at, v6, tcp)));
             }
         }
     }
     libtest_mimic::run(&args, tests).exit();
 }
 
-fn skip() -> Option<String> {
-    skip_reason().or_else(|| {
-        for (cmd, arg, pkg) in [
-            ("dig", "-v", "dnsutils"),
-            ("dnsmasq", "--version", "dnsmasq"),
-        ] {
-            if Command::new(cmd).arg(arg).output().is_err() {
-                return Some(format!("needs `{cmd}` (apt-get install {pkg})"));
-            }
-        }
-        None
-    })
-}
+/// What these tests need.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+    ("nft", "nftables"),
+    ("dig", "dnsutils"),
+    ("dnsmasq", "dnsmasq"),
+];
 
 // ---- topology ------------------------------------------------------------
 
-/// The namespaces of one test and the addresses in them.
+/// The namespaces of one test, `c` (client), `r` (resolver) and for
+/// [`Where::Forward`] `g` (router), and the resolver's addresses.
 struct Net {
-    client: Netns,
-    resolver: Netns,
-    /// Only for [`Where::Forward`].
-    router: Option<Netns>,
+    lab: Lab,
     resolver4: &'static str,
     resolver6: &'static str,
 }
 
-/// A namespace whose new interfaces skip duplicate address detection:
-/// while a fresh veth's link-local address is tentative (about 2 s here),
-/// the first neighbour discovery takes a 1 s retransmission.
-fn netns(tag: &str) -> Result<Netns, Failed> {
-    let ns = Netns::new(tag)?;
-    ns.exec(
+/// Adds namespace `short`, whose new interfaces skip duplicate address
+/// detection: while a fresh veth's link-local address is tentative (about
+/// 2 s here), the first neighbour discovery takes a 1 s retransmission.
+fn add_ns(lab: &mut Lab, short: &str) -> Result<(), Failed> {
+    lab.add_ns(short)?;
+    lab.exec(
+        short,
         "sysctl",
         &[
             "-qw",
@@ -119,113 +105,65 @@ fn netns(tag: &str) -> Result<Netns, Failed> {
             "net.ipv6.conf.all.accept_dad=0",
         ],
     )?;
-    Ok(ns)
-}
-
-/// Waits (up to 5 s) until `dev` in `ns` is operationally up: until then
-/// its packets are dropped.
-fn wait_up(ns: &Netns, dev: &str) -> Result<(), Failed> {
-    let start = Instant::now();
-    while !run("ip", &["-n", ns.name(), "-o", "link", "show", "dev", dev])?.contains("state UP") {
-        if start.elapsed() > Duration::from_secs(5) {
-            return Err(format!("{dev} in {} is not up after 5 s", ns.name()).into());
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
     Ok(())
 }
 
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<(), Failed> {
-    run(
-        "ip",
-        &[
-            "-n",
-            a.name(),
-            "link",
-            "add",
-            a_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_if,
-            "netns",
-            b.name(),
-        ],
-    )?;
-    Ok(())
-}
-
-/// Addresses (`addr/len`) on `dev` in `ns`, link and loopback up.
-fn addrs(ns: &Netns, dev: &str, list: &[&str]) -> Result<(), Failed> {
-    for a in list {
-        let mut args = vec!["-n", ns.name(), "addr", "add", a, "dev", dev];
-        if a.contains(':') {
-            args.push("nodad");
-        }
-        run("ip", &args)?;
-    }
-    run("ip", &["-n", ns.name(), "link", "set", dev, "up"])?;
-    run("ip", &["-n", ns.name(), "link", "set", "lo", "up"])?;
-    Ok(())
-}
-
-fn default_routes(ns: &Netns, via4: &str, via6: &str) -> Result<(), Failed> {
-    ns.exec("ip", &["route", "add", "default", "via", via4])?;
-    ns.exec("ip", &["-6", "route", "add", "default", "via", via6])?;
-    Ok(())
+/// Waits (up to 5 s) until `dev` in namespace `short` is operationally up:
+/// until then its packets are dropped.
+fn wait_up(lab: &Lab, short: &str, dev: &str) -> Result<(), Failed> {
+    wait_for(Duration::from_secs(5), || {
+        lab.exec(short, "ip", &["-o", "link", "show", "dev", dev])
+            .ok()
+            .filter(|out| out.contains("state UP"))
+    })
+    .map(drop)
+    .ok_or_else(|| format!("{dev} in {} is not up after 5 s", lab.ns(short)).into())
 }
 
 impl Net {
     fn new(at: Where) -> Result<Net, Failed> {
-        let client = netns("djc")?;
-        let resolver = netns("djr")?;
+        let mut lab = Lab::new();
+        add_ns(&mut lab, "c")?;
+        add_ns(&mut lab, "r")?;
         if at != Where::Forward {
-            veth(&client, "vc", &resolver, "vr")?;
-            addrs(&client, "vc", &["198.18.7.2/24", "2001:2:7::2/64"])?;
-            addrs(&resolver, "vr", &["198.18.7.53/24", "2001:2:7::53/64"])?;
-            wait_up(&client, "vc")?;
-            wait_up(&resolver, "vr")?;
+            lab.link(
+                "c",
+                &["198.18.7.2/24", "2001:2:0:7::2/64"],
+                "r",
+                &["198.18.7.53/24", "2001:2:0:7::53/64"],
+            )?;
+            wait_up(&lab, "c", "vcr")?;
+            wait_up(&lab, "r", "vrc")?;
             return Ok(Net {
-                client,
-                resolver,
-                router: None,
+                lab,
                 resolver4: "198.18.7.53",
-                resolver6: "2001:2:7::53",
+                resolver6: "2001:2:0:7::53",
             });
         }
-        let router = netns("djg")?;
-        veth(&client, "vc", &router, "gc")?;
-        veth(&resolver, "vr", &router, "gr")?;
-        addrs(&client, "vc", &["198.18.8.2/24", "2001:2:8::2/64"])?;
-        addrs(&router, "gc", &["198.18.8.1/24", "2001:2:8::1/64"])?;
-        addrs(&router, "gr", &["198.18.9.1/24", "2001:2:9::1/64"])?;
-        addrs(&resolver, "vr", &["198.18.9.53/24", "2001:2:9::53/64"])?;
-        for (ns, dev) in [
-            (&client, "vc"),
-            (&router, "gc"),
-            (&router, "gr"),
-            (&resolver, "vr"),
-        ] {
-            wait_up(ns, dev)?;
-        }
-        default_routes(&client, "198.18.8.1", "2001:2:8::1")?;
-        default_routes(&resolver, "198.18.9.1", "2001:2:9::1")?;
-        // Namespaced sysctls: only the router namespace forwards.
-        router.exec(
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv4.ip_forward=1",
-                "net.ipv6.conf.all.forwarding=1",
-            ],
+        add_ns(&mut lab, "g")?;
+        lab.link(
+            "c",
+            &["198.18.8.2/24", "2001:2:0:8::2/64"],
+            "g",
+            &["198.18.8.1/24", "2001:2:0:8::1/64"],
         )?;
+        lab.link(
+            "r",
+            &["198.18.9.53/24", "2001:2:0:9::53/64"],
+            "g",
+            &["198.18.9.1/24", "2001:2:0:9::1/64"],
+        )?;
+        for (ns, dev) in [("c", "vcg"), ("g", "vgc"), ("g", "vgr"), ("r", "vrg")] {
+            wait_up(&lab, ns, dev)?;
+        }
+        lab.route_via("c", "198.18.8.1", Some("2001:2:0:8::1"))?;
+        lab.route_via("r", "198.18.9.1", Some("2001:2:0:9::1"))?;
+        // Namespaced sysctls: only the router namespace forwards.
+        lab.forwarding("g")?;
         Ok(Net {
-            client,
-            resolver,
-            router: Some(router),
+            lab,
             resolver4: "198.18.9.53",
-            resolver6: "2001:2:9::53",
+            resolver6: "2001:2:0:9::53",
         })
     }
 
@@ -238,33 +176,34 @@ impl Net {
     }
 
     /// The namespace holding the queue rule, the listener and the responder.
-    fn queue_ns(&self, at: Where) -> &Netns {
+    fn queue_ns(at: Where) -> &'static str {
         match at {
-            Where::Output => &self.client,
-            Where::Input => &self.resolver,
-            Where::Forward => self.router.as_ref().unwrap_or(&self.resolver),
+            Where::Output => "c",
+            Where::Input => "r",
+            Where::Forward => "g",
         }
     }
 }
 
 // ---- dnsmasq -------------------------------------------------------------
 
-/// dnsmasq in the resolver namespace; killed (by pid) on drop.
+/// dnsmasq in the resolver namespace, started by the lab (which kills it
+/// by its pid when dropped); its files in a directory removed on drop.
 struct Dnsmasq {
-    child: Child,
-    dir: PathBuf,
+    pid: u32,
+    dir: tempfile::TempDir,
 }
 
 impl Dnsmasq {
-    fn start(net: &Net) -> Result<Dnsmasq, Failed> {
-        let dir = std::env::temp_dir().join(format!("pcq-dnsmasq-{}", net.resolver.name()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let pid_file = dir.join("dnsmasq.pid");
-        let log = dir.join("dnsmasq.log");
+    fn start(net: &mut Net) -> Result<Dnsmasq, Failed> {
+        let dir = tempfile::Builder::new().prefix("pcq-dnsmasq-").tempdir()?;
+        let pid_file = dir.path().join("dnsmasq.pid");
+        let log = dir.path().join("dnsmasq.log");
         // `ip netns exec` execs dnsmasq: the child's pid is dnsmasq's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", net.resolver.name(), "dnsmasq"])
-            .args([
+        let pid = net.lab.spawn(
+            "r",
+            "dnsmasq",
+            &[
                 "--keep-in-foreground",
                 "--conf-file=/dev/null",
                 "--no-resolv",
@@ -274,27 +213,24 @@ impl Dnsmasq {
                 "--bind-interfaces",
                 "--log-queries",
                 "--user=root",
-            ])
-            .arg(format!("--listen-address={}", net.resolver4))
-            .arg(format!("--listen-address={}", net.resolver6))
-            .arg(format!("--pid-file={}", pid_file.display()))
-            .arg(format!("--log-facility={}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting dnsmasq: {e}"))?;
-        let mut d = Dnsmasq { child, dir };
+                &format!("--listen-address={}", net.resolver4),
+                &format!("--listen-address={}", net.resolver6),
+                &format!("--pid-file={}", pid_file.display()),
+                &format!("--log-facility={}", log.display()),
+            ],
+            &dir.path().join("dnsmasq.out"),
+        )?;
+        let d = Dnsmasq { pid, dir };
         // Ready when it answers on both addresses.
         let start = Instant::now();
         for server in [net.resolver4, net.resolver6] {
             loop {
-                if let Some(status) = d.child.try_wait().map_err(|e| e.to_string())? {
+                if let Some(status) = net.lab.try_wait(pid)? {
                     return Err(
                         format!("dnsmasq exited at start: {status}; log: {}", d.log()).into(),
                     );
                 }
-                let r = dig(&net.client, server, "allowed.test", &["+time=1"])?;
+                let r = dig(&net.lab, "c", server, "allowed.test", &["+time=1"])?;
                 if r.status.as_deref() == Some("NOERROR") {
                     break;
                 }
@@ -305,23 +241,21 @@ impl Dnsmasq {
             }
         }
         let pid = std::fs::read_to_string(pid_file).unwrap_or_default();
-        if pid.trim() != d.child.id().to_string() {
-            return Err(format!("dnsmasq pid file says {pid:?}, child is {}", d.child.id()).into());
+        if pid.trim() != d.pid.to_string() {
+            return Err(format!("dnsmasq pid file says {pid:?}, child is {}", d.pid).into());
         }
         Ok(d)
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("dnsmasq.log")).unwrap_or_default()
     }
-}
 
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        // SIGKILL to our child's pid only, then reap it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// Kills dnsmasq (SIGKILL to its pid, then reaped); its query log.
+    fn stop(self, lab: &mut Lab) -> Result<String, Failed> {
+        let log = self.log();
+        lab.kill(self.pid)?;
+        Ok(log)
     }
 }
 
@@ -336,13 +270,20 @@ struct DigResult {
     output: String,
 }
 
-/// `dig @server name +tries=1 +time=2 [extra]` in `ns`.
-fn dig(ns: &Netns, server: &str, name: &str, extra: &[&str]) -> Result<DigResult, Failed> {
+/// `dig @server name +tries=1 +time=2 [extra]` in namespace `short`.
+fn dig(
+    lab: &Lab,
+    short: &str,
+    server: &str,
+    name: &str,
+    extra: &[&str],
+) -> Result<DigResult, Failed> {
     let at = format!("@{server}");
+    let ns = lab.ns(short);
     let mut args = vec![
         "netns",
         "exec",
-        ns.name(),
+        ns.as_str(),
         "dig",
         at.as_str(),
         name,
@@ -396,13 +337,6 @@ struct Listener {
     handle: JoinHandle<Result<ListenerOut, String>>,
 }
 
-fn enter(ns: &str) -> Result<(), String> {
-    let f = std::fs::File::open(format!("/run/netns/{ns}"))
-        .map_err(|e| format!("open netns {ns}: {e}"))?;
-    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("setns {ns}: {e}"))
-}
-
 /// The first question's name if `ip` is a DNS query to port 53.
 fn query_name(ip: &[u8]) -> Option<String> {
     let s = decode(LinkType::Raw, ip).ok()?;
@@ -424,10 +358,10 @@ fn is_blocked(name: &str) -> bool {
 }
 
 impl Listener {
-    fn start(ns: &Netns) -> Result<Listener, Failed> {
+    /// A listener in namespace `name` (a full name, as `Lab::ns` gives).
+    fn start(name: String) -> Result<Listener, Failed> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Result<(), String>>();
-        let name = ns.name().to_owned();
         let stop2 = stop.clone();
         let handle = thread::spawn(move || -> Result<ListenerOut, String> {
             let setup = enter(&name).and_then(|()| {
@@ -481,10 +415,7 @@ impl Listener {
 
     fn finish(self) -> Result<ListenerOut, Failed> {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .join()
-            .map_err(|_| "listener thread panicked")?
-            .map_err(Failed::from)
+        join(self.handle)
     }
 }
 
@@ -500,10 +431,11 @@ fn iptables(v6: bool) -> &'static str {
 
 /// In the queue namespace: count (and accept) the responder's marked
 /// packets in OUTPUT; queue unmarked DNS in `chain`.
-fn add_rules(ns: &Netns, at: Where, v6: bool, tcp: bool) -> Result<(), Failed> {
+fn add_rules(lab: &Lab, ns: &str, at: Where, v6: bool, tcp: bool) -> Result<(), Failed> {
     let ipt = iptables(v6);
     let mark = format!("{MARK:#x}");
-    ns.exec(
+    lab.exec(
+        ns,
         ipt,
         &[
             "-I", "OUTPUT", "1", "-m", "mark", "--mark", &mark, "-j", "ACCEPT",
@@ -515,7 +447,8 @@ fn add_rules(ns: &Netns, at: Where, v6: bool, tcp: bool) -> Result<(), Failed> {
         Where::Forward => "FORWARD",
     };
     let queue = QUEUE.to_string();
-    ns.exec(
+    lab.exec(
+        ns,
         ipt,
         &[
             "-A",
@@ -540,20 +473,12 @@ fn add_rules(ns: &Netns, at: Where, v6: bool, tcp: bool) -> Result<(), Failed> {
 }
 
 /// Packets counted by the marked-packet rule (the first in OUTPUT).
-fn marked_count(ns: &Netns, v6: bool) -> Result<u64, Failed> {
-    let out = ns.exec(iptables(v6), &["-L", "OUTPUT", "1", "-v", "-x", "-n"])?;
+fn marked_count(lab: &Lab, ns: &str, v6: bool) -> Result<u64, Failed> {
+    let out = lab.exec(ns, iptables(v6), &["-L", "OUTPUT", "1", "-v", "-x", "-n"])?;
     out.split_whitespace()
         .next()
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("no counter in {out:?}").into())
-}
-
-fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(msg().into())
-    }
 }
 
 // ---- the test ------------------------------------------------------------
@@ -562,11 +487,11 @@ fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
 const FAST: Duration = Duration::from_millis(500);
 
 fn scenario(at: Where, v6: bool, tcp: bool) -> Result<(), Failed> {
-    let net = Net::new(at)?;
-    let dnsmasq = Dnsmasq::start(&net)?;
-    let qns = net.queue_ns(at);
-    add_rules(qns, at, v6, tcp)?;
-    let listener = Listener::start(qns)?;
+    let mut net = Net::new(at)?;
+    let dnsmasq = Dnsmasq::start(&mut net)?;
+    let qns = Net::queue_ns(at);
+    add_rules(&net.lab, qns, at, v6, tcp)?;
+    let listener = Listener::start(net.lab.ns(qns))?;
 
     let server = net.resolver_addr(v6);
     let proto: &[&str] = if tcp { &["+tcp"] } else { &[] };
@@ -576,23 +501,25 @@ fn scenario(at: Where, v6: bool, tcp: bool) -> Result<(), Failed> {
     }
     let mut blocked = Vec::new();
     for (what, extra) in &variants {
-        blocked.push((*what, dig(&net.client, server, "foo.blocked.test", extra)?));
+        blocked.push((
+            *what,
+            dig(&net.lab, "c", server, "foo.blocked.test", extra)?,
+        ));
     }
     thread::sleep(Duration::from_millis(200));
     let sockets = if tcp {
         // The blocked connection must be gone on both sides.
-        let c = net.client.exec("ss", &["-Htan"])?;
-        let r = net.resolver.exec("ss", &["-Htan"])?;
+        let c = net.lab.exec("c", "ss", &["-Htan"])?;
+        let r = net.lab.exec("r", "ss", &["-Htan"])?;
         (c, r)
     } else {
         Default::default()
     };
-    let allowed = dig(&net.client, server, "allowed.test", proto)?;
+    let allowed = dig(&net.lab, "c", server, "allowed.test", proto)?;
     thread::sleep(Duration::from_millis(100));
     let out = listener.finish()?;
-    let marked = marked_count(qns, v6)?;
-    let log = dnsmasq.log();
-    drop(dnsmasq);
+    let marked = marked_count(&net.lab, qns, v6)?;
+    let log = dnsmasq.stop(&mut net.lab)?;
 
     for (what, r) in &blocked {
         println!(
