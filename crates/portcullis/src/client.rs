@@ -59,14 +59,25 @@ pub fn run(args: &ClientArgs, request: Request) -> Result<ExitCode> {
         Request::Ban { .. } => {
             let b: BanView = serde_json::from_value(value).context("the daemon's answer")?;
             format!(
-                "banned {} for {} ({}), until {}; in the kernel ban set now\n",
+                "banned {} for {} ({}), until {}; {}\n",
                 b.addr,
                 human_secs(b.seconds_left),
                 b.reason,
-                b.until
+                b.until,
+                if b.enforced {
+                    "in the kernel ban set now"
+                } else {
+                    "NOT enforced: the daemon is passive (monitor without --enforce-bans, or dry run)"
+                }
             )
         }
-        Request::Unban { addr } => format!("unbanned {addr}; removed from the kernel ban set\n"),
+        Request::Unban { addr } => {
+            if value["enforced"] == serde_json::Value::Bool(false) {
+                format!("unbanned {addr} (the daemon is passive: it was never enforced)\n")
+            } else {
+                format!("unbanned {addr}; removed from the kernel ban set\n")
+            }
+        }
         Request::Explain { .. } => {
             let x: portcullis_engine::Explanation =
                 serde_json::from_value(value).context("the daemon's explanation")?;
@@ -151,8 +162,16 @@ fn status_text(s: &Status) -> String {
     }
     let _ = writeln!(
         t,
-        "scans:       {} detected; {} bans, {} unbans; {} active now",
-        p.scans, p.bans, p.unbans, s.bans_active
+        "scans:       {} detected; {} bans, {} unbans; {} active now{}",
+        p.scans,
+        p.bans,
+        p.unbans,
+        s.bans_active,
+        if s.bans_enforced {
+            ""
+        } else {
+            " (not enforced)"
+        }
     );
     let _ = writeln!(t, "never banned: {}", s.protected.join(", "));
     if let Some(d) = &s.detector {
@@ -230,6 +249,7 @@ mod tests {
             since: "2026-11-22T06:01:02.000000Z".into(),
             until: "2026-11-22T06:11:02.000000Z".into(),
             seconds_left: 500,
+            enforced: true,
         }]);
         assert!(t.contains("2001:2::5"), "{t}");
         assert!(t.contains("8m 20s"), "{t}");

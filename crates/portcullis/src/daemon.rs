@@ -98,6 +98,11 @@ pub struct RunArgs {
     /// it) is never blocked nor banned, so a bad rule cannot lock you out.
     #[arg(long)]
     pub no_protect_ssh: bool,
+    /// Never block nor ban this address either (repeat for more): your
+    /// management hosts. Like an `allow.ip` entry that no rules file can
+    /// take away.
+    #[arg(long = "protect", value_name = "ADDR")]
+    pub protect: Vec<IpAddr>,
 }
 
 /// How long the packet thread waits for packets before serving timers,
@@ -130,20 +135,53 @@ pub trait PacketPath {
     fn finish(&mut self);
 }
 
-/// Addresses never blocked nor banned on top of the rules file.
+/// Addresses never blocked nor banned on top of the rules file: `--protect`
+/// and the SSH client that started us.
 fn protected(args: &RunArgs) -> Vec<ipnet::IpNet> {
-    if args.no_protect_ssh {
-        return Vec::new();
-    }
-    match crate::lockout::ssh_client() {
-        Some(addr) => {
+    let mut nets: Vec<ipnet::IpNet> = args.protect.iter().map(|&a| a.into()).collect();
+    if !args.no_protect_ssh {
+        if let Some(addr) = crate::lockout::ssh_client() {
             eprintln!(
                 "portcullis: protecting the SSH client {addr}: never blocked nor banned (--no-protect-ssh to turn off)"
             );
-            vec![ipnet::IpNet::from(addr)]
+            nets.push(addr.into());
         }
-        None => Vec::new(),
     }
+    nets.sort();
+    nets.dedup();
+    nets
+}
+
+/// Where the lock that makes one daemon per network namespace lives.
+const LOCK_DIR: &str = "/run/portcullis";
+
+/// Holds the kernel-rules lock of this network namespace: one daemon with
+/// kernel rules per namespace, whatever `--socket` each was given (another
+/// one's install would delete our table as a crash's leftovers, and its
+/// teardown ours). Released when dropped (or when the process dies).
+fn lock_namespace() -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    let ns = std::fs::metadata("/proc/self/ns/net")
+        .context("reading this process's network namespace")?
+        .ino();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(LOCK_DIR)
+        .with_context(|| format!("creating {LOCK_DIR}"))?;
+    let path = format!("{LOCK_DIR}/netns-{ns}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {path}"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another portcullis daemon manages this network namespace's kernel rules (lock {path}: {e}); stop it first"
+        )
+    })
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
@@ -199,6 +237,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         (true, false) => None,
     };
     let opts = KernelOptions::default();
+    // Held until the kernel thread has torn our rules down.
+    let ns_lock = match rules {
+        Some(_) => Some(lock_namespace()?),
+        None => None,
+    };
     let (firewall, kernel_path) = match rules {
         Some(r) => {
             let fw = Firewall::install(&r.plan(&cfg)).context("installing kernel rules")?;
@@ -216,7 +259,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     // kernel thread does it when its channel closes.
     let (kernel_tx, kernel_rx) = crossbeam_channel::bounded::<KernelCmd>(65_536);
     let queue_hits = Arc::new(AtomicU64::new(UNKNOWN));
-    let kernel = kernel_thread::spawn(firewall, kernel_rx, state.clone(), Arc::clone(&queue_hits))?;
+    // Bans nothing enforces are not saved: a dry run's "bans" must not
+    // become real ones at the next inline start.
+    let kernel = kernel_thread::spawn(
+        firewall,
+        kernel_rx,
+        rules.is_some().then(|| state.clone()),
+        Arc::clone(&queue_hits),
+    )?;
     let ctl = Control {
         kernel: &kernel_tx,
         term: &term,
@@ -225,7 +275,6 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         latest: &latest,
         notify: &notify,
         usr1: &usr1,
-        bans_enforced: rules.is_some(),
         info: Info {
             started: Instant::now(),
             mode: match (args.mode, args.dry_run) {
@@ -240,6 +289,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             ),
             protect,
             home,
+            bans_enforced: rules.is_some(),
+            passive,
         },
     };
     let path: Result<Box<dyn PacketPath>> = if passive {
@@ -253,17 +304,27 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         InlinePath::open(&cfg, opts.skip_mark, Arc::clone(&queue_hits))
             .map(|p| Box::new(p) as Box<dyn PacketPath>)
     };
-    let result = path.and_then(|p| serve(args, cfg, &state, &ctl, p));
+    // A panic on the packet path must still reach the teardown below.
+    let result = path.and_then(|p| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serve(args, cfg, &state, &ctl, p)
+        }))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the packet thread panicked")))
+    });
     let _ = notify.stopping();
-    // No more requests: the engine is gone.
+    drop(kernel_tx);
+    let teardown = kernel.join().unwrap_or_else(|_| {
+        // The kernel thread died with our rules in place: remove them here.
+        Firewall::remove_leftovers()
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("the kernel thread panicked; {e}"))
+    });
+    drop(ns_lock);
+    // Only now: a client must never delay the teardown above.
     drop(control);
     if let Some(m) = metrics {
         m.shutdown();
     }
-    drop(kernel_tx);
-    let teardown = kernel
-        .join()
-        .map_err(|_| anyhow::anyhow!("the kernel thread panicked"))?;
     match (result, teardown) {
         (Ok(code), Ok(())) => {
             if rules.is_some() {
@@ -289,8 +350,6 @@ struct Control<'a> {
     requests: &'a Receiver<Pending>,
     /// The snapshot the metrics server serves.
     latest: &'a Mutex<Option<Status>>,
-    /// Bans go into the kernel (inline, or monitor with --enforce-bans).
-    bans_enforced: bool,
     /// systemd's notification socket (no-op without one).
     notify: &'a Notifier,
     /// SIGUSR1 seen: the event writer reopens its file.
@@ -308,6 +367,10 @@ struct Info {
     protect: Vec<ipnet::IpNet>,
     /// `home_net` when the file has none (passive mode).
     home: Vec<ipnet::IpNet>,
+    /// Bans go into the kernel.
+    bans_enforced: bool,
+    /// Monitor mode or dry run.
+    passive: bool,
 }
 
 fn serve(
@@ -324,7 +387,14 @@ fn serve(
     // verdicts (logged as would_block) and, with --enforce-bans, the kernel.
     engine.set_enforcing(args.mode == Mode::Inline && !args.dry_run);
     let start = now();
-    match state.load_bans() {
+    // Saved bans are real ones: restored only where bans are enforced.
+    match state.load_bans().map(|b| {
+        if ctl.info.bans_enforced {
+            b
+        } else {
+            Vec::new()
+        }
+    }) {
         Ok(bans) => {
             let mut restored = 0;
             for b in bans {
@@ -354,16 +424,19 @@ fn serve(
         for mut ev in events {
             match ev.event_type {
                 EventType::Ban => {
-                    if let Some(b) = engine_ban(engine, &ev) {
+                    if let Some(b) = engine_ban(engine, &ev).filter(|_| ctl.info.bans_enforced) {
                         let _ = kernel.try_send(KernelCmd::Ban(b, None));
                     }
                     if let Some(b) = ev.ban.as_mut() {
-                        b.enforced = ctl.bans_enforced;
+                        b.enforced = ctl.info.bans_enforced;
                     }
                 }
                 EventType::Unban => {
-                    if let Some(f) = &ev.flow {
+                    if let Some(f) = ev.flow.as_ref().filter(|_| ctl.info.bans_enforced) {
                         let _ = kernel.try_send(KernelCmd::Unban(f.src_ip, None));
+                    }
+                    if let Some(b) = ev.ban.as_mut() {
+                        b.enforced = ctl.info.bans_enforced;
                     }
                 }
                 _ => {}
@@ -380,16 +453,34 @@ fn serve(
     // rate systemd asks for.
     let watchdog = crate::notify::watchdog_interval().map(|d| d / 2);
     let mut last_watchdog = Instant::now();
+    let mut reloading: Option<PendingReload> = None;
     let _ = ctl
         .notify
         .ready_with_status(&format!("{}; {}", ctl.info.mode, ctl.info.kernel_path));
     while !ctl.term.load(Ordering::Relaxed) {
         if ctl.hup.swap(false, Ordering::Relaxed) {
-            let _ = ctl.notify.reloading();
-            let ev = reload(args, &mut engine, kernel, &ctl.info);
-            let _ = event_tx.try_send(ev);
-            // The old rules stay in force on failure: ready either way.
-            let _ = ctl.notify.ready();
+            if reloading.is_some() {
+                eprintln!("portcullis: a reload is already in progress; this SIGHUP is ignored");
+            } else {
+                let _ = ctl.notify.reloading();
+                reloading = Some(start_reload(args, kernel, &ctl.info));
+            }
+        }
+        if let Some(pending) = &reloading {
+            let outcome = match pending.try_recv() {
+                Ok(r) => Some(r),
+                Err(crossbeam_channel::TryRecvError::Empty) => None,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    Some(Err("the reload thread died".to_owned()))
+                }
+            };
+            if let Some(outcome) = outcome {
+                let ev = finish_reload(outcome, &mut engine);
+                let _ = event_tx.try_send(ev);
+                reloading = None;
+                // The old rules stay in force on failure: ready either way.
+                let _ = ctl.notify.ready();
+            }
         }
         if let Some(every) = watchdog {
             if last_watchdog.elapsed() >= every {
@@ -428,7 +519,7 @@ fn serve(
                     let s = status(&engine, &ctl.info, path.as_mut(), dropped_events);
                     Answer::Now(serde_json::to_value(s).map_err(|e| e.to_string()))
                 }
-                req => answer(&mut engine, req, kernel),
+                req => answer(&mut engine, req, kernel, ctl.info.bans_enforced),
             };
             p.answer(answer);
         }
@@ -470,6 +561,7 @@ fn status(engine: &Engine, info: &Info, path: &mut dyn PacketPath, events_droppe
         pid: std::process::id(),
         mode: info.mode.to_owned(),
         enforcing: engine.enforcing(),
+        bans_enforced: info.bans_enforced,
         uptime_seconds: info.started.elapsed().as_secs(),
         config: info.config.clone(),
         kernel_path: info.kernel_path.clone(),
@@ -494,29 +586,42 @@ pub struct BanView {
     pub since: String,
     pub until: String,
     pub seconds_left: u64,
+    /// In the kernel's ban set (false: passive mode without
+    /// `--enforce-bans`, or a dry run; the ban is only logged).
+    pub enforced: bool,
 }
 
 impl BanView {
-    fn new(b: &Ban, now: Timestamp) -> Self {
+    fn new(b: &Ban, now: Timestamp, enforced: bool) -> Self {
         Self {
             addr: b.addr,
             reason: b.reason.clone(),
             since: rfc3339(b.since),
             until: rfc3339(b.until),
             seconds_left: b.until.since(now).as_secs(),
+            enforced,
         }
     }
 }
 
 /// Answers a control request other than `status` (the packet thread owns
 /// the engine). Bans and unbans are answered once the kernel has them.
-fn answer(engine: &mut Engine, req: &Request, kernel: &Sender<KernelCmd>) -> Answer {
+fn answer(
+    engine: &mut Engine,
+    req: &Request,
+    kernel: &Sender<KernelCmd>,
+    enforced: bool,
+) -> Answer {
     let t = now();
     let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
     match *req {
         Request::Status => Answer::Now(Err("status is answered by the caller".into())),
         Request::Bans => {
-            let mut bans: Vec<BanView> = engine.bans().iter().map(|b| BanView::new(b, t)).collect();
+            let mut bans: Vec<BanView> = engine
+                .bans()
+                .iter()
+                .map(|b| BanView::new(b, t, enforced))
+                .collect();
             bans.sort_by_key(|b| (b.seconds_left, b.addr));
             Answer::Now(json(serde_json::to_value(bans)))
         }
@@ -554,7 +659,7 @@ fn answer(engine: &mut Engine, req: &Request, kernel: &Sender<KernelCmd>) -> Ans
             let Some(ban) = engine.bans().get(&addr).cloned() else {
                 return Answer::Now(Err(format!("{addr} cannot be banned")));
             };
-            let view = json(serde_json::to_value(BanView::new(&ban, t)));
+            let view = json(serde_json::to_value(BanView::new(&ban, t, enforced)));
             kernel_answer(kernel, |ack| KernelCmd::Ban(ban, Some(ack)), view)
         }
         Request::Explain { addr } => {
@@ -566,7 +671,9 @@ fn answer(engine: &mut Engine, req: &Request, kernel: &Sender<KernelCmd>) -> Ans
             if !engine.unban(addr, t) {
                 return Answer::Now(Err(format!("{addr} is not banned")));
             }
-            let v = json(Ok(serde_json::json!({ "addr": addr, "unbanned": true })));
+            let v = json(Ok(
+                serde_json::json!({ "addr": addr, "unbanned": true, "enforced": enforced }),
+            ));
             kernel_answer(kernel, |ack| KernelCmd::Unban(addr, Some(ack)), v)
         }
     }
@@ -597,11 +704,61 @@ fn engine_ban(engine: &Engine, ev: &Event) -> Option<Ban> {
     engine.bans().get(&addr).cloned()
 }
 
-/// SIGHUP: re-reads the config, updates the kernel sets (one transaction)
-/// and the engine. On any error the old rules stay in force. Either way a
-/// `reload` event says what happened.
-fn reload(args: &RunArgs, engine: &mut Engine, kernel: &Sender<KernelCmd>, info: &Info) -> Event {
-    let outcome = try_reload(args, engine, kernel, info);
+/// A reload in progress: the new config, compiled and in the kernel, or
+/// why not.
+type PendingReload = Receiver<std::result::Result<Arc<Config>, String>>;
+
+/// SIGHUP, first half, off the packet thread: re-reads the config (with the
+/// protected addresses and, passive, the host's addresses as they are now)
+/// and updates the kernel sets in one transaction. Compiling a big list and
+/// the nft call take a second or more: the packet thread keeps serving
+/// packets meanwhile and picks the result up with [`finish_reload`].
+fn start_reload(args: &RunArgs, kernel: &Sender<KernelCmd>, info: &Info) -> PendingReload {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let path = args.engine.config.clone();
+    let protect = info.protect.clone();
+    let home = if info.passive {
+        config::local_addresses()
+    } else {
+        info.home.clone()
+    };
+    let kernel = kernel.clone();
+    let work = move || -> std::result::Result<Arc<Config>, String> {
+        let cfg = config::load_for_daemon(path.as_deref(), &protect, &home)
+            .map_err(|e| format!("{e:#}"))?;
+        let (done, result) = crossbeam_channel::bounded(1);
+        kernel
+            .send(KernelCmd::Update(Arc::clone(&cfg), done))
+            .map_err(|_| "the kernel thread has stopped".to_owned())?;
+        result
+            .recv()
+            .map_err(|_| "the kernel thread has stopped".to_owned())?
+            .map_err(|e| format!("updating kernel rules: {e:#}"))?;
+        Ok(cfg)
+    };
+    let spawned = std::thread::Builder::new()
+        .name("portcullis-reload".into())
+        .spawn({
+            let tx = tx.clone();
+            move || {
+                let _ = tx.send(work());
+            }
+        });
+    if let Err(e) = spawned {
+        let _ = tx.send(Err(format!("starting the reload thread: {e}")));
+    }
+    rx
+}
+
+/// SIGHUP, second half, on the packet thread: the engine takes the new
+/// config (bans survive). A `reload` event says what happened; on an error
+/// before the kernel update the old rules stay in force.
+fn finish_reload(outcome: std::result::Result<Arc<Config>, String>, engine: &mut Engine) -> Event {
+    let outcome = outcome.and_then(|cfg| {
+        engine.reload(cfg).map_err(|e| {
+            format!("the kernel has the new lists, but the scan detector did not restart: {e}")
+        })
+    });
     let mut ev = Event::new(now(), EventType::Reload, None);
     ev.reload = Some(ReloadInfo {
         status: if outcome.is_ok() { "ok" } else { "error" },
@@ -609,29 +766,9 @@ fn reload(args: &RunArgs, engine: &mut Engine, kernel: &Sender<KernelCmd>, info:
     });
     match outcome {
         Ok(()) => eprintln!("portcullis: configuration reloaded"),
-        Err(e) => eprintln!("portcullis: reload failed, the old rules stay in force: {e}"),
+        Err(e) => eprintln!("portcullis: reload failed: {e}"),
     }
     ev
-}
-
-fn try_reload(
-    args: &RunArgs,
-    engine: &mut Engine,
-    kernel: &Sender<KernelCmd>,
-    info: &Info,
-) -> std::result::Result<(), String> {
-    let cfg = config::load_for_daemon(args.engine.config.as_deref(), &info.protect, &info.home)
-        .map_err(|e| format!("{e:#}"))?;
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    kernel
-        .send(KernelCmd::Update(Arc::clone(&cfg), tx))
-        .map_err(|_| "the kernel thread has stopped".to_owned())?;
-    rx.recv()
-        .map_err(|_| "the kernel thread has stopped".to_owned())?
-        .map_err(|e| format!("updating kernel rules: {e:#}"))?;
-    engine
-        .reload(cfg)
-        .map_err(|e| format!("restarting the detector: {e}"))
 }
 
 /// The event writer. `reopen` (SIGUSR1, logrotate) makes it reopen the

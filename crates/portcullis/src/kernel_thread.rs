@@ -60,10 +60,12 @@ impl Rules {
 /// Starts the thread. It tears `fw` down when the channel closes and
 /// returns how that went. `queue_hits` receives the queue rule's packet
 /// counter every second (left at [`UNKNOWN`] where it is not counted).
+/// `state`: where bans are saved after each batch; none when nothing
+/// enforces them.
 pub fn spawn(
     fw: Option<(Firewall, Rules)>,
     rx: Receiver<KernelCmd>,
-    state: StateDir,
+    state: Option<StateDir>,
     queue_hits: Arc<AtomicU64>,
 ) -> Result<JoinHandle<Result<()>>> {
     std::thread::Builder::new()
@@ -158,7 +160,7 @@ pub fn spawn(
                 for ack in acks {
                     let _ = ack.send(outcome.clone());
                 }
-                if let Err(e) = state.save_bans(bans.values()) {
+                if let Some(Err(e)) = state.as_ref().map(|s| s.save_bans(bans.values())) {
                     eprintln!("portcullis: warning: {e:#}");
                 }
             }

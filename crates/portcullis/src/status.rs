@@ -22,6 +22,10 @@ pub struct Status {
     /// False under `--dry-run` and in monitor mode: drops are only logged
     /// (`would_block`).
     pub enforcing: bool,
+    /// Bans go into the kernel's ban set (inline, or monitor with
+    /// `--enforce-bans`).
+    #[serde(default)]
+    pub bans_enforced: bool,
     /// Seconds since the daemon started (gauge).
     pub uptime_seconds: u64,
     /// The rules file, or `embedded default policy`.

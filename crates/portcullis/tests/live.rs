@@ -91,6 +91,10 @@ fn main() {
             dry_run,
         ),
         live("metrics_are_scraped_over_http", metrics_scrape),
+        live(
+            "a_second_daemon_in_the_namespace_is_refused",
+            one_daemon_per_namespace,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -189,6 +193,11 @@ impl Net {
             "--socket",
             s(&sock),
         ]);
+        // The developer's own SSH session must not change what is tested
+        // (its address would be protected); the SSH test sets `env`.
+        if self.env.is_empty() {
+            args.push("--no-protect-ssh");
+        }
         args.extend(self.extra.iter().map(String::as_str));
         let pid = self.lab.spawn("fw", "env", &args, &log)?;
         self.daemon = Some(pid);
@@ -976,7 +985,7 @@ fn dry_run() -> Result<(), Failed> {
         .map(String::from)
         .to_vec();
     net.start(&format!(
-        r#"{{"block": {{"ip": ["{B}"], "port": [9]}}, "events": {{"dns_queries": false}}}}"#
+        r#"{{"block": {{"ip": ["{A}", "{B}"], "port": [9]}}, "events": {{"dns_queries": false}}}}"#
     ))?;
     net.assert_clean()?;
     assert!(net.ping("b", FW_B), "dry run dropped a ping");
@@ -984,9 +993,14 @@ fn dry_run() -> Result<(), Failed> {
         e["event_type"] == "drop" && e["src_ip"] == B
     })?;
     assert_eq!(drop["drop"]["action"], "would_block", "{drop}");
-    // TCP is outside the capture filter: the blocked port is not seen.
+    // TCP is outside the capture filter: a blocked connection is not seen.
+    // The ping after it is, and events come in packet order: once its
+    // event is there, a TCP event would be too.
     net.connect("a", FW_A, "9");
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(net.ping("a", FW_A), "dry run dropped a ping");
+    net.event("the ping after the TCP attempt", |e| {
+        e["event_type"] == "drop" && e["src_ip"] == A && e["proto"] == "ICMP"
+    })?;
     let tcp: Vec<Value> = net
         .events()
         .into_iter()
@@ -997,6 +1011,56 @@ fn dry_run() -> Result<(), Failed> {
     let st = json(&out);
     assert_eq!(st["mode"], "monitor (dry run)", "{out}");
     assert_eq!(st["capture"][0]["interface"], "any", "{out}");
+    assert_eq!(st["bans_enforced"], false, "{out}");
+    // A ban by hand is logged, not enforced, and not saved for later.
+    let (code, out) = net.ctl(&["ban", A, "--for", "1h"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("NOT enforced"), "{out}");
+    assert!(net.ping("a", FW_A), "a dry run enforced a ban");
+    net.stop()?;
+    net.assert_clean()?;
+    let saved = std::fs::read_to_string(net.path("state/bans.json")).unwrap_or_default();
+    assert!(!saved.contains(A), "a dry run's ban was saved: {saved}");
+    Ok(())
+}
+
+fn one_daemon_per_namespace() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start(r#"{"scan": {"enabled": false}}"#)?;
+    let (code, out) = net.ctl(&["ban", A, "--for", "1h"]);
+    assert_eq!(code, 0, "{out}");
+    // A second daemon with its own socket and state: refused before it
+    // touches the first one's rules.
+    let log = net.path("second.log");
+    let pid = net.lab.spawn(
+        "fw",
+        env!("CARGO_BIN_EXE_portcullis"),
+        &[
+            "run",
+            "--no-protect-ssh",
+            "--state-dir",
+            s(&net.path("state2")),
+            "--socket",
+            s(&net.path("second.sock")),
+        ],
+        &log,
+    )?;
+    let code = net.lab.wait(pid, Duration::from_secs(15))?;
+    let text = std::fs::read_to_string(&log)?;
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("another portcullis daemon manages this network namespace"),
+        "{text}"
+    );
+    let table = net.fw("nft", &["list", "table", "inet", "portcullis"]);
+    assert!(
+        table.contains(A),
+        "the first daemon's ban is gone:\n{table}"
+    );
+    assert!(
+        !net.ping("a", FW_A),
+        "the first daemon's ban no longer applies"
+    );
     net.stop()?;
     net.assert_clean()
 }

@@ -408,6 +408,14 @@ fn daemon_notify() -> Result<(), Failed> {
     if !first.lines().any(|l| l == "READY=1") {
         return Err(format!("first message {first:?} is not READY=1").into());
     }
+    // Read at once: the daemon writes these lines (unbuffered stderr)
+    // before it may say READY; a later read of the kernel could not tell.
+    let at_ready = log();
+    for line in ["kernel rules installed", "running on NFQUEUE"] {
+        if !at_ready.contains(line) {
+            return Err(format!("READY=1 before {line:?}:\n{at_ready}").into());
+        }
+    }
     let tables = lab.exec("fw", "nft", &["list", "tables"])?;
     if !tables.contains("inet portcullis") {
         return Err(format!("READY=1 before our table exists: {tables}").into());

@@ -15,6 +15,7 @@ fn known() -> Status {
         pid: 4242,
         mode: "inline".into(),
         enforcing: true,
+        bans_enforced: true,
         uptime_seconds: 3600,
         config: "/etc/portcullis/rules.json".into(),
         kernel_path: "nft queue".into(),
