@@ -200,6 +200,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         Vec::new()
     };
     let cfg = config::load_for_daemon(args.engine.config.as_deref(), &protect, &home)?;
+    if passive && cfg.home_net.is_empty() {
+        eprintln!(
+            "portcullis: warning: no home_net and no address on this host yet: every captured packet counts as inbound (set home_net, or SIGHUP once the network is up)"
+        );
+    }
     let state = StateDir::open(&args.state_dir)?;
     // Before any kernel change: a second daemon must not clean up the
     // first one's rules as if they were a crash's leftovers.
