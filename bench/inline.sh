@@ -158,10 +158,6 @@ else
         WITH=0
     fi
 fi
-PC_SOCKET=()
-if [[ $WITH == 1 ]] && "$PORTCULLIS" run --help 2>&1 | grep -q -- '--socket'; then
-    PC_SOCKET=(--socket "/tmp/pcbench-$$.sock")
-fi
 PC_QUIET=()
 if [[ $WITH == 1 ]] && "$PORTCULLIS" run --help 2>&1 | grep -q -- '--quiet'; then
     PC_QUIET=(--quiet)
@@ -176,6 +172,10 @@ if [[ $TESTS == *" conn "* ]] && ((RUNS * (CONN_COUNT + 1000) > ct_max * 8 / 10)
 fi
 
 WORK=$(mktemp -d /tmp/pcbench.XXXXXX)
+PC_SOCKET=()
+if [[ $WITH == 1 ]] && "$PORTCULLIS" run --help 2>&1 | grep -q -- '--socket'; then
+    PC_SOCKET=(--socket "$WORK/portcullis.sock")
+fi
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- lab

@@ -17,13 +17,19 @@
 //! capture interfaces, the detector families only with detection on.
 //!
 //! # Server
-//! One connection at a time, on one thread: a scrape every 15 s needs no
-//! more, and one thread bounds what a client can hold. Each connection gets
-//! at most [`READ_TIMEOUT`] for its whole request head (a deadline, not a
-//! per-read timeout, so trickling bytes does not extend it) and at most
-//! [`MAX_REQUEST_HEAD`] bytes; a client that sends nothing delays the next
-//! scrape by about [`READ_TIMEOUT`], never longer. The address should be a
-//! management network or loopback: the endpoint has no authentication.
+//! One thread accepts; each connection is served on a short-lived thread of
+//! its own, at most [`MAX_CONNECTIONS`] at once: one more is answered `503`
+//! at once without reading its request (on a thread of a second pool of
+//! [`MAX_CONNECTIONS`], held for at most a few hundred milliseconds; beyond
+//! that a connection is closed unanswered), so idle clients cannot pile up
+//! threads, and a few of them do not delay a scrape. Each connection gets at most
+//! [`READ_TIMEOUT`] for its whole request head (a deadline, not a per-read
+//! timeout, so trickling bytes does not extend it) and at most
+//! [`MAX_REQUEST_HEAD`] bytes, so a connection holds its slot for about
+//! [`READ_TIMEOUT`] plus the answer, never longer. The address should be a
+//! management network or loopback: the endpoint has no authentication, and
+//! whoever can reach it can keep it at `503` by holding
+//! [`MAX_CONNECTIONS`] connections open.
 //!
 //! Guarantees: [`render`] never panics and does no I/O; the server never
 //! panics on anything a client sends, and a `None` snapshot (daemon busy or
@@ -32,7 +38,7 @@
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -51,6 +57,12 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long one write of the response may block.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections served at once; more are answered `503` and closed.
+pub const MAX_CONNECTIONS: usize = 8;
+
+/// How long writing the `503` for a connection over the limit may block.
+const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// After answering, how long (and how many bytes) to read what the client
 /// still sends, so that closing with unread data does not reset the
@@ -394,10 +406,10 @@ pub fn render(s: &Status) -> String {
 
 /// The metrics HTTP server, running on its own thread.
 ///
-/// Dropping it asks the thread to stop without waiting for it;
-/// [`MetricsServer::shutdown`] waits. Either way the listening socket is
-/// closed once the connection being served (if any) is done, within about
-/// [`READ_TIMEOUT`] plus [`LINGER`].
+/// Dropping it asks the accepting thread to stop without waiting for it;
+/// [`MetricsServer::shutdown`] waits for it. Either way the listening
+/// socket is closed at once; connections being served finish on their own
+/// threads, within about [`READ_TIMEOUT`] plus [`LINGER`].
 #[derive(Debug)]
 pub struct MetricsServer {
     addr: SocketAddr,
@@ -407,19 +419,20 @@ pub struct MetricsServer {
 
 /// Binds `addr` (port 0 picks a free port) and serves scrapes on a new
 /// thread. `snapshot` is called once per `GET /metrics`; `None` is answered
-/// `503 Service Unavailable`. Connections are served one at a time, so
-/// `snapshot` should give up after a second or so rather than block (and
-/// it must not panic: that ends the server thread).
+/// `503 Service Unavailable`. It may be called from several connection
+/// threads at once; it should give up after a second or so rather than
+/// block, since a connection holds one of [`MAX_CONNECTIONS`] slots
+/// meanwhile (a panic ends only that connection).
 pub fn serve<F>(addr: SocketAddr, snapshot: F) -> io::Result<MetricsServer>
 where
-    F: Fn() -> Option<Status> + Send + 'static,
+    F: Fn() -> Option<Status> + Send + Sync + 'static,
 {
     let listener = TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let thread = thread::Builder::new().name("metrics".into()).spawn({
         let stop = Arc::clone(&stop);
-        move || accept_loop(&listener, &stop, &snapshot)
+        move || accept_loop(&listener, &stop, Arc::new(snapshot))
     })?;
     Ok(MetricsServer {
         addr,
@@ -468,7 +481,34 @@ impl Drop for MetricsServer {
     }
 }
 
-fn accept_loop(listener: &TcpListener, stop: &AtomicBool, snapshot: &dyn Fn() -> Option<Status>) {
+/// Holds one of the [`MAX_CONNECTIONS`] slots; gives it back when dropped
+/// (also when the connection thread panics).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Option<Self> {
+        active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_CONNECTIONS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(active)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop<F>(listener: &TcpListener, stop: &AtomicBool, snapshot: Arc<F>)
+where
+    F: Fn() -> Option<Status> + Send + Sync + 'static,
+{
+    // Connections being served, and being answered 503.
+    let active = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
@@ -476,12 +516,47 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, snapshot: &dyn Fn() ->
         match conn {
             // A failed connection is the client's problem, not ours.
             Ok(stream) => {
-                let _ = handle(stream, snapshot);
+                // A failed spawn drops the connection (and the slot); so
+                // does a full second pool.
+                if let Some(slot) = Slot::take(&active) {
+                    let snapshot = Arc::clone(&snapshot);
+                    let _ = thread::Builder::new()
+                        .name("metrics-conn".into())
+                        .spawn(move || {
+                            let _slot = slot;
+                            let _ = handle(stream, &*snapshot);
+                        });
+                } else if let Some(slot) = Slot::take(&refusing) {
+                    let _ = thread::Builder::new()
+                        .name("metrics-busy".into())
+                        .spawn(move || {
+                            let _slot = slot;
+                            busy(stream);
+                        });
+                }
             }
             // Out of file descriptors and the like: back off instead of
             // spinning on the same error.
             Err(_) => thread::sleep(Duration::from_millis(100)),
         }
+    }
+}
+
+/// Answers a connection over [`MAX_CONNECTIONS`] `503` without reading
+/// its request (but reading what it sends for [`LINGER`], so that closing
+/// does not reset the connection before the client read the answer).
+fn busy(mut stream: TcpStream) {
+    let mut r = Response::text(
+        503,
+        "Service Unavailable",
+        "too many connections; try again",
+    );
+    r.extra_headers = "Retry-After: 1\r\n";
+    if stream.set_write_timeout(Some(BUSY_WRITE_TIMEOUT)).is_ok()
+        && stream.write_all(&r.bytes()).is_ok()
+        && stream.shutdown(Shutdown::Write).is_ok()
+    {
+        linger(&mut stream);
     }
 }
 

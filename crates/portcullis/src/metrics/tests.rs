@@ -564,3 +564,56 @@ fn a_wildcard_address_is_woken_through_loopback() {
     server.shutdown();
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+/// Opens `n` connections that send nothing, and waits until the server has
+/// taken them (each is its own thread now, so only time tells).
+fn idle_clients(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let idle = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    thread::sleep(Duration::from_millis(200));
+    idle
+}
+
+#[test]
+fn idle_clients_do_not_delay_a_scrape() {
+    let server = start(Some(known()));
+    let addr = server.local_addr();
+    let _idle = idle_clients(addr, 4);
+    let t = Instant::now();
+    let r = get(addr, "/metrics");
+    let waited = t.elapsed();
+    assert_eq!(r.status_line, "HTTP/1.1 200 OK");
+    assert!(
+        waited < Duration::from_secs(1),
+        "the scrape waited {waited:?}"
+    );
+    server.shutdown();
+}
+
+#[test]
+fn connections_over_the_limit_are_answered_busy_at_once() {
+    let server = start(Some(known()));
+    let addr = server.local_addr();
+    let idle = idle_clients(addr, MAX_CONNECTIONS);
+    let t = Instant::now();
+    let r = get(addr, "/metrics");
+    let waited = t.elapsed();
+    assert_eq!(r.status_line, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    assert!(r.body.contains("too many connections"), "{}", r.body);
+    assert!(
+        waited < Duration::from_secs(1),
+        "the refusal took {waited:?}"
+    );
+    // Slots come back as connections end.
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = get(addr, "/metrics");
+        if r.status_line == "HTTP/1.1 200 OK" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {}", r.status_line);
+        thread::sleep(Duration::from_millis(50));
+    }
+    server.shutdown();
+}
