@@ -101,7 +101,8 @@ pub struct RunArgs {
     /// Never block nor ban this address either (repeat for more): your
     /// management hosts. Like an `allow.ip` entry that no rules file can
     /// take away.
-    #[arg(long = "protect", value_name = "ADDR")]
+    /// Also takes an SSH_CONNECTION value: `--protect "$SSH_CONNECTION"`.
+    #[arg(long = "protect", value_name = "ADDR", value_parser = crate::lockout::parse_protect)]
     pub protect: Vec<IpAddr>,
 }
 
@@ -140,9 +141,9 @@ pub trait PacketPath {
 fn protected(args: &RunArgs) -> Vec<ipnet::IpNet> {
     let mut nets: Vec<ipnet::IpNet> = args.protect.iter().map(|&a| a.into()).collect();
     if !args.no_protect_ssh {
-        if let Some(addr) = crate::lockout::ssh_client() {
+        if let Some((addr, sshd)) = crate::lockout::ssh_client_with_source() {
             eprintln!(
-                "portcullis: protecting the SSH client {addr}: never blocked nor banned (--no-protect-ssh to turn off)"
+                "portcullis: protecting the SSH client {addr} (session of sshd pid {sshd}): never blocked nor banned (--no-protect-ssh to turn off)"
             );
             nets.push(addr.into());
         }

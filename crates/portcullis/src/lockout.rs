@@ -33,12 +33,6 @@ const MAX_DEPTH: usize = 32;
 /// `sshd-session` for a session since OpenSSH 9.8.
 const SSHD: [&str; 2] = ["sshd", "sshd-session"];
 
-/// The SSH client's address, if this process was started from an SSH
-/// session.
-pub fn ssh_client() -> Option<IpAddr> {
-    ssh_client_with_source().map(|(addr, _)| addr)
-}
-
 /// The SSH client's address and the pid of the root `sshd` process whose
 /// connection it was read from (for the log), if this process was started
 /// from an SSH session.
@@ -50,8 +44,6 @@ pub fn ssh_client_with_source() -> Option<(IpAddr, u32)> {
 /// or an `SSH_CONNECTION` / `SSH_CLIENT` value (its first field), so that
 /// `sudo portcullis run --protect "$SSH_CONNECTION"` works from the
 /// operator's shell, which expands the variable before sudo drops it.
-// Until daemon.rs takes `--protect`.
-#[allow(dead_code)]
 pub fn parse_protect(value: &str) -> Result<IpAddr, String> {
     client_addr(value).ok_or_else(|| {
         format!("{value:?} is not an IP address (nor an SSH_CONNECTION value starting with one)")
@@ -61,6 +53,10 @@ pub fn parse_protect(value: &str) -> Result<IpAddr, String> {
 /// [`ssh_client_with_source`] for process `pid` under the proc file
 /// system mounted at `proc`.
 fn ssh_client_in(proc: &Path, pid: u32) -> Option<(IpAddr, u32)> {
+    // The topmost process below the sshd processes seen so far: once the
+    // root sshd is found, the session program sshd exec'd (the login
+    // shell), with the environment sshd gave it.
+    let mut session: Option<u32> = None;
     let mut pid = pid;
     for _ in 0..MAX_DEPTH {
         pid = parent_of(proc, pid)?;
@@ -68,12 +64,41 @@ fn ssh_client_in(proc: &Path, pid: u32) -> Option<(IpAddr, u32)> {
             return None;
         }
         if is_root_sshd(proc, pid) {
-            // Our session's sshd: its connection, or nothing. Further up is
-            // the listener, whose sockets are other sessions' or none.
-            return tcp_peer(proc, pid).map(|addr| (addr, pid));
+            // Our session's sshd: its connection. Further up is the
+            // listener, whose sockets are other sessions' or none. If this
+            // OpenSSH's monitor does not hold the socket, the session
+            // program's environment is the next best witness: only that
+            // session's own user can rewrite it (`--no-protect-ssh` if
+            // that matters).
+            return tcp_peer(proc, pid)
+                .or_else(|| session.and_then(|s| environ_addr(proc, s)))
+                .map(|addr| (addr, pid));
+        }
+        if !comm_of(proc, pid).is_some_and(|c| SSHD.contains(&c.as_str())) {
+            session = Some(pid);
         }
     }
     None
+}
+
+/// The command name of `pid` (`/proc/PID/stat`, between the parentheses).
+fn comm_of(proc: &Path, pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(proc.join(pid.to_string()).join("stat")).ok()?;
+    let (a, b) = (stat.find('(')?, stat.rfind(')')?);
+    (a < b).then(|| stat[a + 1..b].to_owned())
+}
+
+/// The client address in `SSH_CONNECTION` (or `SSH_CLIENT`) of `pid`'s
+/// environment as it was exec'd.
+fn environ_addr(proc: &Path, pid: u32) -> Option<IpAddr> {
+    let env = std::fs::read(proc.join(pid.to_string()).join("environ")).ok()?;
+    let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+    ["SSH_CONNECTION=", "SSH_CLIENT="].iter().find_map(|key| {
+        vars.iter()
+            .find_map(|v| v.strip_prefix(key.as_bytes()))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(client_addr)
+    })
 }
 
 /// Whether `pid` is an SSH server process running as root.
@@ -364,12 +389,26 @@ mod tests {
                 Some((want.parse().unwrap(), 200))
             );
         }
-        // The monitor holds no connection: nothing (not the listener's).
+        // The monitor holds no established connection: never the
+        // listener's; the login shell's environment (sshd set it) instead.
         let dir = tempfile::tempdir().unwrap();
         fake_proc(
             dir.path(),
             &ssh_session(),
-            &[(1111, "0.0.0.0", "0A"), (5555, "198.18.0.7", "06")],
+            &[(1111, "0.0.0.0", "0A"), (5555, "198.18.0.9", "06")],
+        );
+        assert_eq!(
+            ssh_client_in(dir.path(), 600),
+            Some(("198.18.0.7".parse().unwrap(), 200))
+        );
+        // Neither: nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let mut procs = ssh_session();
+        procs[3].env = "PATH=/bin";
+        fake_proc(
+            dir.path(),
+            &procs,
+            &[(1111, "0.0.0.0", "0A"), (5555, "198.18.0.9", "06")],
         );
         assert_eq!(ssh_client_in(dir.path(), 600), None);
     }

@@ -75,7 +75,7 @@ fn main() {
             control_socket_root_only,
         ),
         live(
-            "the_ssh_client_that_started_it_is_never_blocked",
+            "protected_addresses_are_never_blocked_and_an_ssh_env_alone_is_not_trusted",
             ssh_client_protected,
         ),
         live(
@@ -841,17 +841,19 @@ fn control_socket_root_only() -> Result<(), Failed> {
 
 fn ssh_client_protected() -> Result<(), Failed> {
     let mut net = Net::new()?;
-    // As if an operator on A had started it over SSH, with rules that
-    // block A's whole network.
+    // An operator on A passes their SSH_CONNECTION (sudo drops it from
+    // the environment; the daemon finds a real session through its root
+    // sshd ancestor, which these tests do not have), with rules that block
+    // A's whole network. The environment alone must protect nothing.
     net.env = vec![format!("SSH_CONNECTION={A} 50022 {FW_A} 22")];
+    net.extra = vec!["--protect".into(), format!("{A} 50022 {FW_A} 22")];
     net.start(r#"{"block": {"ip": ["198.18.1.0/24", "198.18.2.0/24"]}}"#)?;
     assert!(
-        net.log()
-            .contains(&format!("protecting the SSH client {A}")),
-        "{}",
+        !net.log().contains("protecting the SSH client"),
+        "an environment variable was trusted:\n{}",
         net.log()
     );
-    assert!(net.ping("a", FW_A), "the SSH client is locked out");
+    assert!(net.ping("a", FW_A), "the protected operator is locked out");
     assert!(!net.ping("b", FW_B), "block.ip does not apply");
     let (code, out) = net.ctl(&["ban", A]);
     assert_eq!(code, 1, "{out}");
@@ -859,42 +861,15 @@ fn ssh_client_protected() -> Result<(), Failed> {
         out.contains(&format!("never banned: protected[0] {A}")),
         "{out}"
     );
-    let (_, out) = net.ctl(&["status", "--json"]);
-    let st = json(&out);
-    let protected = st["protected"].to_string();
-    assert!(protected.contains(&format!("{A} (SSH client)")), "{out}");
+    let (_, out) = net.ctl(&["explain", A]);
+    assert!(out.contains(&format!("protected[0] {A}")), "{out}");
     net.stop()?;
     net.assert_clean()?;
 
-    // --no-protect-ssh: the rules apply to it like to anyone.
-    let bin = env!("CARGO_BIN_EXE_portcullis");
-    let log = net.path("daemon2.log");
-    let pid = net.lab.spawn(
-        "fw",
-        "env",
-        &[
-            &net.env[0],
-            bin,
-            "run",
-            "--config",
-            s(&net.path("rules.json")),
-            "--state-dir",
-            s(&net.path("state")),
-            "--socket",
-            s(&net.socket()),
-            "--no-protect-ssh",
-        ],
-        &log,
-    )?;
-    net.daemon = Some(pid);
-    wait_for(Duration::from_secs(15), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("running on NFQUEUE")
-            .then_some(())
-    })
-    .ok_or("portcullis --no-protect-ssh did not start")?;
-    assert!(!net.ping("a", FW_A), "--no-protect-ssh still protects");
+    // Without --protect the rules apply to it like to anyone.
+    net.extra.clear();
+    net.start_again()?;
+    assert!(!net.ping("a", FW_A), "still protected without --protect");
     net.stop()?;
     net.assert_clean()
 }
