@@ -13,7 +13,10 @@
 //! - the **event writer**: JSON Lines and console, behind a bounded channel;
 //! - the **control** thread ([`crate::control`]): the Unix socket of
 //!   `portcullis status|bans|ban|unban|explain`;
-//! - the **metrics** thread ([`crate::metrics`], with `--metrics`).
+//! - the **metrics** threads ([`crate::metrics`], with `--metrics`);
+//! - a **reload** thread per SIGHUP: compiles the new file and updates the
+//!   kernel sets while the packet thread keeps serving; the engine takes
+//!   the new config when both are done.
 //!
 //! **Invariant: the packet thread never blocks on anything but its packet
 //! source** (with a 100 ms timeout, so signals, timers and control requests
