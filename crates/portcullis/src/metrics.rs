@@ -209,8 +209,14 @@ pub fn render(s: &Status) -> String {
     e.family(
         "portcullis_enforcing",
         Kind::Gauge,
-        "1 if drop verdicts and bans are enforced, 0 under --dry-run or in monitor mode (drops only logged).",
+        "1 if drop verdicts are enforced, 0 under --dry-run or in monitor mode (drops only logged).",
         [plain(u64::from(s.enforcing))],
+    );
+    e.family(
+        "portcullis_bans_enforced",
+        Kind::Gauge,
+        "1 if bans go into the kernel's ban set (inline, or monitor with --enforce-bans), 0 if they are only logged.",
+        [plain(u64::from(s.bans_enforced))],
     );
     e.family(
         "portcullis_uptime_seconds",
