@@ -270,12 +270,21 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let queue_hits = Arc::new(AtomicU64::new(UNKNOWN));
     // Bans nothing enforces are not saved: a dry run's "bans" must not
     // become real ones at the next inline start.
-    let kernel = kernel_thread::spawn(
+    let kernel = match kernel_thread::spawn(
         firewall,
         kernel_rx,
         rules.is_some().then(|| state.clone()),
         Arc::clone(&queue_hits),
-    )?;
+    ) {
+        Ok(k) => k,
+        Err(e) => {
+            // The firewall went down with the thread that never started.
+            if rules.is_some() {
+                let _ = Firewall::remove_leftovers();
+            }
+            return Err(e);
+        }
+    };
     let ctl = Control {
         kernel: &kernel_tx,
         term: &term,
