@@ -32,6 +32,14 @@ static TIMESTAMPED: AtomicU64 = AtomicU64::new(0);
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
+    // SO_TIMESTAMP (which a queue sets) switches kernel timestamping on
+    // host-wide, but the kernel does it from a work queue a moment later:
+    // packets sent right after the first queue opens can carry none. Switch
+    // it on here, before any test counts timestamps, and keep it on. A
+    // local socket that never sends anything.
+    let _stamps = std::net::UdpSocket::bind("127.0.0.1:0").inspect(|s| {
+        let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::ReceiveTimestamp, &true);
+    });
     let tests = vec![
         live("accept_drop_mark_ipv4", || accept_drop_mark(false)),
         live("accept_drop_mark_ipv6", || accept_drop_mark(true)),
