@@ -950,6 +950,22 @@ fn monitor_enforce_bans() -> Result<(), Failed> {
     });
     assert!(banned.is_some(), "the ban is not in the kernel");
     assert!(net.ping("b", FW_B), "another host is cut off");
+    // A reload keeps the table bans-only and the ban in force.
+    std::fs::write(
+        net.path("rules.json"),
+        r#"{"block": {"port": [23]}, "events": {"dns_queries": false}}"#,
+    )?;
+    let pid = net.daemon.ok_or("not running")?;
+    net.lab.signal(pid, "HUP")?;
+    let reload = net.event("reload", |e| e["event_type"] == "reload")?;
+    assert_eq!(reload["reload"]["status"], "ok", "{reload}");
+    let table = net.fw("nft", &["list", "table", "inet", "portcullis"]);
+    assert!(
+        !table.contains("goto to_user"),
+        "queued after reload:\n{table}"
+    );
+    assert!(table.contains(A), "the ban is gone after reload:\n{table}");
+    assert!(!net.ping("a", FW_A), "the ban is not enforced after reload");
     net.stop()?;
     net.assert_clean()
 }
