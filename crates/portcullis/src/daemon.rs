@@ -129,6 +129,9 @@ pub fn now() -> Timestamp {
 /// Where packets come from and go: the part of the daemon that differs
 /// between inline and monitor mode.
 pub trait PacketPath {
+    /// The line the daemon prints once it serves (after saved bans are back
+    /// in the kernel): `running on NFQUEUE 0 (fail-open)`, `monitoring ...`.
+    fn ready_line(&self) -> String;
     /// Processes what arrives within `wait` (deciding it, inline).
     fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<()>;
     /// Packets lost since the last call, as events (called every second).
@@ -415,16 +418,31 @@ fn serve(
     }) {
         Ok(bans) => {
             let mut restored = 0;
+            let mut acks = Vec::new();
             for b in bans {
                 if engine.restore_ban(b.clone(), start) {
                     restored += 1;
-                    let _ = kernel.try_send(KernelCmd::Ban(b, None));
+                    let (ack, done) = crossbeam_channel::bounded(1);
+                    if kernel.try_send(KernelCmd::Ban(b, Some(ack))).is_ok() {
+                        acks.push(done);
+                    }
                 }
             }
+            // Saved bans are in the kernel before we say we serve.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let failed = acks
+                .iter()
+                .filter(|a| !matches!(a.recv_deadline(deadline), Ok(Ok(()))))
+                .count();
             if restored > 0 {
                 eprintln!(
-                    "portcullis: restored {restored} bans from {}",
-                    state.bans_path().display()
+                    "portcullis: restored {restored} bans from {}{}",
+                    state.bans_path().display(),
+                    if failed > 0 {
+                        format!(" ({failed} not confirmed by the kernel in time)")
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
@@ -472,6 +490,7 @@ fn serve(
     let watchdog = crate::notify::watchdog_interval().map(|d| d / 2);
     let mut last_watchdog = Instant::now();
     let mut reloading: Option<PendingReload> = None;
+    eprintln!("portcullis: {}", path.ready_line());
     let _ = ctl
         .notify
         .ready_with_status(&format!("{}; {}", ctl.info.mode, ctl.info.kernel_path));

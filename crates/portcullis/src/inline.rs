@@ -41,15 +41,6 @@ impl InlinePath {
         responder
             .set_mark(skip_mark)
             .context("marking DNS answers")?;
-        eprintln!(
-            "portcullis: running on NFQUEUE {} ({})",
-            qcfg.num,
-            if qcfg.fail_open {
-                "fail-open"
-            } else {
-                "fail-closed"
-            }
-        );
         Ok(Self {
             queue,
             qcfg,
@@ -62,6 +53,18 @@ impl InlinePath {
 }
 
 impl PacketPath for InlinePath {
+    fn ready_line(&self) -> String {
+        format!(
+            "running on NFQUEUE {} ({})",
+            self.qcfg.num,
+            if self.qcfg.fail_open {
+                "fail-open"
+            } else {
+                "fail-closed"
+            }
+        )
+    }
+
     fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<()> {
         let n = self
             .queue

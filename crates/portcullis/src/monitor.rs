@@ -19,6 +19,8 @@ pub struct MonitorPath {
     capture: LiveCapture,
     /// Per interface: (dropped, if_dropped) reported so far.
     reported: HashMap<String, (u64, u64)>,
+    /// What the daemon says once it serves.
+    ready: String,
 }
 
 impl MonitorPath {
@@ -29,19 +31,23 @@ impl MonitorPath {
             ..LiveOptions::default()
         };
         let capture = LiveCapture::open(&opts).context("opening the capture")?;
-        eprintln!(
-            "portcullis: monitoring {} (passive: nothing is dropped inline){}",
-            interfaces.join(", "),
-            bpf.map(|f| format!(", filter {f:?}")).unwrap_or_default()
-        );
         Ok(Self {
             capture,
             reported: HashMap::new(),
+            ready: format!(
+                "monitoring {} (passive: nothing is dropped inline){}",
+                interfaces.join(", "),
+                bpf.map(|f| format!(", filter {f:?}")).unwrap_or_default()
+            ),
         })
     }
 }
 
 impl PacketPath for MonitorPath {
+    fn ready_line(&self) -> String {
+        self.ready.clone()
+    }
+
     fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<()> {
         let n = self
             .capture
