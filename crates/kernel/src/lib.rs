@@ -402,7 +402,7 @@ impl Firewall {
                 .unwrap_or_default();
             for fam in created {
                 let r = self.runner.as_ref();
-                let listing = run(r, fam.program(), &["-w", "-t", iptables::TABLE, "-S"], None);
+                let listing = security_listing(r, fam);
                 if listing.is_ok_and(|l| iptables::is_bare(&l)) {
                     let _ = run(
                         r,
@@ -445,15 +445,21 @@ impl Firewall {
     }
 }
 
+/// `iptables -t security -S` (or `ip6tables`): everything in the table
+/// our NFQUEUE rule lives in.
+fn security_listing(runner: &dyn Runner, fam: Family) -> Result<String, KernelError> {
+    run(
+        runner,
+        fam.program(),
+        &["-w", "-t", iptables::TABLE, "-S"],
+        None,
+    )
+}
+
 /// Our iptables objects for both families, replacing any there are.
 fn install_iptables(runner: &dyn Runner, a: &Applied) -> Result<(), KernelError> {
     for fam in Family::BOTH {
-        let old = iptables::parse(&run(
-            runner,
-            fam.program(),
-            &["-w", "-t", iptables::TABLE, "-S"],
-            None,
-        )?);
+        let old = iptables::parse(&security_listing(runner, fam)?);
         let script = iptables::install_script(&old, a.queue_mark, a.queue_num, a.fail_open);
         run(runner, fam.restore(), &["-w", "--noflush"], Some(&script))?;
     }
@@ -464,12 +470,7 @@ fn install_iptables(runner: &dyn Runner, a: &Applied) -> Result<(), KernelError>
 fn remove_iptables(runner: &dyn Runner) -> Result<bool, KernelError> {
     let mut removed = false;
     for fam in Family::BOTH {
-        let old = iptables::parse(&run(
-            runner,
-            fam.program(),
-            &["-w", "-t", iptables::TABLE, "-S"],
-            None,
-        )?);
+        let old = iptables::parse(&security_listing(runner, fam)?);
         if let Some(script) = iptables::removal_script(&old) {
             run(runner, fam.restore(), &["-w", "--noflush"], Some(&script))?;
             removed = true;
@@ -492,14 +493,7 @@ pub fn present_with(runner: &dyn Runner) -> Result<bool, KernelError> {
     }
     if iptables_installed(runner) {
         for fam in Family::BOTH {
-            if !iptables::parse(&run(
-                runner,
-                fam.program(),
-                &["-w", "-t", iptables::TABLE, "-S"],
-                None,
-            )?)
-            .is_empty()
-            {
+            if !iptables::parse(&security_listing(runner, fam)?).is_empty() {
                 return Ok(true);
             }
         }

@@ -103,17 +103,10 @@ fn environ_addr(proc: &Path, pid: u32) -> Option<IpAddr> {
 
 /// Whether `pid` is an SSH server process running as root.
 fn is_root_sshd(proc: &Path, pid: u32) -> bool {
-    let dir = proc.join(pid.to_string());
-    let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
-        return false;
-    };
-    let comm = match (stat.find('('), stat.rfind(')')) {
-        (Some(a), Some(b)) if a < b => &stat[a + 1..b],
-        _ => return false,
-    };
-    if !SSHD.contains(&comm) {
+    if !comm_of(proc, pid).is_some_and(|c| SSHD.contains(&c.as_str())) {
         return false;
     }
+    let dir = proc.join(pid.to_string());
     // Not the owner of /proc/PID: a process that made itself non-dumpable
     // shows as root's there.
     let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
