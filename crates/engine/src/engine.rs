@@ -29,14 +29,16 @@ use rustc_hash::FxHashMap;
 
 use crate::community_id::community_id;
 use crate::config::Config;
-use crate::detector::{Detector, DetectorStats, DetectorThread, ScanFinding};
+use crate::detector::{Detector, DetectorStats, DetectorThread, Report, ScanFinding, ScanSummary};
 use crate::events::{
     rrtype_name, Aggregated, BanInfo, DnsInfo, DropAggregator, DropInfo, DropKey, Event, EventType,
     Flow, ScanInfo, SuppressedInfo, TokenBucket,
 };
 use crate::explain::Explanation;
 use crate::rules::DomainMatch;
-use crate::types::{Action, Direction, Probe, ProbeShape, Reason, Timestamp, Verdict};
+use crate::types::{
+    Action, Answer, CountOn, Direction, Observation, Probe, ProbeShape, Reason, Timestamp, Verdict,
+};
 
 /// One packet handed to the engine.
 #[derive(Debug, Clone, Copy)]
@@ -227,8 +229,9 @@ pub struct Engine {
     suppressed_dns: u64,
     suppressed_since: Option<Timestamp>,
     events: Vec<Event>,
-    /// Probes waiting for the next hand-off to the detector thread.
-    probe_batch: Vec<Probe>,
+    /// Probes and answers waiting for the next hand-off to the detector
+    /// thread.
+    probe_batch: Vec<Observation>,
     counters: Counters,
     next_tick: Timestamp,
     now: Timestamp,
@@ -373,6 +376,9 @@ impl Engine {
     fn decide(&mut self, p: &PacketSummary, pkt: &Pkt<'_>) -> Verdict {
         let dir = pkt.dir;
         let shape = ProbeShape::classify(p);
+        if shape.is_none() {
+            self.offer_answer(p, pkt);
+        }
         if let Some(v) = self.cfg.rules.allowed_peer(p, dir) {
             if let Some(shape) = shape {
                 self.offer_probe(p, pkt, shape, true);
@@ -385,6 +391,11 @@ impl Engine {
             if banned {
                 let v = Verdict::drop(Reason::Banned, None);
                 self.report_drop(p, pkt, v, None);
+                // The scan goes on: its summary counts what a banned
+                // scanner still sent our way.
+                if let Some(shape) = shape {
+                    self.offer_probe(p, pkt, shape, false);
+                }
                 return v;
             }
         }
@@ -542,6 +553,11 @@ impl Engine {
         self.events.push(ev);
     }
 
+    /// Whether `a` is inside `home_net`.
+    fn at_home(&self, a: IpAddr) -> bool {
+        self.cfg.home_net.iter().any(|n| n.contains(&a))
+    }
+
     fn offer_probe(
         &mut self,
         p: &PacketSummary,
@@ -549,17 +565,19 @@ impl Engine {
         shape: ProbeShape,
         allowlisted: bool,
     ) {
-        let (Some(src_port), Some(dst_port)) = (p.src_port, p.dst_port) else {
-            return;
+        let (src_port, dst_port) = match (shape, p.sctp) {
+            (ProbeShape::Sctp, Some(s)) => (s.src_port, s.dst_port),
+            _ => (p.src_port.unwrap_or(0), p.dst_port.unwrap_or(0)),
         };
-        // A gateway's own LAN clients talk through it: for the detector,
-        // what home_net sends out is "ours" (it registers flows, never
-        // counts as probing), like the host's own outbound traffic.
-        let dir = match pkt.dir {
-            Direction::Forwarded if self.cfg.home_net.iter().any(|n| n.contains(&p.src)) => {
-                Direction::Outbound
-            }
-            d => d,
+        // Where each end sits: this host (the hook says so) or home_net.
+        let src_home = pkt.dir == Direction::Outbound || self.at_home(p.src);
+        let dst_home = pkt.dir == Direction::Inbound || self.at_home(p.dst);
+        // Detector module docs, "What counts": from home to the outside,
+        // and the shapes of connections already open, count on failure.
+        let count = match shape {
+            ProbeShape::BareAck | ProbeShape::Maimon => CountOn::Failure,
+            _ if src_home && !dst_home => CountOn::Failure,
+            _ => CountOn::Sight,
         };
         let probe = Probe {
             ts: pkt.ts,
@@ -568,22 +586,91 @@ impl Engine {
             src_port,
             dst_port,
             shape,
-            dir,
+            internal: src_home,
+            count,
             allowlisted,
         };
         self.counters.probes += 1;
+        self.observe(Observation::Probe(probe));
+    }
+
+    /// A negative answer (TCP RST, ICMP destination unreachable, SCTP
+    /// ABORT) goes to the detector, which counts the probe it answers if
+    /// that one counts on failure.
+    fn offer_answer(&mut self, p: &PacketSummary, pkt: &Pkt<'_>) {
+        use portcullis_wire::TcpFlags as F;
+        let answer = match p.proto {
+            IpProto::Tcp if p.tcp_flags.core() & F::RST != 0 => {
+                let (Some(sp), Some(dp)) = (p.src_port, p.dst_port) else {
+                    return;
+                };
+                Answer {
+                    ts: pkt.ts,
+                    prober: p.dst,
+                    target: p.src,
+                    prober_port: dp,
+                    target_port: sp,
+                    proto: 6,
+                }
+            }
+            IpProto::Icmp | IpProto::Icmpv6 => {
+                let Some(q) = portcullis_wire::unreachable_quote(p, pkt.data) else {
+                    return;
+                };
+                let (sp, dp) = q.ports.unwrap_or((0, 0));
+                Answer {
+                    ts: pkt.ts,
+                    prober: q.src,
+                    target: q.dst,
+                    prober_port: sp,
+                    target_port: dp,
+                    proto: q.proto,
+                }
+            }
+            IpProto::Other(132) => match p.sctp {
+                Some(s) if s.chunk == portcullis_wire::Sctp::ABORT => Answer {
+                    ts: pkt.ts,
+                    prober: p.dst,
+                    target: p.src,
+                    prober_port: s.dst_port,
+                    target_port: s.src_port,
+                    proto: 132,
+                },
+                _ => return,
+            },
+            _ => return,
+        };
+        self.observe(Observation::Answer(answer));
+    }
+
+    /// Hands an observation to the detector: at once when it runs inline,
+    /// in the next batch when it has its own thread.
+    fn observe(&mut self, o: Observation) {
         match &mut self.detector {
             DetectorLink::Off => {}
             DetectorLink::Inline(d) => {
-                if let Some(f) = d.observe(&probe) {
-                    self.on_finding(f, pkt.ts);
+                let found = match &o {
+                    Observation::Probe(p) => d.observe(p),
+                    Observation::Answer(a) => d.answer(a),
+                    Observation::Tick(t) => {
+                        d.expire(*t);
+                        None
+                    }
+                };
+                let ends: Vec<ScanSummary> = d.drain_ends().collect();
+                let now = o.ts();
+                for e in ends {
+                    self.on_summary(e, now);
+                }
+                if let Some(f) = found {
+                    self.on_finding(f, now);
                 }
             }
             DetectorLink::Thread(_) => {
                 if self.probe_batch.capacity() == 0 {
                     self.probe_batch.reserve_exact(PROBE_BATCH);
                 }
-                self.probe_batch.push(probe);
+                self.probe_batch.push(o);
                 if self.probe_batch.len() >= PROBE_BATCH {
                     self.flush();
                 }
@@ -601,7 +688,7 @@ impl Engine {
     /// everything.
     pub fn flush_due(&mut self) {
         if let Some(first) = self.probe_batch.first() {
-            if self.now.since(first.ts) >= PROBE_DELAY {
+            if self.now.since(first.ts()) >= PROBE_DELAY {
                 self.flush();
             }
         }
@@ -626,36 +713,62 @@ impl Engine {
             if !t.has_findings() {
                 return;
             }
-            for f in t.try_findings() {
-                self.on_finding(f, now);
+            for r in t.try_findings() {
+                self.on_report(r, now);
             }
+        }
+    }
+
+    fn on_report(&mut self, r: Report, now: Timestamp) {
+        match r {
+            Report::Start(f) => self.on_finding(f, now),
+            Report::End(e) => self.on_summary(e, now),
+        }
+    }
+
+    /// What is done about a scanner: `ban`, or `alert` with the reason.
+    fn scan_action(
+        &self,
+        src: IpAddr,
+        internal: bool,
+        allowlisted: bool,
+    ) -> (&'static str, Option<&'static str>) {
+        if allowlisted || self.cfg.rules.is_allowlisted(src) {
+            ("alert", Some("allowlisted"))
+        } else if !self.cfg.scan.ban {
+            ("alert", Some("ban disabled"))
+        } else if internal && self.cfg.scan.internal_action == crate::config::ScanAction::Alert {
+            ("alert", Some("internal"))
+        } else {
+            ("ban", None)
         }
     }
 
     /// A scan: report it and, unless the source may never be banned, ban it.
     fn on_finding(&mut self, f: ScanFinding, now: Timestamp) {
         self.counters.scans += 1;
-        let protected = f.allowlisted || self.cfg.rules.is_allowlisted(f.src);
-        let (action, note) = match (protected, self.cfg.scan.ban) {
-            (true, _) => ("alert", Some("allowlisted")),
-            (false, false) => ("alert", Some("ban disabled")),
-            (false, true) => ("ban", None),
-        };
+        let (action, note) = self.scan_action(f.src, f.internal, f.allowlisted);
         let mut ev = Event::new(
             now.max(f.last_seen),
             EventType::Scan,
             Some(Flow::addr(f.src)),
         );
         ev.scan = Some(ScanInfo {
+            phase: "start",
             kind: f.kind.as_str(),
             pattern: f.pattern.as_str(),
             slow: f.slow,
             ports: f.ports,
             hosts: f.hosts,
+            hosts_estimated: false,
             port_sample: f.port_sample.clone(),
-            probes: f.probes,
+            swept_port: f.swept_port,
+            tcp_flags: f.tcp_flags.map(|b| format!("{b:02x}")),
+            probes: u64::from(f.probes),
             first_seen: f.first_seen,
             last_seen: f.last_seen,
+            duration: None,
+            internal: f.internal,
             action,
             note,
         });
@@ -665,6 +778,32 @@ impl Engine {
             let reason = format!("scan:{}", f.kind.as_str());
             self.ban(f.src, ts, self.cfg.scan.ban_duration, reason);
         }
+    }
+
+    /// A scan episode ended: one event with the whole scan.
+    fn on_summary(&mut self, e: ScanSummary, now: Timestamp) {
+        let (action, note) = self.scan_action(e.src, e.internal, e.allowlisted);
+        let mut ev = Event::new(now.max(e.last_seen), EventType::Scan, Some(Flow::addr(e.src)));
+        ev.scan = Some(ScanInfo {
+            phase: "end",
+            kind: e.kind.as_str(),
+            pattern: e.pattern.as_str(),
+            slow: e.slow,
+            ports: e.ports,
+            hosts: e.hosts,
+            hosts_estimated: e.hosts_estimated,
+            port_sample: e.port_sample,
+            swept_port: e.swept_port,
+            tcp_flags: e.tcp_flags.map(|b| format!("{b:02x}")),
+            probes: e.probes,
+            first_seen: e.first_seen,
+            last_seen: e.last_seen,
+            duration: Some(crate::events::Seconds(e.last_seen.since(e.first_seen))),
+            internal: e.internal,
+            action,
+            note,
+        });
+        self.push(ev);
     }
 
     /// Bans `addr` from `now` for `duration`. Allowlisted and loopback
@@ -722,9 +861,16 @@ impl Engine {
             if let DetectorLink::Thread(t) =
                 std::mem::replace(&mut self.detector, DetectorLink::Off)
             {
-                let (_, findings) = t.shutdown();
-                for f in findings {
-                    self.on_finding(f, now);
+                let (_, reports) = t.shutdown();
+                for r in reports {
+                    self.on_report(r, now);
+                }
+            }
+            if let DetectorLink::Inline(d) = &mut self.detector {
+                d.finish();
+                let ends: Vec<ScanSummary> = d.drain_ends().collect();
+                for e in ends {
+                    self.on_summary(e, now);
                 }
             }
             self.detector = DetectorLink::new(&cfg, self.mode)?;
@@ -793,12 +939,13 @@ impl Engine {
             self.emit_limited(ev, EventType::Drop);
         }
         self.flush_suppressed(now);
-        self.flush();
-        match &mut self.detector {
-            DetectorLink::Inline(d) => d.expire(now),
-            DetectorLink::Thread(_) => self.collect_findings(now),
-            DetectorLink::Off => {}
+        if !matches!(self.detector, DetectorLink::Off) {
+            // The detector ages its state and ends quiet episodes on time
+            // even when no probe comes.
+            self.observe(Observation::Tick(now));
         }
+        self.flush();
+        self.collect_findings(now);
     }
 
     fn flush_suppressed(&mut self, now: Timestamp) {
@@ -823,10 +970,21 @@ impl Engine {
     pub fn finish(&mut self) {
         let now = self.now;
         self.flush();
-        if let DetectorLink::Thread(t) = std::mem::replace(&mut self.detector, DetectorLink::Off) {
-            let (_, findings) = t.shutdown();
-            for f in findings {
-                self.on_finding(f, now);
+        if matches!(self.detector, DetectorLink::Thread(_)) {
+            if let DetectorLink::Thread(t) =
+                std::mem::replace(&mut self.detector, DetectorLink::Off)
+            {
+                let (_, reports) = t.shutdown();
+                for r in reports {
+                    self.on_report(r, now);
+                }
+            }
+        }
+        if let DetectorLink::Inline(d) = &mut self.detector {
+            d.finish();
+            let ends: Vec<ScanSummary> = d.drain_ends().collect();
+            for e in ends {
+                self.on_summary(e, now);
             }
         }
         for b in self.bans.expire(now) {

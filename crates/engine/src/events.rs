@@ -185,22 +185,54 @@ pub struct DnsInfo {
     pub transport: &'static str,
 }
 
-/// `scan` object.
+/// `scan` object: at the threshold (`phase: start`, it triggers the ban)
+/// and when the episode ends (`phase: end`, the whole scan).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ScanInfo {
+    /// `start` or `end`.
+    pub phase: &'static str,
     pub kind: &'static str,
     pub pattern: &'static str,
     pub slow: bool,
     pub ports: u32,
     pub hosts: u32,
+    /// `end` only, when `hosts` is an estimate (more than 64 hosts).
+    #[serde(skip_serializing_if = "is_false")]
+    pub hosts_estimated: bool,
     pub port_sample: Vec<u16>,
-    pub probes: u32,
+    /// Horizontal scans: the port swept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swept_port: Option<u16>,
+    /// Kind `other`: the TCP flags of its probes, as two hex digits
+    /// (EVE's `tcp_flags` spelling).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<String>,
+    pub probes: u64,
     pub first_seen: Timestamp,
     pub last_seen: Timestamp,
+    /// `end` only: seconds from the first to the last probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Seconds>,
+    /// The scanner is inside `home_net` or is this host.
+    pub internal: bool,
     /// `ban` or `alert` (not banned: see `note`).
     pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<&'static str>,
+}
+
+/// A span of time, written as a JSON number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl Serialize for Seconds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.0.as_secs_f64())
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `ban` object of ban and unban events.
@@ -417,16 +449,25 @@ impl fmt::Display for Event {
                     let span = s.last_seen.since(s.first_seen).as_secs_f64();
                     write!(
                         f,
-                        " {}{} scan ({}): {} ports, {} hosts, {} probes in {:.1}s, ports {:?}",
+                        " {}{}{}{} scan ({}): {} ports, {}{} hosts, {} probes in {:.1}s, ports {:?}",
+                        if s.phase == "end" { "ended: " } else { "" },
+                        if s.internal { "internal " } else { "" },
                         if s.slow { "slow " } else { "" },
                         s.kind,
                         s.pattern,
                         s.ports,
+                        if s.hosts_estimated { "~" } else { "" },
                         s.hosts,
                         s.probes,
                         span,
                         s.port_sample
                     )?;
+                    if let Some(p) = s.swept_port {
+                        write!(f, ", swept port {p}")?;
+                    }
+                    if let Some(t) = &s.tcp_flags {
+                        write!(f, ", tcp flags {t}")?;
+                    }
                     match s.note {
                         Some(n) => write!(f, " -> {} ({n})", s.action)?,
                         None => write!(f, " -> {}", s.action)?,

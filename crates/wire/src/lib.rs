@@ -21,6 +21,7 @@ pub mod dns;
 mod packet;
 
 pub use packet::{
-    decode, DecodeError, Fragment, IpProto, LinkType, PacketSummary, TcpFlags,
+    decode, unreachable_quote, DecodeError, Fragment, IpProto, LinkType, PacketSummary, Quote, Sctp,
+    TcpFlags,
     MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
 };

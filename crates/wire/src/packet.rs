@@ -186,6 +186,10 @@ pub struct PacketSummary {
     pub tcp_options_len: u8,
     /// ICMP or ICMPv6 `(type, code)`.
     pub icmp: Option<(u8, u8)>,
+    /// SCTP (protocol 132): source port, destination port and the type of
+    /// the first chunk (1 = INIT). Kept apart from `src_port`/`dst_port`,
+    /// which the rules match as TCP and UDP ports only.
+    pub sctp: Option<Sctp>,
     pub fragment: Fragment,
     /// Hop limit / TTL.
     pub ttl: u8,
@@ -268,6 +272,79 @@ fn be16(d: &[u8], at: usize) -> Result<u16, DecodeError> {
         Some(&[a, b]) => Ok(u16::from_be_bytes([a, b])),
         _ => Err(DecodeError::Truncated),
     }
+}
+
+/// IP protocol number of SCTP.
+const SCTP: u8 = 132;
+
+/// The SCTP common header and first chunk type of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sctp {
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Type of the first chunk: 1 INIT, 6 ABORT, ...
+    pub chunk: u8,
+}
+
+/// SCTP chunk types that matter to scan detection.
+impl Sctp {
+    pub const INIT: u8 = 1;
+    pub const ABORT: u8 = 6;
+}
+
+/// The start of the datagram an ICMP or ICMPv6 error message quotes: who
+/// sent it where, over which protocol and ports (RFC 792, RFC 4443).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quote {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IP protocol number (for IPv6, the first next header).
+    pub proto: u8,
+    /// TCP, UDP and SCTP ports, when the quote is long enough to hold them.
+    pub ports: Option<(u16, u16)>,
+}
+
+/// The datagram quoted by an ICMP destination-unreachable message (ICMPv4
+/// type 3, ICMPv6 type 1): `None` for other messages or a quote too short
+/// to hold the quoted IP header. Every length is checked; never panics.
+pub fn unreachable_quote(p: &PacketSummary, data: &[u8]) -> Option<Quote> {
+    match (p.proto, p.icmp) {
+        (IpProto::Icmp, Some((3, _))) | (IpProto::Icmpv6, Some((1, _))) => {}
+        _ => return None,
+    }
+    let q = p.payload(data);
+    let version = q.first()? >> 4;
+    let (src, dst, proto, l4) = match version {
+        4 => {
+            let ihl = usize::from(q[0] & 0x0f) * 4;
+            if ihl < 20 || q.len() < ihl {
+                return None;
+            }
+            let src = IpAddr::V4(Ipv4Addr::new(q[12], q[13], q[14], q[15]));
+            let dst = IpAddr::V4(Ipv4Addr::new(q[16], q[17], q[18], q[19]));
+            (src, dst, q[9], q.get(ihl..)?)
+        }
+        6 => {
+            if q.len() < 40 {
+                return None;
+            }
+            (ipv6_addr(&q[8..24]), ipv6_addr(&q[24..40]), q[6], &q[40..])
+        }
+        _ => return None,
+    };
+    let ports = match proto {
+        6 | 17 | SCTP if l4.len() >= 4 => Some((
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )),
+        _ => None,
+    };
+    Some(Quote {
+        src,
+        dst,
+        proto,
+        ports,
+    })
 }
 
 #[inline]
@@ -467,6 +544,7 @@ fn decode_transport(data: &[u8], n: Network) -> Result<PacketSummary, DecodeErro
         tcp_window: 0,
         tcp_options_len: 0,
         icmp: None,
+        sctp: None,
         fragment: n.fragment,
         ttl: n.ttl,
         ip_len: n.ip_len,
@@ -518,6 +596,19 @@ fn decode_transport(data: &[u8], n: Network) -> Result<PacketSummary, DecodeErro
             // Echo and most messages have 4 more bytes of header; keep the
             // payload as everything after type/code/checksum/rest.
             l4.len().min(8)
+        }
+        // Common header (ports, verification tag, checksum), then the
+        // first chunk's type. Too short for that: an opaque payload, as for
+        // any other protocol (nothing matches SCTP ports).
+        IpProto::Other(SCTP) if l4.len() >= 13 => {
+            s.sctp = Some(Sctp {
+                src_port: u16::from_be_bytes([l4[0], l4[1]]),
+                dst_port: u16::from_be_bytes([l4[2], l4[3]]),
+                chunk: l4[12],
+            });
+            // The payload stays the whole datagram, as for any protocol
+            // without a decoded header.
+            0
         }
         IpProto::Other(_) => 0,
     };

@@ -9,7 +9,7 @@ use super::error::{ConfigError, ConfigErrors};
 use super::raw::{self, kind, RawConfig, RawLists, RawRule};
 use super::{
     BlockedDnsResponse, Config, DnsConfig, EventConfig, InlineConfig, ListLoader, Policy,
-    ScanConfig, SlowScan,
+    ScanAction, ScanConfig, SlowScan,
 };
 use crate::rules::domains::{self, Side};
 use crate::rules::{RuleSetBuilder, RuleSpec, SideSpec};
@@ -397,6 +397,11 @@ impl Compiler<'_> {
             ),
             slow,
             ban: raw.ban.unwrap_or(d.ban),
+            internal_action: match raw.internal_action {
+                Some(raw::RawScanAction::Ban) => ScanAction::Ban,
+                Some(raw::RawScanAction::Alert) => ScanAction::Alert,
+                None => d.internal_action,
+            },
             ban_duration: self.duration(raw.ban_duration, "scan.ban_duration", d.ban_duration),
             max_sources: self.positive(raw.max_sources, "scan.max_sources", d.max_sources),
             max_flows: self.positive(raw.max_flows, "scan.max_flows", d.max_flows),

@@ -150,6 +150,15 @@ impl Default for Policy {
     }
 }
 
+/// What is done about a scanner (`scan.internal_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanAction {
+    /// Report it (`scan` events with `action: alert`).
+    Alert,
+    /// Report and ban it.
+    Ban,
+}
+
 /// Port-scan detection and banning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanConfig {
@@ -166,6 +175,9 @@ pub struct ScanConfig {
     pub slow: Option<SlowScan>,
     /// Ban detected scanners. Default: true.
     pub ban: bool,
+    /// What to do about scanners inside `home_net` or this host itself
+    /// (when `ban` is true). Default: alert.
+    pub internal_action: ScanAction,
     /// How long a ban lasts. Default 600 s.
     pub ban_duration: Duration,
     /// Cap on sources tracked at once; the least recently seen is evicted.
@@ -187,6 +199,7 @@ impl Default for ScanConfig {
             host_threshold: 10,
             slow: None,
             ban: true,
+            internal_action: ScanAction::Alert,
             ban_duration: Duration::from_secs(600),
             max_sources: 65_536,
             max_flows: 262_144,

@@ -185,6 +185,11 @@ pub struct RawScan {
     pub slow: Option<RawSlowScan>,
     /// Ban detected scanners. Default: true.
     pub ban: Option<bool>,
+    /// What to do about a scanner inside `home_net` (or this host itself):
+    /// `alert` (report only: banning a LAN client may cut a person off) or
+    /// `ban`. Scanners outside `home_net` are banned when `ban` is true.
+    /// Default: alert.
+    pub internal_action: Option<RawScanAction>,
     /// How long a ban lasts. Default: 10m.
     #[schemars(with = "Option<DurationEntry>")]
     pub ban_duration: Option<Value>,
@@ -208,11 +213,20 @@ impl RawScan {
         "host_threshold",
         "slow",
         "ban",
+        "internal_action",
         "ban_duration",
         "max_sources",
         "max_flows",
         "flow_timeout",
     ];
+}
+
+/// What is done about a scanner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawScanAction {
+    Alert,
+    Ban,
 }
 
 /// The slow-scan window.

@@ -94,6 +94,7 @@ fn full_format_compiles() {
                 port_threshold: 15
             }),
             ban: false,
+            internal_action: crate::config::ScanAction::Alert,
             ban_duration: Duration::from_secs(3600),
             max_sources: 100,
             max_flows: 200,

@@ -1,69 +1,106 @@
 //! Port-scan detector: pure, deterministic, bounded.
 //!
 //! [`Detector`] is fed [`Probe`]s (packets shaped like scan probes,
-//! classified on the packet path) and reports a [`ScanFinding`] when a
-//! source becomes a scanner. It does no I/O and never reads a clock: time
-//! is the probes' own [`Timestamp`]s, so live traffic, pcap replay and tests
-//! decide identically. [`DetectorThread`] runs one off the packet path.
+//! classified on the packet path) and [`Answer`]s (negative answers seen on
+//! the wire: TCP RST, ICMP destination unreachable, SCTP ABORT). It reports
+//! a [`ScanFinding`] when a source becomes a scanner and, when that scan
+//! episode ends, one [`ScanSummary`] with the whole scan's size. It does no
+//! I/O and never reads a clock: time is the probes' own [`Timestamp`]s, so
+//! live traffic, pcap replay and tests decide identically.
+//! [`DetectorThread`] runs one off the packet path.
 //!
 //! # What counts
 //!
-//! A probe *counts* only when its flow (protocol and both endpoints, either
-//! direction) is not already known. Every probe makes its flow known until
-//! `flow_timeout` of silence (or eviction), so retransmissions, the ACKs of
-//! an established connection and a server's replies to our own connections
-//! are not probes. Probes sent by this host ([`Direction::Outbound`]) only
-//! register their flow and never count.
+//! A probe is only ever considered when its flow (protocol and both
+//! endpoints, either direction) is not already known. Every probe makes its
+//! flow known until `flow_timeout` of silence (or eviction), so
+//! retransmissions, the ACKs of an established connection and a server's
+//! replies to our own connections are not probes.
 //!
-//! Flows our host initiated are kept in their own half of the `max_flows`
-//! budget: a flood of spoofed inbound probes evicts only other inbound
-//! flows, and cannot make the replies to our own connections (DNS answers,
-//! HTTPS servers) look like probes, which would get those servers banned.
+//! A new probe then counts in one of two ways ([`CountOn`]), chosen by the
+//! packet path from where the source sits:
+//!
+//! - **on sight** ([`CountOn::Sight`]): a probe from outside `home_net`
+//!   into it, or between two `home_net` addresses (lateral movement),
+//!   counts when it is seen. An outsider touching many of our ports or
+//!   addresses is a scanner whatever we answer, and counting at once is
+//!   what lets the ban follow the threshold-crossing packet.
+//! - **on failure** ([`CountOn::Failure`]): a probe from `home_net` (or
+//!   from this host) to the outside counts only when the target answers it
+//!   negatively (a TCP RST, an ICMP destination unreachable quoting it, an
+//!   SCTP ABORT). A browser opening fifty connections, a P2P client calling
+//!   hundreds of peers, a resolver asking many servers: their probes
+//!   succeed or go unanswered, and they stay silent. A host or LAN client
+//!   scanning the world collects refusals, and is reported. This is the
+//!   method of Snort's port_scan at low sensitivity (count what fails).
+//!   Probes that went unanswered are not counted: a scan of a fully
+//!   filtered outside network from inside goes unreported.
+//! - **bare ACK and FIN+ACK** ([`ProbeShape::BareAck`],
+//!   [`ProbeShape::Maimon`]) always count on failure (a RST), wherever they
+//!   come from: they are also what a connection that was open before we
+//!   started looks like (a capture that begins mid-session, a daemon
+//!   started on a busy host), and such a connection's peer never answers
+//!   them with RST. `nmap -sA`, `-sW` and `-sM` are answered by RST (by
+//!   every port of an unfiltered host for -sA/-sW, by closed ports for
+//!   -sM on most stacks) and so are still found.
 //!
 //! # When a source is a scanner
 //!
-//! Per source, over its counted probes:
-//! - **vertical**: more than `port_threshold` distinct destination ports
-//!   within `window`;
+//! What is probed is a *target*: a destination address and a *service*
+//! (TCP, UDP or SCTP port, ICMP type, or IP protocol number;
+//! [`ProbeShape::service`]). Per source, over its counted probes:
+//! - **vertical**: more than `port_threshold` distinct services on one
+//!   destination address within `window` (one host's ports; a P2P client
+//!   calling many peers on many ports is not one);
 //! - **horizontal**: more than `host_threshold` distinct destination
-//!   addresses on one port within `window`;
+//!   addresses on one service within `window` (a sweep);
+//! - **wide**: more distinct targets within `window` than the per-source set
+//!   holds (`port_threshold * host_threshold + 1`: a few ports across many
+//!   hosts), unless no two of them share an address or a service (a P2P
+//!   client calling many peers, each on its own port); reported as
+//!   horizontal when it spans more hosts than services, else vertical;
 //! - **slow** (when `slow` is set): more than `slow.port_threshold`
-//!   distinct destination ports within `slow.window`.
+//!   distinct services on one address within `slow.window`.
 //!
-//! The finding is produced by the probe that crosses a threshold and carries
-//! the counts *at that moment* (a 20-port scan with the default threshold of
-//! 5 is reported with `ports == 6`).
+//! The finding is produced by the probe (or answer) that crosses a
+//! threshold and carries the counts *at that moment*; it triggers the ban.
 //!
-//! **One finding per scan episode.** After a finding the source is not
-//! reported again until it has sent no counted probe for a full `window`
-//! (`slow.window` after a slow finding); its next counted probe then starts
-//! a new episode from a clean slate. An episode that has not fired ends (and
-//! its history is forgotten) after the longest window of quiet.
+//! # Episodes and summaries
+//!
+//! After a finding the source is not reported again until it has sent no
+//! counted probe for a full `window` (`slow.window` after a slow finding):
+//! that quiet ends the *episode*, and one [`ScanSummary`] says what the
+//! whole scan did: distinct ports and hosts (a 10,000-port scan is
+//! reported as 10,000 ports), probes, first and last probe, a sample, the
+//! swept port of a horizontal scan. Summaries come out of
+//! [`Detector::drain_ends`], after [`Detector::expire`] notices the quiet,
+//! when the source starts a new episode, or at [`Detector::finish`]. An
+//! episode that has not fired ends (and its history is forgotten) after the
+//! longest window of quiet.
 //!
 //! # Bounded memory
 //!
 //! - At most `max_sources` sources, least recently seen evicted
 //!   ([`DetectorStats::source_evictions`]).
-//! - At most `max_flows` flows, half for flows this host initiated, half for
-//!   the others, each half least recently seen evicted
-//!   ([`DetectorStats::flow_evictions`]).
-//! - Per source, the distinct ports it probed and, once it has probed a
-//!   second address, the distinct (address, port) pairs, each with the time
-//!   of its latest probe (16 bytes an entry). The sets are sized from the
-//!   thresholds so that the counts are exact up to the moment a finding
-//!   fires: before a finding, a window holds at most `port_threshold` ports
-//!   (`slow.port_threshold` for the slow window) and
-//!   `port_threshold * host_threshold` pairs, so the sets have one entry
-//!   more than that, and a full set only ever replaces an entry that has
-//!   already left every window. This is also what defeats hiding a sweep by
-//!   interleaving it with other ports: a ring of recent probes could be
-//!   flushed that way, these sets cannot. A source's sets are freed when it
-//!   fires (it needs none until its episode ends).
-//! - Each set is capped at [`MAX_TARGETS`] entries whatever the thresholds.
-//!   Past the cap the oldest entry is replaced even if still in the window:
-//!   counts saturate at the cap, so a port threshold of `MAX_TARGETS` or
-//!   more can never be exceeded, and with `port_threshold * host_threshold
-//!   >= MAX_TARGETS` a sweep interleaved with many ports may be undercounted.
+//! - At most `max_flows` flows, half for flows from `home_net` (this host
+//!   and its LAN), half for the others, each half least recently seen
+//!   evicted ([`DetectorStats::flow_evictions`]). A flood of spoofed
+//!   inbound probes evicts only other inbound flows and cannot make the
+//!   replies to our own connections look like probes.
+//! - Per source, before it fires, the distinct targets it probed, each
+//!   with the time of its latest probe (24 bytes an entry), at most
+//!   `max(port_threshold, slow.port_threshold) * host_threshold + 1`
+//!   entries, capped at [`MAX_TARGETS`]. Within `window` the counts are
+//!   exact until a finding fires: a full set whose entries are all in the
+//!   window fires (wide), so a full set only ever replaces an entry that
+//!   has left the fast window, and a scan cannot be hidden by interleaving
+//!   it with other targets. Slow counts are over the latest entries that
+//!   fit. A source's set is freed when it fires.
+//! - At most [`MAX_EPISODES`] open episodes are tallied at once (a bitmap
+//!   of the ports, 128 bytes per 1,024-port block touched, at most 8 KiB;
+//!   the hosts exactly up to 256, then in a 1 KiB linear-counting bitmap).
+//!   When full, the episode quiet the longest ends early (its summary is
+//!   written), counted in [`DetectorStats::episode_evictions`].
 //!
 //! [`Detector::max_bytes`] is the worst case for a configuration;
 //! [`DetectorStats::approx_bytes`] is what is allocated now.
@@ -74,7 +111,8 @@
 //! tables use the standard library's keyed SipHash rather than an unkeyed
 //! fast hash that an attacker could flood with colliding keys. The hash key
 //! only decides where an entry sits in an index, never which entry is
-//! evicted or reported, so results do not depend on it.
+//! evicted or reported, and summaries are written in (time, address)
+//! order, so results do not depend on it.
 //!
 //! # Time
 //!
@@ -84,11 +122,13 @@
 //! never moves a last-seen time backwards.
 
 mod lru;
+mod tally;
 mod thread;
 
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::mem::size_of;
@@ -96,18 +136,23 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::config::ScanConfig;
-use crate::types::{Direction, Probe, ProbeShape, Timestamp};
+use crate::types::{Answer, CountOn, Probe, ProbeShape, Timestamp};
 
 use lru::Lru;
+use tally::Tally;
 
-pub use thread::DetectorThread;
+pub use thread::{DetectorThread, Report};
 
-/// Hard cap on each per-source set (distinct ports, distinct address/port
-/// pairs), whatever the thresholds say.
+/// Hard cap on each per-source set of distinct targets, whatever the
+/// thresholds say.
 pub const MAX_TARGETS: usize = 512;
 
-/// Ports listed in [`ScanFinding::port_sample`] at most.
+/// Ports listed in [`ScanFinding::port_sample`] and
+/// [`ScanSummary::port_sample`] at most.
 pub const PORT_SAMPLE: usize = 16;
+
+/// Scan episodes tallied at once (see the module docs).
+pub const MAX_EPISODES: usize = 1024;
 
 /// How a scan probes: named after `nmap`'s scan types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,23 +164,38 @@ pub enum ScanKind {
     Fin,
     Null,
     Xmas,
-    /// Bare ACKs (`-sA`, firewall mapping).
+    /// Bare ACKs answered by RST (`-sA`, `-sW`).
     Ack,
+    /// FIN+ACK answered by RST (`-sM`).
+    Maimon,
+    /// Unusual TCP flag combinations (`--scanflags`).
+    Other,
     Udp,
+    /// SCTP INIT (`-sY`).
+    Sctp,
+    /// ICMP echo, timestamp or address-mask requests (`-sn -PE/-PP/-PM`).
+    Icmp,
+    /// Datagrams of many IP protocols (`-sO`).
+    Ipproto,
     /// No shape covers at least half of the probes.
     Mixed,
 }
 
 impl ScanKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ScanKind; 8] = [
+    pub const ALL: [ScanKind; 13] = [
         Self::Syn,
         Self::Connect,
         Self::Fin,
         Self::Null,
         Self::Xmas,
         Self::Ack,
+        Self::Maimon,
+        Self::Other,
         Self::Udp,
+        Self::Sctp,
+        Self::Icmp,
+        Self::Ipproto,
         Self::Mixed,
     ];
 
@@ -147,12 +207,17 @@ impl ScanKind {
             Self::Null => "null",
             Self::Xmas => "xmas",
             Self::Ack => "ack",
+            Self::Maimon => "maimon",
+            Self::Other => "other",
             Self::Udp => "udp",
+            Self::Sctp => "sctp",
+            Self::Icmp => "icmp",
+            Self::Ipproto => "ipproto",
             Self::Mixed => "mixed",
         }
     }
 
-    fn of(shape: ProbeShape) -> Self {
+    pub fn of(shape: ProbeShape) -> Self {
         match shape {
             ProbeShape::SynRaw => Self::Syn,
             ProbeShape::SynOs => Self::Connect,
@@ -160,7 +225,12 @@ impl ScanKind {
             ProbeShape::Null => Self::Null,
             ProbeShape::Xmas => Self::Xmas,
             ProbeShape::BareAck => Self::Ack,
+            ProbeShape::Maimon => Self::Maimon,
+            ProbeShape::Other(_) => Self::Other,
             ProbeShape::Udp => Self::Udp,
+            ProbeShape::Sctp => Self::Sctp,
+            ProbeShape::Icmp(_) => Self::Icmp,
+            ProbeShape::Proto(_) => Self::Ipproto,
         }
     }
 }
@@ -171,12 +241,12 @@ impl fmt::Display for ScanKind {
     }
 }
 
-/// Many ports of few hosts, or one port of many hosts.
+/// Many ports of one host, or one port of many hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScanPattern {
-    /// More than `port_threshold` distinct ports.
+    /// More than `port_threshold` distinct services on one address.
     Vertical,
-    /// More than `host_threshold` distinct addresses on one port.
+    /// More than `host_threshold` distinct addresses on one service.
     Horizontal,
 }
 
@@ -200,30 +270,67 @@ impl fmt::Display for ScanPattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanFinding {
     pub src: IpAddr,
-    /// From the shapes of the probes to the targets counted (the latest
-    /// probe to each distinct port, or to each address for a horizontal
-    /// sweep): the most frequent shape if it covers at least half of them
-    /// and no other shape ties with it, else [`ScanKind::Mixed`].
+    /// From the shapes of the probes to the targets that fired (the latest
+    /// probe to each): the most frequent shape if it covers at least half
+    /// of them and no other shape ties with it, else [`ScanKind::Mixed`].
     pub kind: ScanKind,
     pub pattern: ScanPattern,
     /// Found by the slow window (`ScanConfig::slow`).
     pub slow: bool,
-    /// Distinct destination ports within the window that fired (`window`,
+    /// Distinct services (ports) within the window that fired (`window`,
     /// or `slow.window` for a slow finding).
     pub ports: u32,
-    /// Distinct destination addresses within `window`. For a slow finding,
-    /// a lower bound: the addresses of the latest probe to each port.
+    /// Distinct destination addresses within that window.
     pub hosts: u32,
-    /// Up to [`PORT_SAMPLE`] of the ports counted, the lowest, sorted.
+    /// Up to [`PORT_SAMPLE`] of the ports that fired, the lowest, sorted
+    /// (ICMP types for `icmp`, protocol numbers for `ipproto`).
     pub port_sample: Vec<u16>,
+    /// For a horizontal scan: the port swept.
+    pub swept_port: Option<u16>,
+    /// For [`ScanKind::Other`]: the TCP flags byte of its probes.
+    pub tcp_flags: Option<u8>,
     /// Counted probes from this source in this episode so far.
     pub probes: u32,
     /// The first counted probe of the episode.
     pub first_seen: Timestamp,
     /// The probe that crossed the threshold (the latest timestamp seen).
     pub last_seen: Timestamp,
+    /// The source is inside `home_net` or this host (as said by the probe
+    /// that fired).
+    pub internal: bool,
     /// The source is allowlisted (as said by the probe that fired): report,
     /// never ban.
+    pub allowlisted: bool,
+}
+
+/// What a whole scan episode did, written when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanSummary {
+    pub src: IpAddr,
+    /// From every counted probe of the episode, by the rule of
+    /// [`ScanFinding::kind`].
+    pub kind: ScanKind,
+    /// As the finding said.
+    pub pattern: ScanPattern,
+    pub slow: bool,
+    /// Distinct port numbers probed in the episode (ICMP types for `icmp`,
+    /// protocol numbers for `ipproto`): exact.
+    pub ports: u32,
+    /// Distinct destination addresses: exact up to 256, then estimated
+    /// (linear counting, within a few percent up to several thousand).
+    pub hosts: u32,
+    /// `hosts` is an estimate.
+    pub hosts_estimated: bool,
+    /// Counted probes in the episode.
+    pub probes: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    /// Up to [`PORT_SAMPLE`] of the ports, the lowest, sorted.
+    pub port_sample: Vec<u16>,
+    /// For a horizontal scan: the port swept.
+    pub swept_port: Option<u16>,
+    pub tcp_flags: Option<u8>,
+    pub internal: bool,
     pub allowlisted: bool,
 }
 
@@ -240,13 +347,19 @@ pub struct DetectorStats {
     pub flow_evictions: u64,
     /// Findings produced.
     pub findings: u64,
+    /// Scan episodes tallied now.
+    pub episodes: usize,
+    /// Episodes ended early to stay under [`MAX_EPISODES`].
+    pub episode_evictions: u64,
     /// Bytes allocated by the detector's tables now (slabs, hash indexes,
-    /// per-source sets), from their capacities.
+    /// per-source sets, tallies), from their capacities.
     pub approx_bytes: usize,
     /// Probes observed.
     pub probes: u64,
-    /// Probes that counted (new flow, not outbound).
+    /// Probes that counted (on sight, or answered negatively).
     pub counted: u64,
+    /// Negative answers observed.
+    pub answers: u64,
 }
 
 /// The port-scan detector. See the [module docs](self).
@@ -261,52 +374,33 @@ pub struct Detector {
     /// the longest window.
     retention: u64,
     flow_timeout: u64,
-    caps: Caps,
+    /// Entries of a source's target set.
+    cap: usize,
     hasher: RandomState,
-    /// Flows this host initiated (outbound probes).
-    local_flows: Lru<FlowKey, Timestamp>,
-    /// Flows initiated by the other side.
-    remote_flows: Lru<FlowKey, Timestamp>,
+    /// Flows begun from `home_net` (this host, its LAN).
+    local_flows: Lru<FlowKey, FlowVal>,
+    /// Flows begun by the others.
+    remote_flows: Lru<FlowKey, FlowVal>,
     sources: Lru<SourceKey, Source>,
+    /// Open episodes of sources that fired.
+    tallies: HashMap<SourceKey, Tally, RandomState>,
+    /// Summaries not yet drained.
+    ends: Vec<ScanSummary>,
     /// Bytes held by the per-source sets (sum of their capacities).
     target_bytes: usize,
     source_evictions: u64,
     flow_evictions: u64,
+    episode_evictions: u64,
     findings: u64,
     probes: u64,
     counted: u64,
+    answers: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Slow {
     window: u64,
     port_threshold: u32,
-}
-
-/// Sizes of the per-source sets, from the thresholds.
-#[derive(Debug, Clone, Copy)]
-struct Caps {
-    /// Distinct ports: one more than the largest port threshold.
-    ports: usize,
-    /// Distinct (address, port) pairs: one more than the most a window can
-    /// hold without firing, `port_threshold * host_threshold` (and at least
-    /// `host_threshold + 1`).
-    pairs: usize,
-}
-
-impl Caps {
-    fn new(cfg: &ScanConfig) -> Self {
-        let slow = cfg.slow.map_or(0, |s| s.port_threshold);
-        let ports = u64::from(cfg.port_threshold.max(slow)) + 1;
-        let t_p = u64::from(cfg.port_threshold.max(1));
-        let t_h = u64::from(cfg.host_threshold);
-        let pairs = (t_p.saturating_mul(t_h) + 1).max(t_h + 1);
-        let clamp = |n: u64| usize::try_from(n).unwrap_or(MAX_TARGETS).min(MAX_TARGETS);
-        Self {
-            ports: clamp(ports),
-            pairs: clamp(pairs),
-        }
-    }
 }
 
 /// A flow, the same for both directions: the lower endpoint first.
@@ -316,7 +410,7 @@ struct FlowKey {
     hi: IpAddr,
     lo_port: u16,
     hi_port: u16,
-    udp: bool,
+    proto: u8,
 }
 
 /// An address as one integer, to hash it in one write.
@@ -343,9 +437,54 @@ impl Hash for FlowKey {
             }
         }
         h.write_u64(
-            (u64::from(self.lo_port) << 32) | (u64::from(self.hi_port) << 16) | u64::from(self.udp),
+            (u64::from(self.lo_port) << 32)
+                | (u64::from(self.hi_port) << 16)
+                | u64::from(self.proto),
         );
     }
+}
+
+impl FlowKey {
+    fn new(a: (IpAddr, u16), b: (IpAddr, u16), proto: u8) -> (Self, bool) {
+        let a_is_lo = a <= b;
+        let ((lo, lo_port), (hi, hi_port)) = if a_is_lo { (a, b) } else { (b, a) };
+        (
+            Self {
+                lo,
+                hi,
+                lo_port,
+                hi_port,
+                proto,
+            },
+            a_is_lo,
+        )
+    }
+
+    /// The probe's flow, and whether its source is the lower endpoint.
+    fn of(p: &Probe) -> (Self, bool) {
+        Self::new(
+            (p.src, p.src_port),
+            (p.dst, p.dst_port),
+            p.shape.proto(p.src.is_ipv6()),
+        )
+    }
+}
+
+/// What the detector remembers of a flow.
+#[derive(Debug, Clone, Copy)]
+struct FlowVal {
+    last: Timestamp,
+    /// The probe that opened it, waiting for a negative answer to count.
+    pending: Option<Pending>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// The prober is the key's lower endpoint.
+    prober_is_lo: bool,
+    shape: ProbeShape,
+    internal: bool,
+    allowlisted: bool,
 }
 
 /// A source address, hashed in one write.
@@ -361,22 +500,6 @@ impl Hash for SourceKey {
     }
 }
 
-impl FlowKey {
-    fn of(p: &Probe) -> Self {
-        let udp = p.shape == ProbeShape::Udp;
-        let a = (p.src, p.src_port);
-        let b = (p.dst, p.dst_port);
-        let ((lo, lo_port), (hi, hi_port)) = if a <= b { (a, b) } else { (b, a) };
-        Self {
-            lo,
-            hi,
-            lo_port,
-            hi_port,
-            udp,
-        }
-    }
-}
-
 /// Where an episode stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Episode {
@@ -388,16 +511,24 @@ enum Episode {
     FiredSlow,
 }
 
-/// One probed target: 16 bytes.
+/// One probed target.
 #[derive(Debug, Clone, Copy)]
 struct Target {
     /// The latest counted probe to it.
     ts: Timestamp,
     /// [`host_id`] of the destination address.
     host: u32,
-    port: u16,
+    /// [`ProbeShape::service`].
+    service: u32,
     /// Shape of the latest counted probe to it.
     shape: ProbeShape,
+}
+
+impl Target {
+    /// The port number (ICMP type, protocol number) of the service.
+    fn port(&self) -> u16 {
+        (self.service & 0xffff) as u16
+    }
 }
 
 /// Per-source state.
@@ -407,49 +538,38 @@ struct Source {
     last_seen: Timestamp,
     probes: u32,
     episode: Episode,
-    /// The only address probed so far this episode, while `multi_host` is
-    /// false; pairs are tracked only once a second address is probed.
-    host0: u32,
-    multi_host: bool,
-    /// Distinct ports, each with its latest probe.
-    ports: Vec<Target>,
-    /// Distinct (address, port) pairs, once `multi_host`.
-    pairs: Vec<Target>,
+    /// Distinct targets, each with its latest probe (until the source
+    /// fires).
+    targets: Vec<Target>,
 }
 
 impl Source {
-    fn new(ts: Timestamp, host: u32) -> Self {
+    fn new(ts: Timestamp) -> Self {
         Self {
             first_seen: ts,
             last_seen: ts,
             probes: 0,
             episode: Episode::Armed,
-            host0: host,
-            multi_host: false,
-            ports: Vec::new(),
-            pairs: Vec::new(),
+            targets: Vec::new(),
         }
     }
 
-    /// Starts a new episode, keeping the sets' allocations.
-    fn restart(&mut self, ts: Timestamp, host: u32) {
+    /// Starts a new episode, keeping the set's allocation.
+    fn restart(&mut self, ts: Timestamp) {
         self.first_seen = ts;
         self.last_seen = ts;
         self.probes = 0;
         self.episode = Episode::Armed;
-        self.host0 = host;
-        self.multi_host = false;
-        self.ports.clear();
-        self.pairs.clear();
+        self.targets.clear();
     }
 
     fn heap_bytes(&self) -> usize {
-        (self.ports.capacity() + self.pairs.capacity()) * size_of::<Target>()
+        self.targets.capacity() * size_of::<Target>()
     }
 }
 
 /// A 32-bit identity for a destination address, to count distinct ones
-/// in 16-byte entries: exact for IPv4, a mix of the 128 bits for IPv6 (two
+/// in small entries: exact for IPv4, a mix of the 128 bits for IPv6 (two
 /// addresses share one with probability 2^-32, which can only undercount).
 fn host_id(a: IpAddr) -> u32 {
     match a {
@@ -473,17 +593,16 @@ fn age(now: Timestamp, then: Timestamp) -> u64 {
     now.as_micros().saturating_sub(then.as_micros())
 }
 
-/// Records a probe of `t.port` (and, for pairs, `t.host`) in a set of at
-/// most `cap` entries: refreshes the entry for the same target, else adds
-/// one, replacing the entry probed longest ago when full. Returns how many
-/// bytes the set's allocation grew by.
-fn record(set: &mut Vec<Target>, t: Target, cap: usize, pairs: bool) -> usize {
+/// Records a probe of target `t` in a set of at most `cap` entries:
+/// refreshes the entry for the same target, else adds one, replacing the
+/// entry probed longest ago when full. Returns how many bytes the set's
+/// allocation grew by.
+fn record(set: &mut Vec<Target>, t: Target, cap: usize) -> usize {
     let mut oldest = 0;
     let mut oldest_ts = Timestamp::from_micros(u64::MAX);
     for (i, e) in set.iter_mut().enumerate() {
-        if e.port == t.port && (!pairs || e.host == t.host) {
+        if e.service == t.service && e.host == t.host {
             e.ts = e.ts.max(t.ts);
-            e.host = t.host;
             e.shape = t.shape;
             return 0;
         }
@@ -514,17 +633,13 @@ fn release(total: &mut usize, bytes: usize) {
     *total = total.saturating_sub(bytes);
 }
 
-/// Names a scan from the shapes of the targets it counted.
-fn kind_of(shapes: impl Iterator<Item = ProbeShape>) -> ScanKind {
-    // Indexed by `ScanKind as usize`; `Mixed` (the last) stays zero.
-    let mut counts = [0u32; 8];
-    let mut total = 0u32;
-    for s in shapes {
-        counts[ScanKind::of(s) as usize] += 1;
-        total += 1;
-    }
+/// Names a scan from per-kind counts (indexed by `ScanKind as usize`): the
+/// most frequent kind if it covers at least half and no other ties with
+/// it, else [`ScanKind::Mixed`].
+fn kind_of_counts(counts: &[u64; ScanKind::ALL.len()]) -> ScanKind {
+    let total: u64 = counts.iter().sum();
     let (mut best, mut max, mut tied) = (ScanKind::Mixed, 0, false);
-    for (k, &c) in ScanKind::ALL.iter().zip(&counts) {
+    for (k, &c) in ScanKind::ALL.iter().zip(counts) {
         if c > max {
             (best, max, tied) = (*k, c, false);
         } else if c == max && c > 0 {
@@ -538,6 +653,25 @@ fn kind_of(shapes: impl Iterator<Item = ProbeShape>) -> ScanKind {
     }
 }
 
+/// Names a scan from the shapes of the targets it counted.
+fn kind_of(shapes: impl Iterator<Item = ProbeShape>) -> ScanKind {
+    let mut counts = [0u64; ScanKind::ALL.len()];
+    for s in shapes {
+        counts[ScanKind::of(s) as usize] += 1;
+    }
+    kind_of_counts(&counts)
+}
+
+/// The flags of the latest `Other` shape among `shapes`.
+fn other_flags(shapes: impl Iterator<Item = ProbeShape>) -> Option<u8> {
+    shapes
+        .filter_map(|s| match s {
+            ProbeShape::Other(f) => Some(f),
+            _ => None,
+        })
+        .last()
+}
+
 fn sample(ports: impl Iterator<Item = u16>) -> Vec<u16> {
     let mut v: Vec<u16> = ports.collect();
     v.sort_unstable();
@@ -546,14 +680,23 @@ fn sample(ports: impl Iterator<Item = u16>) -> Vec<u16> {
     v
 }
 
-fn distinct(mut v: Vec<u32>) -> u32 {
+fn distinct<T: Ord>(mut v: Vec<T>) -> u32 {
     v.sort_unstable();
     v.dedup();
-    u32::try_from(v.len()).unwrap_or(u32::MAX)
+    count(v.len())
 }
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Whether no two targets share an address or a service: what an honest
+/// client calling many peers, each on its own port, looks like (a P2P
+/// client), and what no scan does. Only asked when a set is full.
+fn all_apart(targets: &[Target]) -> bool {
+    let n = targets.len();
+    distinct(targets.iter().map(|e| e.host).collect()) as usize == n
+        && distinct(targets.iter().map(|e| e.service).collect()) as usize == n
 }
 
 /// What fired.
@@ -561,6 +704,7 @@ fn count(n: usize) -> u32 {
 enum Fire {
     Vertical,
     Horizontal,
+    Wide,
     Slow,
 }
 
@@ -572,6 +716,10 @@ impl Detector {
             port_threshold: s.port_threshold,
         });
         let local_cap = cfg.max_flows / 2;
+        let hasher = RandomState::new();
+        let t_p = u64::from(cfg.port_threshold.max(slow.map_or(0, |s| s.port_threshold)));
+        let t_h = u64::from(cfg.host_threshold);
+        let cap = (t_p.max(1).saturating_mul(t_h) + 1).max(t_h + 1).max(t_p + 1);
         Self {
             enabled: cfg.enabled,
             window,
@@ -580,22 +728,29 @@ impl Detector {
             slow,
             retention: slow.map_or(window, |s| s.window.max(window)),
             flow_timeout: micros(cfg.flow_timeout),
-            caps: Caps::new(cfg),
-            hasher: RandomState::new(),
+            cap: usize::try_from(cap)
+                .unwrap_or(MAX_TARGETS)
+                .min(MAX_TARGETS),
+            tallies: HashMap::with_hasher(hasher.clone()),
+            hasher,
             local_flows: Lru::new(local_cap),
             remote_flows: Lru::new(cfg.max_flows - local_cap),
             sources: Lru::new(cfg.max_sources),
+            ends: Vec::new(),
             target_bytes: 0,
             source_evictions: 0,
             flow_evictions: 0,
+            episode_evictions: 0,
             findings: 0,
             probes: 0,
             counted: 0,
+            answers: 0,
         }
     }
 
     /// Feeds one probe candidate. Returns a finding when this probe makes
-    /// its source a scanner (once per scan episode).
+    /// its source a scanner (once per scan episode). An episode it ends is
+    /// summarized in [`Detector::drain_ends`].
     pub fn observe(&mut self, p: &Probe) -> Option<ScanFinding> {
         if !self.enabled {
             return None;
@@ -608,18 +763,65 @@ impl Detector {
         self.count(p)
     }
 
+    /// Feeds a negative answer: if it answers a probe that counts on
+    /// failure and has not counted yet, that probe counts now (at the
+    /// answer's time). Returns a finding as [`Detector::observe`] does.
+    pub fn answer(&mut self, a: &Answer) -> Option<ScanFinding> {
+        if !self.enabled {
+            return None;
+        }
+        self.answers += 1;
+        let (key, prober_is_lo) = FlowKey::new(
+            (a.prober, a.prober_port),
+            (a.target, a.target_port),
+            a.proto,
+        );
+        let hash = self.hasher.hash_one(key);
+        let mut pending = None;
+        for table in [&mut self.local_flows, &mut self.remote_flows] {
+            if let Some(i) = table.find(hash, &key) {
+                let v = table.get_mut(i);
+                if v.pending.is_some_and(|p| p.prober_is_lo == prober_is_lo) {
+                    pending = v.pending.take();
+                }
+                break;
+            }
+        }
+        let pending = pending?;
+        let probe = Probe {
+            ts: a.ts,
+            src: a.prober,
+            dst: a.target,
+            src_port: a.prober_port,
+            dst_port: a.target_port,
+            shape: pending.shape,
+            internal: pending.internal,
+            count: CountOn::Failure,
+            allowlisted: pending.allowlisted,
+        };
+        self.counted += 1;
+        self.count(&probe)
+    }
+
+    /// Summaries of the episodes that ended since the last call, in the
+    /// order they ended (several ending at once: by last probe, then
+    /// address).
+    pub fn drain_ends(&mut self) -> std::vec::Drain<'_, ScanSummary> {
+        self.ends.drain(..)
+    }
+
     /// Drops state that has aged out of every window at packet time `now`:
     /// flows silent for `flow_timeout`, sources with no counted probe for
-    /// the longest window. Walks each table from its least recently seen
-    /// end and stops at the first live entry, so it costs what it frees.
-    /// (With timestamps out of order, an entry stamped earlier than a later
-    /// seen one may outlive its time until evicted or a later call.)
+    /// the longest window; ends the episodes quiet for their window (their
+    /// summaries go to [`Detector::drain_ends`]). Walks each table from its
+    /// least recently seen end and stops at the first live entry, so it
+    /// costs what it frees (and at most [`MAX_EPISODES`] for the tallies).
     pub fn expire(&mut self, now: Timestamp) {
         let h = &self.hasher;
         let timeout = self.flow_timeout;
         for table in [&mut self.local_flows, &mut self.remote_flows] {
             while let Some(t) = table.lru() {
-                if age(now, *table.get(t)) < timeout {
+                if age(now, table.get(t).last) < timeout {
                     break;
                 }
                 table.remove(t, |k| h.hash_one(k));
@@ -634,6 +836,33 @@ impl Detector {
             release(&mut self.target_bytes, s.heap_bytes());
         }
         self.sources.shrink(|k| h.hash_one(k));
+        let (window, slow) = (self.window, self.slow.map_or(self.window, |s| s.window));
+        let due: Vec<SourceKey> = self
+            .tallies
+            .iter()
+            .filter(|(_, t)| age(now, t.last_seen) >= if t.slow { slow } else { window })
+            .map(|(k, _)| *k)
+            .collect();
+        self.end_episodes(due);
+    }
+
+    /// End of input: every open episode ends now, its summary to
+    /// [`Detector::drain_ends`].
+    pub fn finish(&mut self) {
+        let all: Vec<SourceKey> = self.tallies.keys().copied().collect();
+        self.end_episodes(all);
+    }
+
+    /// Ends the episodes of `keys`, summaries in (last probe, address)
+    /// order so that the hash key never shows in the output.
+    fn end_episodes(&mut self, keys: Vec<SourceKey>) {
+        let mut ended: Vec<Tally> = keys
+            .into_iter()
+            .filter_map(|k| self.tallies.remove(&k))
+            .collect();
+        ended.sort_by_key(|t| (t.last_seen, t.src));
+        self.ends.extend(ended.into_iter().map(Tally::summary));
+        self.tallies.shrink_to(self.tallies.len().max(16));
     }
 
     pub fn stats(&self) -> DetectorStats {
@@ -643,39 +872,56 @@ impl Detector {
             source_evictions: self.source_evictions,
             flow_evictions: self.flow_evictions,
             findings: self.findings,
+            episodes: self.tallies.len(),
+            episode_evictions: self.episode_evictions,
             approx_bytes: size_of::<Self>()
                 + self.local_flows.bytes()
                 + self.remote_flows.bytes()
                 + self.sources.bytes()
-                + self.target_bytes,
+                + self.target_bytes
+                + self.tallies.capacity() * (size_of::<(SourceKey, Tally)>() + 1)
+                + self.tallies.values().map(Tally::heap_bytes).sum::<usize>(),
             probes: self.probes,
             counted: self.counted,
+            answers: self.answers,
         }
     }
 
     /// The most memory this detector can hold ([`DetectorStats::approx_bytes`]
-    /// never exceeds it): full flow and source tables, every source with
-    /// full sets.
+    /// never exceeds it): full flow and source tables, every source with a
+    /// full set, every episode slot with a full tally.
     pub fn max_bytes(&self) -> usize {
-        let per_source = (self.caps.ports + self.caps.pairs) * size_of::<Target>();
+        let per_source = self.cap * size_of::<Target>();
+        // hashbrown holds at most 8/7 of its items, rounded up to a power
+        // of two: twice the items covers it.
+        let tally_slots = (2 * MAX_EPISODES).next_power_of_two();
         size_of::<Self>()
-            + Lru::<FlowKey, Timestamp>::bytes_bound(self.local_flows.cap())
-            + Lru::<FlowKey, Timestamp>::bytes_bound(self.remote_flows.cap())
+            + Lru::<FlowKey, FlowVal>::bytes_bound(self.local_flows.cap())
+            + Lru::<FlowKey, FlowVal>::bytes_bound(self.remote_flows.cap())
             + Lru::<SourceKey, Source>::bytes_bound(self.sources.cap())
             + self.sources.cap() * per_source
+            + tally_slots * (size_of::<(SourceKey, Tally)>() + 1)
+            + MAX_EPISODES * Tally::MAX_HEAP_BYTES
     }
 
-    /// Registers the probe's flow; true when the probe counts.
+    /// Worst-case bytes per tracked source: its slot in the source table
+    /// and a full target set (a tallied episode adds at most
+    /// [`Tally::MAX_HEAP_BYTES`], for at most [`MAX_EPISODES`] sources).
+    pub fn max_bytes_per_source(&self) -> usize {
+        Lru::<SourceKey, Source>::bytes_bound(1) + self.cap * size_of::<Target>()
+    }
+
+    /// Registers the probe's flow; true when the probe counts now.
     fn track_flow(&mut self, p: &Probe) -> bool {
-        let key = FlowKey::of(p);
+        let (key, prober_is_lo) = FlowKey::of(p);
         let hash = self.hasher.hash_one(key);
         let h = &self.hasher;
         let hasher = |k: &FlowKey| h.hash_one(k);
         for table in [&mut self.local_flows, &mut self.remote_flows] {
             if let Some(i) = table.find(hash, &key) {
-                let last = table.get_mut(i);
-                if age(p.ts, *last) < self.flow_timeout {
-                    *last = (*last).max(p.ts);
+                let v = table.get_mut(i);
+                if age(p.ts, v.last) < self.flow_timeout {
+                    v.last = v.last.max(p.ts);
                     table.touch(i);
                     return false;
                 }
@@ -684,16 +930,25 @@ impl Detector {
                 break;
             }
         }
-        let outbound = p.dir == Direction::Outbound;
-        let table = if outbound {
+        let pending = (p.count == CountOn::Failure).then_some(Pending {
+            prober_is_lo,
+            shape: p.shape,
+            internal: p.internal,
+            allowlisted: p.allowlisted,
+        });
+        let table = if p.internal {
             &mut self.local_flows
         } else {
             &mut self.remote_flows
         };
-        if let Some((_, Some(_))) = table.insert(hash, key, p.ts, hasher) {
+        let val = FlowVal {
+            last: p.ts,
+            pending,
+        };
+        if let Some((_, Some(_))) = table.insert(hash, key, val, hasher) {
             self.flow_evictions += 1;
         }
-        !outbound
+        pending.is_none()
     }
 
     /// Counts a probe against its source; fires at most once per episode.
@@ -709,16 +964,14 @@ impl Detector {
                 i
             }
             None => {
-                let (i, evicted) = self
-                    .sources
-                    .insert(hash, key, Source::new(ts, host), |k| h.hash_one(k))?;
+                let (i, evicted) =
+                    self.sources
+                        .insert(hash, key, Source::new(ts), |k| h.hash_one(k))?;
                 if let Some((_, mut old)) = evicted {
                     self.source_evictions += 1;
-                    // Reuse the evicted source's allocations.
-                    old.restart(ts, host);
-                    let s = self.sources.get_mut(i);
-                    s.ports = old.ports;
-                    s.pairs = old.pairs;
+                    // Reuse the evicted source's allocation.
+                    old.restart(ts);
+                    self.sources.get_mut(i).targets = old.targets;
                 }
                 i
             }
@@ -732,119 +985,158 @@ impl Detector {
             Episode::FiredSlow => quiet >= self.slow.map_or(self.window, |w| w.window),
         };
         if rearm {
-            s.restart(ts, host);
+            s.restart(ts);
         }
         s.last_seen = s.last_seen.max(ts);
         s.probes = s.probes.saturating_add(1);
-        if s.episode != Episode::Armed {
-            return None;
-        }
-
-        let before = s.heap_bytes();
-        let t = Target {
+        let target = Target {
             ts,
             host,
-            port: p.dst_port,
+            service: p.shape.service(p.dst_port),
             shape: p.shape,
         };
-        if !s.multi_host && host != s.host0 {
-            // A second address: from now on track pairs, starting with the
-            // ports of the first address still in the window (exact: the
-            // ports set holds every port probed within the window).
-            s.multi_host = true;
-            for e in s.ports.iter().filter(|e| age(ts, e.ts) < self.window) {
-                record(&mut s.pairs, *e, self.caps.pairs, true);
+        if s.episode != Episode::Armed {
+            if let Some(t) = self.tallies.get_mut(&key) {
+                t.add(&target);
             }
+            return None;
         }
-        record(&mut s.ports, t, self.caps.ports, false);
-        if s.multi_host {
-            record(&mut s.pairs, t, self.caps.pairs, true);
+        if rearm && self.tallies.contains_key(&key) {
+            // The old episode's quiet was not noticed yet: it ends first.
+            self.end_episodes(vec![key]);
         }
+
+        let s = self.sources.get_mut(i);
+        let before = s.heap_bytes();
+        record(&mut s.targets, target, self.cap);
         self.target_bytes += s.heap_bytes() - before;
 
-        let (mut fast_ports, mut slow_ports) = (0u32, 0u32);
-        for e in &s.ports {
+        let (mut host_ports, mut service_hosts, mut in_window, mut slow_ports) =
+            (0u32, 0u32, 0usize, 0u32);
+        for e in &s.targets {
             let a = age(ts, e.ts);
-            fast_ports += u32::from(a < self.window);
-            slow_ports += u32::from(self.slow.is_some_and(|w| a < w.window));
+            let fast = a < self.window;
+            in_window += usize::from(fast);
+            host_ports += u32::from(fast && e.host == host);
+            service_hosts += u32::from(fast && e.service == target.service);
+            slow_ports +=
+                u32::from(e.host == host && self.slow.is_some_and(|w| a < w.window));
         }
-        let port_hosts = if s.multi_host {
-            let window = self.window;
-            count(
-                s.pairs
-                    .iter()
-                    .filter(|e| e.port == p.dst_port && age(ts, e.ts) < window)
-                    .count(),
-            )
-        } else {
-            1
-        };
-        let fire = if fast_ports > self.port_threshold {
+        let fire = if host_ports > self.port_threshold {
             Fire::Vertical
-        } else if port_hosts > self.host_threshold {
+        } else if service_hosts > self.host_threshold {
             Fire::Horizontal
+        } else if in_window >= self.cap && !all_apart(&s.targets) {
+            Fire::Wide
         } else if self.slow.is_some_and(|w| slow_ports > w.port_threshold) {
             Fire::Slow
         } else {
             return None;
         };
-        let finding = self.finding(i, p, fire);
+        let finding = self.finding(i, p, &target, fire);
         self.findings += 1;
         Some(finding)
     }
 
-    /// Builds the finding for source `i` and closes its episode.
-    fn finding(&mut self, i: u32, p: &Probe, fire: Fire) -> ScanFinding {
+    /// Builds the finding for source `i`, closes its armed episode and
+    /// opens its tally.
+    fn finding(&mut self, i: u32, p: &Probe, target: &Target, fire: Fire) -> ScanFinding {
         let ts = p.ts;
         let window = match (fire, self.slow) {
             (Fire::Slow, Some(w)) => w.window,
             _ => self.window,
         };
         let s = self.sources.get_mut(i);
-        let in_window = |e: &&Target| age(ts, e.ts) < window;
-        let ports: Vec<&Target> = s.ports.iter().filter(in_window).collect();
-        let pairs: Vec<&Target> = s.pairs.iter().filter(in_window).collect();
-        let hosts = match fire {
-            Fire::Slow => distinct(ports.iter().map(|e| e.host).collect()),
-            _ if s.multi_host => distinct(pairs.iter().map(|e| e.host).collect()),
-            _ => 1,
+        let in_window: Vec<Target> = s
+            .targets
+            .iter()
+            .filter(|e| age(ts, e.ts) < window)
+            .copied()
+            .collect();
+        // The targets that made it fire.
+        let fired: Vec<&Target> = match fire {
+            Fire::Vertical | Fire::Slow => in_window
+                .iter()
+                .filter(|e| e.host == target.host)
+                .collect(),
+            Fire::Horizontal => in_window
+                .iter()
+                .filter(|e| e.service == target.service)
+                .collect(),
+            Fire::Wide => in_window.iter().collect(),
         };
-        let kind = match fire {
-            Fire::Horizontal => kind_of(
-                pairs
-                    .iter()
-                    .filter(|e| e.port == p.dst_port)
-                    .map(|e| e.shape),
-            ),
-            _ => kind_of(ports.iter().map(|e| e.shape)),
+        let hosts = distinct(in_window.iter().map(|e| e.host).collect());
+        let ports = distinct(in_window.iter().map(|e| e.service).collect());
+        let pattern = match fire {
+            Fire::Horizontal => ScanPattern::Horizontal,
+            Fire::Wide if hosts > ports => ScanPattern::Horizontal,
+            _ => ScanPattern::Vertical,
         };
+        let swept_port = (pattern == ScanPattern::Horizontal).then(|| {
+            if fire == Fire::Horizontal {
+                target.port()
+            } else {
+                // The port probed on the most hosts.
+                let mut by_port: Vec<u16> = in_window.iter().map(Target::port).collect();
+                by_port.sort_unstable();
+                by_port
+                    .chunk_by(|a, b| a == b)
+                    .max_by_key(|c| c.len())
+                    .and_then(|c| c.first().copied())
+                    .unwrap_or(target.port())
+            }
+        });
         let finding = ScanFinding {
             src: p.src,
-            kind,
-            pattern: if fire == Fire::Horizontal {
-                ScanPattern::Horizontal
-            } else {
-                ScanPattern::Vertical
-            },
+            kind: kind_of(fired.iter().map(|e| e.shape)),
+            pattern,
             slow: fire == Fire::Slow,
-            ports: count(ports.len()),
+            ports: if fire == Fire::Horizontal || pattern == ScanPattern::Horizontal {
+                ports
+            } else {
+                count(fired.len())
+            },
             hosts,
-            port_sample: sample(ports.iter().map(|e| e.port)),
+            port_sample: if pattern == ScanPattern::Horizontal {
+                sample(in_window.iter().map(Target::port))
+            } else {
+                sample(fired.iter().map(|e| e.port()))
+            },
+            swept_port,
+            tcp_flags: other_flags(fired.iter().map(|e| e.shape)),
             probes: s.probes,
             first_seen: s.first_seen,
             last_seen: s.last_seen,
+            internal: p.internal,
             allowlisted: p.allowlisted,
         };
-        // The sets are not needed until the episode ends: free them.
+        // The set is not needed until the episode ends: free it.
         s.episode = if fire == Fire::Slow {
             Episode::FiredSlow
         } else {
             Episode::FiredFast
         };
         let freed = s.heap_bytes();
-        s.ports = Vec::new();
-        s.pairs = Vec::new();
+        s.targets = Vec::new();
         release(&mut self.target_bytes, freed);
+
+        let key = SourceKey(p.src);
+        if self.tallies.contains_key(&key) {
+            self.end_episodes(vec![key]);
+        }
+        if self.tallies.len() >= MAX_EPISODES {
+            let oldest = self
+                .tallies
+                .iter()
+                .min_by_key(|(_, t)| (t.last_seen, t.src))
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.episode_evictions += 1;
+                self.end_episodes(vec![k]);
+            }
+        }
+        self.tallies
+            .insert(key, Tally::open(&finding, &in_window));
         finding
     }
 }

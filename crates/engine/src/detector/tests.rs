@@ -28,15 +28,34 @@ fn probe(
         src_port: sport,
         dst_port: dport,
         shape,
-        dir: Direction::Inbound,
+        internal: false,
+        // As the engine decides for a source outside home_net.
+        count: match shape {
+            ProbeShape::BareAck | ProbeShape::Maimon => CountOn::Failure,
+            _ => CountOn::Sight,
+        },
         allowlisted: false,
     }
 }
 
+/// A probe from our host to the outside: counts only when refused.
 fn outbound(ts: Timestamp, sport: u16, dst: IpAddr, dport: u16, shape: ProbeShape) -> Probe {
     Probe {
-        dir: Direction::Outbound,
+        internal: true,
+        count: CountOn::Failure,
         ..probe(ts, US, dst, sport, dport, shape)
+    }
+}
+
+/// The negative answer (RST, ICMP unreachable) to probe `p`.
+fn refusal(ts: Timestamp, p: &Probe) -> Answer {
+    Answer {
+        ts,
+        prober: p.src,
+        target: p.dst,
+        prober_port: p.src_port,
+        target_port: p.dst_port,
+        proto: p.shape.proto(p.src.is_ipv6()),
     }
 }
 
@@ -86,9 +105,12 @@ fn syn_scan_is_reported_once_with_the_counts_at_the_threshold() {
             ports: 6,
             hosts: 1,
             port_sample: vec![1, 2, 3, 4, 5, 6],
+            swept_port: None,
+            tcp_flags: None,
             probes: 6,
             first_seen: ms(0),
             last_seen: ms(50),
+            internal: false,
             allowlisted: false,
         }]
     );
@@ -120,10 +142,32 @@ fn each_probe_shape_names_its_scan() {
         (ProbeShape::Null, ScanKind::Null),
         (ProbeShape::Xmas, ScanKind::Xmas),
         (ProbeShape::BareAck, ScanKind::Ack),
+        (ProbeShape::Maimon, ScanKind::Maimon),
+        (ProbeShape::Other(0x21), ScanKind::Other),
         (ProbeShape::Udp, ScanKind::Udp),
+        (ProbeShape::Sctp, ScanKind::Sctp),
+        (ProbeShape::Proto(47), ScanKind::Ipproto),
     ] {
         let mut det = defaults();
-        let found = run(&mut det, &port_scan(SCANNER, 0, 10, 1000, 10, shape));
+        let mut found = Vec::new();
+        for (i, p) in port_scan(SCANNER, 0, 10, 1000, 10, shape)
+            .iter()
+            .enumerate()
+        {
+            let p = match shape {
+                // One probe per protocol number, as nmap -sO sends them.
+                ProbeShape::Proto(n) => Probe {
+                    shape: ProbeShape::Proto(n + i as u8),
+                    src_port: 0,
+                    dst_port: 0,
+                    ..*p
+                },
+                _ => *p,
+            };
+            found.extend(det.observe(&p));
+            // Bare ACK and FIN+ACK count when refused.
+            found.extend(det.answer(&refusal(p.ts, &p)));
+        }
         assert_eq!(found.len(), 1, "{shape:?}");
         assert_eq!(found[0].kind, kind, "{shape:?}");
         assert_eq!(found[0].pattern, ScanPattern::Vertical);
@@ -274,17 +318,16 @@ fn client_session(register_outbound: bool) -> Vec<ScanFinding> {
 #[test]
 fn server_replies_on_known_flows_are_not_probes() {
     assert!(client_session(true).is_empty());
-    // The same replies without our side of the flows do look like scans:
-    // flow tracking is what tells them apart.
+    // The same replies without our side of the flows: the UDP answers look
+    // like a scan (flow tracking is what tells them apart), the bare ACKs
+    // still do not (they count only when refused by a RST).
     let found = client_session(false);
-    assert_eq!(found.len(), 2);
-    assert!(found
-        .iter()
-        .any(|f| f.src == SERVER && f.kind == ScanKind::Ack));
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].kind, found[0].ports), (ScanKind::Udp, 6));
 }
 
 #[test]
-fn outbound_probes_never_count() {
+fn outbound_probes_count_only_when_refused() {
     let mut det = defaults();
     let probes: Vec<Probe> = (1..=100u16)
         .map(|p| outbound(ms(u64::from(p)), 33_000, SERVER, p, ProbeShape::SynRaw))
@@ -292,6 +335,174 @@ fn outbound_probes_never_count() {
     assert!(run(&mut det, &probes).is_empty());
     let st = det.stats();
     assert_eq!((st.counted, st.sources, st.flows), (0, 0, 100));
+    // The server refuses six of them: our host is a scanner (internal).
+    let mut found = Vec::new();
+    for p in &probes[..6] {
+        found.extend(det.answer(&refusal(ms(200), p)));
+    }
+    assert_eq!(found.len(), 1);
+    let f = &found[0];
+    assert_eq!((f.src, f.kind, f.ports, f.internal), (US, ScanKind::Syn, 6, true));
+    // An answer from the prober's own side, or a second one, counts nothing.
+    let before = det.stats().counted;
+    let p = &probes[50];
+    let mut backwards = refusal(ms(300), p);
+    std::mem::swap(&mut backwards.prober, &mut backwards.target);
+    std::mem::swap(&mut backwards.prober_port, &mut backwards.target_port);
+    assert!(det.answer(&backwards).is_none());
+    assert!(det.answer(&refusal(ms(300), &probes[0])).is_none());
+    assert_eq!(det.stats().counted, before);
+}
+
+#[test]
+fn honest_client_with_refused_and_unanswered_connections_is_silent() {
+    // A P2P client calls 200 peers, each on its own port, half of them
+    // refused; a browser opens 60 connections to 60 servers on 443.
+    let mut det = defaults();
+    let mut found = Vec::new();
+    for i in 0..200u16 {
+        let peer = IpAddr::V4(Ipv4Addr::new(198, 51, 100, i as u8));
+        let p = outbound(ms(u64::from(i)), 40_000 + i, peer, 6_000 + i, ProbeShape::SynOs);
+        found.extend(det.observe(&p));
+        if i % 2 == 0 {
+            found.extend(det.answer(&refusal(ms(u64::from(i) + 1), &p)));
+        }
+    }
+    for i in 0..60u16 {
+        let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100 + i as u8));
+        let p = outbound(ms(300 + u64::from(i)), 50_000 + i, server, 443, ProbeShape::SynOs);
+        found.extend(det.observe(&p));
+    }
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[test]
+fn bare_acks_of_connections_open_before_we_started_are_silent() {
+    // Mid-session: eight servers' bare ACKs and FIN+ACKs on many ports,
+    // never refused, never count; the same shapes refused by RST do.
+    let mut det = defaults();
+    for i in 0..200u16 {
+        let server = IpAddr::V4(Ipv4Addr::new(198, 51, 100, (i % 8) as u8));
+        let shape = if i % 3 == 0 {
+            ProbeShape::Maimon
+        } else {
+            ProbeShape::BareAck
+        };
+        assert!(det
+            .observe(&probe(ms(u64::from(i)), server, US, 443, 40_000 + i, shape))
+            .is_none());
+    }
+    assert_eq!(det.stats().counted, 0);
+    let mut found = Vec::new();
+    for p in port_scan(SCANNER, 1000, 1, 1, 10, ProbeShape::BareAck) {
+        found.extend(det.observe(&p));
+        found.extend(det.answer(&refusal(ms(1000 + u64::from(p.dst_port)), &p)));
+    }
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].kind, found[0].ports), (ScanKind::Ack, 6));
+}
+
+#[test]
+fn vertical_counts_ports_of_one_host() {
+    // Five ports on each of 8 hosts: no host has six, no port has eleven
+    // hosts: not a scan. A sixth port on one host is.
+    let mut det = defaults();
+    let mut found = Vec::new();
+    for h in 0..8u8 {
+        for port in 1..=5u16 {
+            let dst = IpAddr::V4(Ipv4Addr::new(192, 0, 2, h));
+            found.extend(det.observe(&probe(ms(u64::from(h) * 10 + u64::from(port)), SCANNER, dst, 40_000, port, ProbeShape::SynRaw)));
+        }
+    }
+    assert!(found.is_empty(), "{found:?}");
+    let dst = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
+    let f = det
+        .observe(&probe(ms(200), SCANNER, dst, 40_000, 99, ProbeShape::SynRaw))
+        .expect("six ports of one host");
+    assert_eq!((f.pattern, f.ports, f.hosts), (ScanPattern::Vertical, 6, 8));
+}
+
+#[test]
+fn many_targets_in_one_window_fire_as_wide() {
+    // Five ports on each of 11 hosts, interleaved: 55 distinct targets
+    // fill the set with no host over five ports and no port over ten
+    // hosts: a network scan, reported horizontal (more hosts than ports).
+    let mut det = defaults();
+    let mut found = Vec::new();
+    let mut t = 0;
+    for port in 1..=5u16 {
+        for h in 0..11u8 {
+            t += 1;
+            let dst = IpAddr::V4(Ipv4Addr::new(192, 0, 2, h));
+            found.extend(det.observe(&probe(ms(t), SCANNER, dst, 40_000, port, ProbeShape::SynRaw)));
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].pattern, ScanPattern::Horizontal);
+    assert_eq!(found[0].hosts, 11);
+}
+
+#[test]
+fn episode_summary_counts_the_whole_scan() {
+    let mut det = defaults();
+    let probes = port_scan(SCANNER, 0, 1, 1, 10_000, ProbeShape::SynRaw);
+    let found = run(&mut det, &probes);
+    assert_eq!(found.len(), 1);
+    assert_eq!(det.drain_ends().count(), 0);
+    // Still scanning at 9.999 s: not over. Quiet for a window: over.
+    det.expire(ms(10_000 + 9_000));
+    assert_eq!(det.drain_ends().count(), 0);
+    det.expire(ms(10_000 + 10_000));
+    let ends: Vec<ScanSummary> = det.drain_ends().collect();
+    assert_eq!(ends.len(), 1);
+    let e = &ends[0];
+    assert_eq!((e.src, e.kind, e.pattern), (SCANNER, ScanKind::Syn, ScanPattern::Vertical));
+    assert_eq!((e.ports, e.hosts, e.probes), (10_000, 1, 10_000));
+    assert_eq!((e.first_seen, e.last_seen), (ms(0), ms(9_999)));
+    assert_eq!(e.port_sample, (1..=16).collect::<Vec<u16>>());
+    assert!(det.stats().episodes == 0);
+}
+
+#[test]
+fn a_sweep_summary_names_the_port_and_counts_hosts() {
+    let mut det = defaults();
+    let mut found = Vec::new();
+    for i in 0..300u16 {
+        let dst = IpAddr::V4(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8));
+        found.extend(det.observe(&probe(ms(u64::from(i)), SCANNER, dst, 40_000, 0, ProbeShape::Icmp(8))));
+    }
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].kind, found[0].pattern, found[0].hosts), (ScanKind::Icmp, ScanPattern::Horizontal, 11));
+    det.finish();
+    let ends: Vec<ScanSummary> = det.drain_ends().collect();
+    assert_eq!(ends.len(), 1);
+    assert_eq!((ends[0].swept_port, ends[0].ports, ends[0].probes), (Some(8), 1, 300));
+    // 300 hosts: past the exact list, estimated closely.
+    assert!(ends[0].hosts_estimated);
+    assert!((290..=310).contains(&ends[0].hosts), "{}", ends[0].hosts);
+}
+
+#[test]
+fn unusual_flags_are_named_other_with_their_flags() {
+    let mut det = defaults();
+    let found = run(&mut det, &port_scan(SCANNER, 0, 1, 1, 10, ProbeShape::Other(0x03)));
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].kind, found[0].tcp_flags), (ScanKind::Other, Some(0x03)));
+}
+
+#[test]
+fn episodes_are_bounded() {
+    let mut det = defaults();
+    for s in 0..(MAX_EPISODES as u32 + 10) {
+        let src = IpAddr::V4(Ipv4Addr::from(0xcb00_0000 + s));
+        let t = u64::from(s);
+        assert!(run(&mut det, &port_scan(src, t, 0, 1, 6, ProbeShape::SynRaw)).len() == 1);
+    }
+    let st = det.stats();
+    assert_eq!(st.episodes, MAX_EPISODES);
+    assert_eq!(st.episode_evictions, 10);
+    assert_eq!(det.drain_ends().count(), 10);
+    assert!(st.approx_bytes <= det.max_bytes());
 }
 
 #[test]
@@ -319,14 +530,14 @@ fn a_flow_is_forgotten_after_flow_timeout() {
         ..ScanConfig::default()
     };
     let mut det = Detector::new(&cfg);
-    det.observe(&outbound(ms(0), 40_000, SERVER, 443, ProbeShape::SynOs));
+    det.observe(&outbound(ms(0), 40_000, SERVER, 443, ProbeShape::Udp));
     det.observe(&probe(
         ms(119_000),
         SERVER,
         US,
         443,
         40_000,
-        ProbeShape::BareAck,
+        ProbeShape::Udp,
     ));
     assert_eq!(det.stats().counted, 0, "known flow, refreshed");
     det.observe(&probe(
@@ -335,7 +546,7 @@ fn a_flow_is_forgotten_after_flow_timeout() {
         US,
         443,
         40_000,
-        ProbeShape::BareAck,
+        ProbeShape::Udp,
     ));
     assert_eq!(det.stats().counted, 0, "refreshed at 119 s, still known");
     det.observe(&probe(
@@ -344,7 +555,7 @@ fn a_flow_is_forgotten_after_flow_timeout() {
         US,
         443,
         40_000,
-        ProbeShape::BareAck,
+        ProbeShape::Udp,
     ));
     assert_eq!(det.stats().counted, 1, "silent for 120 s: a new flow");
 }
@@ -651,15 +862,36 @@ fn thread_reports_a_scan_and_shuts_down() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(found.len(), 1);
-    assert_eq!((found[0].src, found[0].ports), (SCANNER, 6));
+    let Report::Start(f) = &found[0] else {
+        panic!("{found:?}")
+    };
+    assert_eq!((f.src, f.ports), (SCANNER, 6));
     // A second scanner, queued right before shutdown: drained, not lost.
     let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 8));
     for p in port_scan(other, 100, 10, 1, 10, ProbeShape::Udp) {
         assert!(t.offer(p));
     }
     let (stats, rest) = t.shutdown();
-    assert_eq!(rest.len(), 1);
-    assert_eq!((rest[0].src, rest[0].kind), (other, ScanKind::Udp));
+    // The second scan's start, then both episodes' summaries (shutdown
+    // ends every episode).
+    let starts: Vec<&ScanFinding> = rest
+        .iter()
+        .filter_map(|r| match r {
+            Report::Start(f) => Some(f),
+            Report::End(_) => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 1, "{rest:?}");
+    assert_eq!((starts[0].src, starts[0].kind), (other, ScanKind::Udp));
+    let mut ended: Vec<IpAddr> = rest
+        .iter()
+        .filter_map(|r| match r {
+            Report::End(e) => Some(e.src),
+            Report::Start(_) => None,
+        })
+        .collect();
+    ended.sort();
+    assert_eq!(ended, [SCANNER, other]);
     assert_eq!((stats.findings, stats.probes, stats.sources), (2, 30, 2));
 }
 

@@ -16,9 +16,17 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::{Detector, DetectorStats, ScanFinding};
+use super::{Detector, DetectorStats, ScanFinding, ScanSummary};
 use crate::config::ScanConfig;
-use crate::types::{Probe, Timestamp};
+use crate::types::{Observation, Probe, Timestamp};
+
+/// What the detector reports: a scan found (at its threshold), or a scan
+/// episode's summary when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Start(ScanFinding),
+    End(ScanSummary),
+}
 
 /// Findings held for the engine before further ones are dropped.
 const FINDINGS_CAPACITY: usize = 4096;
@@ -49,8 +57,8 @@ impl Shared {
 /// A [`Detector`] running on a thread named `portcullis-detector`.
 #[derive(Debug)]
 pub struct DetectorThread {
-    probes: Sender<Vec<Probe>>,
-    findings: Receiver<ScanFinding>,
+    probes: Sender<Vec<Observation>>,
+    findings: Receiver<Report>,
     shared: Arc<Shared>,
     handle: JoinHandle<DetectorStats>,
 }
@@ -80,13 +88,13 @@ impl DetectorThread {
     /// Hands a probe over without waiting. Returns false, and counts a drop,
     /// when the channel is full (or the thread has gone).
     pub fn offer(&self, p: Probe) -> bool {
-        self.offer_batch(vec![p])
+        self.offer_batch(vec![Observation::Probe(p)])
     }
 
     /// Hands a batch of probes over without waiting. Returns false, and
     /// counts its probes as dropped, when the channel is full (or the thread
     /// has gone).
-    pub fn offer_batch(&self, batch: Vec<Probe>) -> bool {
+    pub fn offer_batch(&self, batch: Vec<Observation>) -> bool {
         match self.probes.try_send(batch) {
             Ok(()) => true,
             Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
@@ -104,8 +112,8 @@ impl DetectorThread {
         !self.findings.is_empty()
     }
 
-    /// The findings produced since the last call, without waiting.
-    pub fn try_findings(&self) -> Vec<ScanFinding> {
+    /// The reports produced since the last call, without waiting.
+    pub fn try_findings(&self) -> Vec<Report> {
         self.findings.try_iter().collect()
     }
 
@@ -126,8 +134,9 @@ impl DetectorThread {
     }
 
     /// Closes the channel, lets the thread finish what was queued, joins it
-    /// and returns its final statistics and the findings not yet taken.
-    pub fn shutdown(self) -> (DetectorStats, Vec<ScanFinding>) {
+    /// and returns its final statistics and the reports not yet taken
+    /// (every open episode ends then, with its summary).
+    pub fn shutdown(self) -> (DetectorStats, Vec<Report>) {
         let Self {
             probes,
             findings,
@@ -144,35 +153,51 @@ impl DetectorThread {
 
 fn run(
     mut det: Detector,
-    probes: &Receiver<Vec<Probe>>,
-    findings: &Sender<ScanFinding>,
+    probes: &Receiver<Vec<Observation>>,
+    findings: &Sender<Report>,
     shared: &Shared,
 ) -> DetectorStats {
     let mut next_expire: Option<Timestamp> = None;
-    let mut handle = |det: &mut Detector, p: Probe| {
-        if let Some(f) = det.observe(&p) {
-            if findings.try_send(f).is_err() {
-                shared.findings_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+    let send = |r: Report| {
+        if findings.try_send(r).is_err() {
+            shared.findings_dropped.fetch_add(1, Ordering::Relaxed);
         }
-        if next_expire.is_none_or(|t| p.ts >= t) {
-            det.expire(p.ts);
+    };
+    let mut handle = |det: &mut Detector, o: Observation| {
+        let found = match &o {
+            Observation::Probe(p) => det.observe(p),
+            Observation::Answer(a) => det.answer(a),
+            Observation::Tick(_) => None,
+        };
+        let ts = o.ts();
+        if next_expire.is_none_or(|t| ts >= t) {
+            det.expire(ts);
             next_expire = Some(Timestamp::from_micros(
-                p.ts.as_micros().saturating_add(EXPIRE_EVERY_US),
+                ts.as_micros().saturating_add(EXPIRE_EVERY_US),
             ));
+        }
+        for e in det.drain_ends() {
+            send(Report::End(e));
+        }
+        if let Some(f) = found {
+            send(Report::Start(f));
         }
     };
     // Blocks only when there is nothing to do; ends when the sender is
     // dropped and the queue is empty.
     while let Ok(batch) = probes.recv() {
         let mut handled = batch.len();
-        batch.into_iter().for_each(|p| handle(&mut det, p));
+        batch.into_iter().for_each(|o| handle(&mut det, o));
         while handled < BATCH {
             let Ok(batch) = probes.try_recv() else { break };
             handled += batch.len();
-            batch.into_iter().for_each(|p| handle(&mut det, p));
+            batch.into_iter().for_each(|o| handle(&mut det, o));
         }
         shared.publish(det.stats());
+    }
+    det.finish();
+    for e in det.drain_ends() {
+        send(Report::End(e));
     }
     let stats = det.stats();
     shared.publish(stats);
