@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client::{self, ClientArgs};
 use crate::control::Request;
@@ -138,23 +138,16 @@ pub struct EngineArgs {
     pub quiet: bool,
 }
 
+/// Options of `replay` and `demo`. The detector always runs inline here
+/// (on the packet's own time): the same capture and config give the same
+/// events in the same order.
 #[derive(Debug, clap::Args)]
 pub struct Common {
     #[command(flatten)]
     pub engine: EngineArgs,
-    /// Where scan detection runs: inline (deterministic, a ban applies from
-    /// the next packet) or on its own thread as in the live daemon.
-    #[arg(long, value_enum, default_value_t = DetectorArg::Inline)]
-    pub detector: DetectorArg,
     /// No progress bar (one is drawn on stderr only when it is a terminal).
     #[arg(long)]
     pub no_progress: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DetectorArg {
-    Inline,
-    Thread,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {

@@ -16,7 +16,7 @@ use portcullis_engine::config::Config;
 use portcullis_engine::engine::{DetectorMode, Engine, PacketIn};
 use portcullis_engine::Reason;
 
-use crate::cli::{Common, DetectorArg};
+use crate::cli::Common;
 use crate::config;
 use crate::output::Output;
 
@@ -98,11 +98,12 @@ pub fn run_source(
     common: &Common,
     progress: Option<(&ProgressBar, &AtomicU64)>,
 ) -> Result<ReplayStats> {
-    let mode = match common.detector {
-        DetectorArg::Inline => DetectorMode::Inline,
-        DetectorArg::Thread => DetectorMode::Thread { capacity: 65_536 },
-    };
-    let mut engine = Engine::new(cfg, mode).context("starting the scan detector")?;
+    // Inline, never on a thread: a detector thread sees probes on its own
+    // schedule, so its findings (and bans) would land late and vary from
+    // run to run. Inline, every event carries the time of the packet that
+    // caused it, and a ban applies from the next packet.
+    let mut engine =
+        Engine::new(cfg, DetectorMode::Inline).context("starting the scan detector")?;
     let mut out = Output::new(common.engine.events.as_deref(), !common.engine.quiet)?;
     if let Some((bar, _)) = progress {
         out.set_progress(bar.clone());
