@@ -627,3 +627,60 @@ fn pcapng_replays_like_pcap() {
     assert!(!ea.is_empty());
     assert_eq!(ea, eb);
 }
+
+/// Issue 8, item 8: `--home-net` tells direction in replay, and replaces the
+/// rules file's `home_net`.
+#[test]
+fn home_net_flag_decides_direction_and_replaces_the_files() {
+    let frames = one_microsecond_apart(vec![
+        traffic::udp(sa("198.18.0.66:40000"), sa("198.18.0.1:9999"), b"x"),
+        traffic::udp(sa("[2001:2::66]:40000"), sa("[2001:2::1]:9999"), b"x"),
+    ]);
+    // Port 9999 blocked: each packet makes a drop event with its direction.
+    let config = r#"{"block": {"port": [9999]}, "home_net": ["198.18.0.66", "2001:2::66"],
+                     "events": {"dns_queries": false}}"#;
+    let directions = |extra: &[&str]| -> Vec<(String, String)> {
+        let events = replay_with(&frames, config, extra);
+        fields(&events, &["src_ip"], &["direction"])
+            .into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect()
+    };
+    let want = |v4: &str, v6: &str| {
+        vec![
+            ("198.18.0.66".to_owned(), v4.to_owned()),
+            ("2001:2::66".to_owned(), v6.to_owned()),
+        ]
+    };
+    // The file's home_net: the senders are ours.
+    assert_eq!(directions(&[]), want("outbound", "outbound"));
+    // The flag replaces it (IPv4 and IPv6, repeatable).
+    assert_eq!(
+        directions(&["--home-net", "198.18.0.1", "--home-net", "2001:2::1/128"]),
+        want("inbound", "inbound")
+    );
+    // Both ends inside home_net (IPv4) or both outside (IPv6): forwarded.
+    assert_eq!(
+        directions(&["--home-net", "198.18.0.0/24"]),
+        want("forwarded", "forwarded")
+    );
+}
+
+/// A scan is what comes in: with `--home-net` naming the scanner's side,
+/// its probes are outbound and no scan is reported.
+#[test]
+fn home_net_flag_decides_who_is_scanning() {
+    let frames = traffic::port_scan(
+        ip("198.18.0.66"),
+        ip(HOST),
+        &ports(30),
+        ScanShape::Syn,
+        T0,
+        10_000,
+    );
+    let events = replay_with(&frames, SCAN_CONFIG, &["--home-net", HOST]);
+    assert_one_scan(&events, "198.18.0.66", "syn");
+    let events = replay_with(&frames, SCAN_CONFIG, &["--home-net", "198.18.0.66/32"]);
+    assert!(of_type(&events, "scan").is_empty(), "{events:#?}");
+    assert!(of_type(&events, "ban").is_empty(), "{events:#?}");
+}
