@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client::{self, ClientArgs};
 use crate::control::Request;
@@ -138,23 +138,21 @@ pub struct EngineArgs {
     pub quiet: bool,
 }
 
+/// Options of `replay` and `demo`. The detector always runs inline here
+/// (on the packet's own time): the same capture and config give the same
+/// events in the same order.
 #[derive(Debug, clap::Args)]
 pub struct Common {
     #[command(flatten)]
     pub engine: EngineArgs,
-    /// Where scan detection runs: inline (deterministic, a ban applies from
-    /// the next packet) or on its own thread as in the live daemon.
-    #[arg(long, value_enum, default_value_t = DetectorArg::Inline)]
-    pub detector: DetectorArg,
+    /// This host's network: an address or CIDR prefix (repeat for more;
+    /// IPv4 and IPv6). Traffic to it is inbound, from it outbound. Replaces
+    /// the rules file's `home_net` when given.
+    #[arg(long = "home-net", value_name = "CIDR", value_parser = portcullis_engine::config::parse_net)]
+    pub home_net: Vec<ipnet::IpNet>,
     /// No progress bar (one is drawn on stderr only when it is a terminal).
     #[arg(long)]
     pub no_progress: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DetectorArg {
-    Inline,
-    Thread,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -260,6 +258,36 @@ mod tests {
             })
             .filter(|(_, argv)| argv[0] == "/usr/local/bin/portcullis")
             .collect()
+    }
+
+    #[test]
+    fn home_net_is_repeatable_in_replay_and_monitor_mode_and_checked() {
+        let nets = |argv: &[&str]| match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Run(a)) => Ok(a.home_net),
+            Ok(Command::Replay { common, .. }) => Ok(common.home_net),
+            Ok(c) => panic!("{c:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let two = ["--home-net", "10.0.0.0/8", "--home-net", "2001:db8::1"];
+        let want: Vec<ipnet::IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::1/128".parse().unwrap(),
+        ];
+        let run = [&["portcullis", "run", "--mode", "monitor"][..], &two].concat();
+        assert_eq!(nets(&run).unwrap(), want);
+        let replay = [&["portcullis", "replay", "x.pcap"][..], &two].concat();
+        assert_eq!(nets(&replay).unwrap(), want);
+        let bad = nets(&[
+            "portcullis",
+            "run",
+            "--mode",
+            "monitor",
+            "--home-net",
+            "10.0.0.1/8",
+        ]);
+        let err = bad.unwrap_err();
+        assert!(err.contains("--home-net"), "{err}");
+        assert!(err.contains("the network is \"10.0.0.0/8\""), "{err}");
     }
 
     #[test]

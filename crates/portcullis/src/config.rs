@@ -22,17 +22,36 @@ impl ListLoader for FsLoader {
 
 /// The config at `path`, or the default policy embedded in the binary.
 pub fn load(path: Option<&Path>) -> Result<Arc<Config>> {
-    load_for_daemon(path, &[], &[])
+    load_for_daemon(path, &[], Home::Fallback(&[]))
+}
+
+/// Where `home_net` comes from besides the rules file.
+#[derive(Debug, Clone, Copy)]
+pub enum Home<'a> {
+    /// `--home-net`: replaces the file's list.
+    Flag(&'a [ipnet::IpNet]),
+    /// Applies only when the file sets no `home_net` (a passive daemon's own
+    /// addresses: what is sent to them is inbound, what they send outbound).
+    Fallback(&'a [ipnet::IpNet]),
+}
+
+impl<'a> Home<'a> {
+    /// `--home-net` when given, else `fallback`.
+    pub fn from_flag(flag: &'a [ipnet::IpNet], fallback: &'a [ipnet::IpNet]) -> Self {
+        if flag.is_empty() {
+            Home::Fallback(fallback)
+        } else {
+            Home::Flag(flag)
+        }
+    }
 }
 
 /// [`load`], with `protect` added to what is never blocked nor banned (the
-/// SSH client that started the daemon) and, when the file sets no
-/// `home_net`, `home` as it (a passive daemon's own addresses: what is sent
-/// to them is inbound, what they send outbound).
+/// SSH client that started the daemon) and `home_net` as `home` says.
 pub fn load_for_daemon(
     path: Option<&Path>,
     protect: &[ipnet::IpNet],
-    home: &[ipnet::IpNet],
+    home: Home<'_>,
 ) -> Result<Arc<Config>> {
     let (text, base, name) = match path {
         Some(p) => (
@@ -49,8 +68,10 @@ pub fn load_for_daemon(
     let mut cfg = Config::from_json_str(&text, &FsLoader { base })
         .map_err(|errs| anyhow::anyhow!("{name} is invalid:\n{errs}"))?;
     cfg.rules.protect(protect);
-    if cfg.home_net.is_empty() {
-        cfg.home_net = home.to_vec();
+    match home {
+        Home::Flag(nets) => cfg.home_net = nets.to_vec(),
+        Home::Fallback(nets) if cfg.home_net.is_empty() => cfg.home_net = nets.to_vec(),
+        Home::Fallback(_) => {}
     }
     Ok(Arc::new(cfg))
 }

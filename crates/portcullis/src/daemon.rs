@@ -75,6 +75,12 @@ pub struct RunArgs {
     /// Monitor mode: a capture filter in tcpdump syntax.
     #[arg(long, value_name = "FILTER")]
     pub bpf: Option<String>,
+    /// Monitor mode: this host's network, an address or CIDR prefix
+    /// (repeat for more; IPv4 and IPv6), where the capture cannot tell
+    /// direction. Replaces the rules file's `home_net` when given; without
+    /// either, this host's own addresses.
+    #[arg(long = "home-net", value_name = "CIDR", value_parser = portcullis_engine::config::parse_net)]
+    pub home_net: Vec<ipnet::IpNet>,
     /// Monitor mode: ban detected scanners in the kernel (a table with the
     /// ban sets only; nothing else is enforced).
     #[arg(long)]
@@ -193,8 +199,13 @@ fn lock_namespace() -> Result<nix::fcntl::Flock<std::fs::File>> {
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let passive = args.mode == Mode::Monitor || args.dry_run;
-    if !passive && (!args.interfaces.is_empty() || args.bpf.is_some() || args.enforce_bans) {
-        anyhow::bail!("--interface, --bpf and --enforce-bans are for --mode monitor");
+    if !passive
+        && (!args.interfaces.is_empty()
+            || args.bpf.is_some()
+            || args.enforce_bans
+            || !args.home_net.is_empty())
+    {
+        anyhow::bail!("--interface, --bpf, --enforce-bans and --home-net are for --mode monitor");
     }
     if let Some(f) = &args.bpf {
         portcullis_capture::live::check_filter(f)?;
@@ -206,10 +217,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     } else {
         Vec::new()
     };
-    let cfg = config::load_for_daemon(args.engine.config.as_deref(), &protect, &home)?;
+    let cfg = config::load_for_daemon(
+        args.engine.config.as_deref(),
+        &protect,
+        config::Home::from_flag(&args.home_net, &home),
+    )?;
     if passive && cfg.home_net.is_empty() {
         eprintln!(
-            "portcullis: warning: no home_net and no address on this host yet: every captured packet counts as inbound (set home_net, or SIGHUP once the network is up)"
+            "portcullis: warning: no home_net and no address on this host yet: every captured packet counts as inbound (set --home-net CIDR or home_net in the rules file, or SIGHUP once the network is up)"
         );
     }
     let state = StateDir::open(&args.state_dir)?;
@@ -759,9 +774,11 @@ fn start_reload(args: &RunArgs, kernel: &Sender<KernelCmd>, info: &Info) -> Pend
     } else {
         info.home.clone()
     };
+    let flag = args.home_net.clone();
     let kernel = kernel.clone();
     let work = move || -> std::result::Result<Arc<Config>, String> {
-        let cfg = config::load_for_daemon(path.as_deref(), &protect, &home)
+        let home = config::Home::from_flag(&flag, &home);
+        let cfg = config::load_for_daemon(path.as_deref(), &protect, home)
             .map_err(|e| format!("{e:#}"))?;
         let (done, result) = crossbeam_channel::bounded(1);
         kernel

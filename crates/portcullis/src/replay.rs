@@ -16,7 +16,7 @@ use portcullis_engine::config::Config;
 use portcullis_engine::engine::{DetectorMode, Engine, PacketIn};
 use portcullis_engine::Reason;
 
-use crate::cli::{Common, DetectorArg};
+use crate::cli::Common;
 use crate::config;
 use crate::output::Output;
 
@@ -98,11 +98,12 @@ pub fn run_source(
     common: &Common,
     progress: Option<(&ProgressBar, &AtomicU64)>,
 ) -> Result<ReplayStats> {
-    let mode = match common.detector {
-        DetectorArg::Inline => DetectorMode::Inline,
-        DetectorArg::Thread => DetectorMode::Thread { capacity: 65_536 },
-    };
-    let mut engine = Engine::new(cfg, mode).context("starting the scan detector")?;
+    // Inline, never on a thread: a detector thread sees probes on its own
+    // schedule, so its findings (and bans) would land late and vary from
+    // run to run. Inline, every event carries the time of the packet that
+    // caused it, and a ban applies from the next packet.
+    let mut engine =
+        Engine::new(cfg, DetectorMode::Inline).context("starting the scan detector")?;
     let mut out = Output::new(common.engine.events.as_deref(), !common.engine.quiet)?;
     if let Some((bar, _)) = progress {
         out.set_progress(bar.clone());
@@ -174,9 +175,24 @@ impl ReplayStats {
     }
 }
 
+/// What replay says once when nothing tells it which side is ours.
+const NO_HOME_NET: &str = "no home network given: every packet counts as inbound (set it with --home-net CIDR, repeatable, or \"home_net\" in the rules file)";
+
+/// The config of `replay` and `demo`: the rules file with `--home-net`.
+fn load_config(common: &Common) -> Result<Arc<Config>> {
+    config::load_for_daemon(
+        common.engine.config.as_deref(),
+        &[],
+        config::Home::from_flag(&common.home_net, &[]),
+    )
+}
+
 pub fn replay_file(file: &Path, common: &Common) -> Result<ExitCode> {
-    let cfg = config::load(common.engine.config.as_deref())?;
+    let cfg = load_config(common)?;
     let mut cap = open_capture(file)?;
+    if cfg.home_net.is_empty() {
+        eprintln!("portcullis: {NO_HOME_NET}");
+    }
     let stats = run_capture(&mut cap, cfg, common)?;
     if cap.source.skipped > 0 {
         eprintln!(
@@ -189,7 +205,7 @@ pub fn replay_file(file: &Path, common: &Common) -> Result<ExitCode> {
 }
 
 pub fn demo(save: Option<&Path>, common: &Common) -> Result<ExitCode> {
-    let cfg = config::load(common.engine.config.as_deref())?;
+    let cfg = load_config(common)?;
     let frames = portcullis_traffic::demo(1_795_000_000_000_000);
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
     let path = match save {

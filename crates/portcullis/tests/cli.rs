@@ -148,7 +148,7 @@ fn completions_for_every_shell_name_the_subcommands_and_their_options() {
         }
         // Options of subcommands, not only the top level (fish writes
         // them without the dashes).
-        for o in ["state-dir", "no-progress"] {
+        for o in ["state-dir", "no-progress", "home-net"] {
             assert!(text.contains(o), "{shell}: no {o:?} in\n{text}");
         }
     }
@@ -219,4 +219,71 @@ fn explain_against_a_rules_file_needs_no_daemon() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("no portcullis daemon is running"), "{err}");
+}
+
+/// A capture of one UDP packet from 198.18.0.66 to 198.18.0.1, written in
+/// `dir`.
+fn one_packet_capture(dir: &std::path::Path) -> String {
+    let pcap = dir.join("one.pcap");
+    let frame = portcullis_traffic::udp(
+        "198.18.0.66:40000".parse().unwrap(),
+        "198.18.0.1:9999".parse().unwrap(),
+        b"x",
+    );
+    portcullis_traffic::write_pcap(
+        std::fs::File::create(&pcap).unwrap(),
+        &[portcullis_traffic::Frame::new(1_795_000_000_000_000, frame)],
+    )
+    .unwrap();
+    pcap.to_str().unwrap().to_owned()
+}
+
+const NO_HOME_NET: &str = "portcullis: no home network given: every packet counts as inbound (set it with --home-net CIDR, repeatable, or \"home_net\" in the rules file)\n";
+
+#[test]
+fn replay_without_a_home_network_says_once_that_all_is_inbound() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = one_packet_capture(dir.path());
+    let out = portcullis(&["replay", &pcap, "--quiet"]);
+    assert!(out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.matches(NO_HOME_NET).count(), 1, "{err}");
+    assert_eq!(err.matches("home network").count(), 1, "{err}");
+
+    // Given by the flag or by the rules file: no notice.
+    let out = portcullis(&["replay", &pcap, "--quiet", "--home-net", "198.18.0.1"]);
+    assert!(out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("home network"), "{err}");
+    let rules = dir.path().join("rules.json");
+    std::fs::write(&rules, r#"{"home_net": ["2001:2::/64"]}"#).unwrap();
+    let out = portcullis(&["replay", &pcap, "-q", "-c", rules.to_str().unwrap()]);
+    assert!(out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains("home network"), "{err}");
+}
+
+#[test]
+fn a_bad_home_net_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = one_packet_capture(dir.path());
+    for (bad, says) in [
+        ("198.18.0.0/33", "not an IP address or CIDR prefix"),
+        ("eth0", "not an IP address or CIDR prefix"),
+        ("2001:2::/129", "not an IP address or CIDR prefix"),
+        ("198.18.0.1/24", "the network is \"198.18.0.0/24\""),
+    ] {
+        let out = portcullis(&[
+            "replay",
+            &pcap,
+            "--home-net",
+            "198.18.0.0/24",
+            "--home-net",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("--home-net"), "{bad}: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
 }

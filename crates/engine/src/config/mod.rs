@@ -90,6 +90,13 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     compile::parse_duration(&serde_json::Value::String(text.to_owned()))
 }
 
+/// An address or CIDR prefix as `home_net` and `block.ip` write it
+/// (`198.51.100.7`, `198.51.100.0/24`, `2001:db8::/32`; host bits set are
+/// refused), for command lines that take the same syntax.
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
+    compile::parse_ip(&serde_json::Value::String(text.to_owned()))
+}
+
 impl Config {
     /// Parses and compiles a rules file. Every error is reported, each with
     /// its path and line; any error means no `Config`.
