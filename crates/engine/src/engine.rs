@@ -783,7 +783,11 @@ impl Engine {
     /// A scan episode ended: one event with the whole scan.
     fn on_summary(&mut self, e: ScanSummary, now: Timestamp) {
         let (action, note) = self.scan_action(e.src, e.internal, e.allowlisted);
-        let mut ev = Event::new(now.max(e.last_seen), EventType::Scan, Some(Flow::addr(e.src)));
+        let mut ev = Event::new(
+            now.max(e.last_seen),
+            EventType::Scan,
+            Some(Flow::addr(e.src)),
+        );
         ev.scan = Some(ScanInfo {
             phase: "end",
             kind: e.kind.as_str(),

@@ -468,9 +468,11 @@ impl fmt::Display for Event {
                     if let Some(t) = &s.tcp_flags {
                         write!(f, ", tcp flags {t}")?;
                     }
-                    match s.note {
-                        Some(n) => write!(f, " -> {} ({n})", s.action)?,
-                        None => write!(f, " -> {}", s.action)?,
+                    match (s.phase, s.note) {
+                        // The summary of a scan already acted on.
+                        ("end", _) => {}
+                        (_, Some(n)) => write!(f, " -> {} ({n})", s.action)?,
+                        (_, None) => write!(f, " -> {}", s.action)?,
                     }
                 }
                 Ok(())

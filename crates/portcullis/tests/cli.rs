@@ -100,12 +100,26 @@ fn demo_runs_the_default_policy_over_its_own_capture() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let scanners: Vec<_> = evs
-        .iter()
-        .filter(|e| e["event_type"] == "scan")
-        .map(|e| e["src_ip"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(scanners, ["198.18.0.66", "2001:2::66"]);
+    let scans = |phase: &str| -> Vec<(String, u64)> {
+        evs.iter()
+            .filter(|e| e["event_type"] == "scan" && e["scan"]["phase"] == phase)
+            .map(|e| {
+                (
+                    e["src_ip"].as_str().unwrap().to_owned(),
+                    e["scan"]["ports"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // Reported at the threshold, then summarized whole when each ends.
+    assert_eq!(
+        scans("start"),
+        [("198.18.0.66".into(), 6), ("2001:2::66".into(), 6)]
+    );
+    assert_eq!(
+        scans("end"),
+        [("198.18.0.66".into(), 100), ("2001:2::66".into(), 20)]
+    );
     assert_eq!(evs.iter().filter(|e| e["event_type"] == "ban").count(), 2);
 }
 

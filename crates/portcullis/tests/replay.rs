@@ -105,18 +105,36 @@ fn ports(n: u16) -> Vec<u16> {
     (1..=n).collect()
 }
 
-fn assert_one_scan(events: &[Value], src: &str, kind: &str) -> Value {
-    let scans = of_type(events, "scan");
-    assert_eq!(scans.len(), 1, "exactly one scan event: {events:#?}");
-    let s = scans[0].clone();
-    assert_eq!(s["src_ip"], src);
-    assert_eq!(s["scan"]["kind"], kind, "{s:#}");
-    assert_eq!(s["scan"]["pattern"], "vertical");
+/// The `scan` events of one phase: `start` (at the threshold) or `end`
+/// (the episode's summary).
+fn scans(events: &[Value], phase: &str) -> Vec<Value> {
+    of_type(events, "scan")
+        .into_iter()
+        .filter(|e| e["scan"]["phase"] == phase)
+        .cloned()
+        .collect()
+}
+
+/// One scan by `src`: reported once at the threshold (the 6th port), and
+/// once more, summarized, when it ends. Returns (start, end).
+fn assert_one_scan(events: &[Value], src: &str, kind: &str) -> (Value, Value) {
     assert_eq!(
-        s["scan"]["ports"], 6,
+        of_type(events, "scan").len(),
+        2,
+        "one start and one end: {events:#?}"
+    );
+    let (s, e) = (scans(events, "start"), scans(events, "end"));
+    assert_eq!((s.len(), e.len()), (1, 1), "{events:#?}");
+    for v in [&s[0], &e[0]] {
+        assert_eq!(v["src_ip"], src);
+        assert_eq!(v["scan"]["kind"], kind, "{v:#}");
+        assert_eq!(v["scan"]["pattern"], "vertical");
+    }
+    assert_eq!(
+        s[0]["scan"]["ports"], 6,
         "reported when the 6th port is probed"
     );
-    s
+    (s[0].clone(), e[0].clone())
 }
 
 #[test]
@@ -130,12 +148,17 @@ fn syn_scan_is_detected_named_and_banned() {
         10_000,
     );
     let events = replay(&frames, SCAN_CONFIG);
-    let scan = assert_one_scan(&events, "198.18.0.66", "syn");
+    let (scan, end) = assert_one_scan(&events, "198.18.0.66", "syn");
     assert_eq!(scan["scan"]["action"], "ban");
     assert_eq!(
         scan["scan"]["port_sample"],
         serde_json::json!([1, 2, 3, 4, 5, 6])
     );
+    // The summary counts the whole scan, also what came after the ban.
+    assert_eq!(end["scan"]["ports"], 30, "{end:#}");
+    assert_eq!(end["scan"]["probes"], 30, "{end:#}");
+    assert_eq!(end["scan"]["hosts"], 1);
+    assert_eq!(end["scan"]["first_seen"], scan["scan"]["first_seen"]);
     let bans = of_type(&events, "ban");
     assert_eq!(bans.len(), 1);
     assert_eq!(bans[0]["src_ip"], "198.18.0.66");
@@ -207,10 +230,15 @@ fn horizontal_sweep_is_detected() {
         &frames,
         r#"{"home_net": ["198.18.1.0/24"], "events": {"dns_queries": false}}"#,
     );
-    let scans = of_type(&events, "scan");
-    assert_eq!(scans.len(), 1, "{events:#?}");
-    assert_eq!(scans[0]["scan"]["pattern"], "horizontal");
-    assert_eq!(scans[0]["scan"]["hosts"], 11);
+    let start = scans(&events, "start");
+    assert_eq!(start.len(), 1, "{events:#?}");
+    assert_eq!(start[0]["scan"]["pattern"], "horizontal");
+    assert_eq!(start[0]["scan"]["hosts"], 11);
+    assert_eq!(start[0]["scan"]["swept_port"], 22);
+    let end = scans(&events, "end");
+    assert_eq!(end.len(), 1, "{events:#?}");
+    assert_eq!(end[0]["scan"]["hosts"], 20);
+    assert_eq!(end[0]["scan"]["swept_port"], 22);
 }
 
 #[test]
@@ -229,10 +257,13 @@ fn slow_scan_is_not_flagged_with_defaults_but_is_with_a_long_window() {
         &frames,
         r#"{"home_net": ["198.18.0.1/32"], "scan": {"slow": {"window": "10m", "port_threshold": 15}}}"#,
     );
-    let scans = of_type(&events, "scan");
-    assert_eq!(scans.len(), 1, "{events:#?}");
-    assert_eq!(scans[0]["scan"]["slow"], true);
-    assert_eq!(scans[0]["scan"]["ports"], 16);
+    let start = scans(&events, "start");
+    assert_eq!(start.len(), 1, "{events:#?}");
+    assert_eq!(start[0]["scan"]["slow"], true);
+    assert_eq!(start[0]["scan"]["ports"], 16);
+    let end = scans(&events, "end");
+    assert_eq!(end.len(), 1, "{events:#?}");
+    assert_eq!(end[0]["scan"]["ports"], 20);
 }
 
 #[test]
@@ -265,10 +296,10 @@ fn allowlisted_scanner_is_reported_never_banned() {
         &frames,
         r#"{"home_net": ["198.18.0.1/32"], "allow": {"ip": ["198.18.0.64/28"]}, "events": {"dns_queries": false}}"#,
     );
-    let scans = of_type(&events, "scan");
-    assert_eq!(scans.len(), 1, "{events:#?}");
-    assert_eq!(scans[0]["scan"]["action"], "alert");
-    assert_eq!(scans[0]["scan"]["note"], "allowlisted");
+    let start = scans(&events, "start");
+    assert_eq!(start.len(), 1, "{events:#?}");
+    assert_eq!(start[0]["scan"]["action"], "alert");
+    assert_eq!(start[0]["scan"]["note"], "allowlisted");
     assert!(of_type(&events, "ban").is_empty());
     assert!(of_type(&events, "drop").is_empty());
 }
@@ -600,7 +631,7 @@ fn replay_is_deterministic_and_on_packet_time() {
             first.as_str() <= t && t <= last.as_str(),
             "{e} outside {first}..{last}"
         );
-        if e["event_type"] == "scan" {
+        if e["event_type"] == "scan" && e["scan"]["phase"] == "start" {
             assert_eq!(e["timestamp"], e["scan"]["last_seen"], "{e}");
         }
     }
@@ -680,7 +711,20 @@ fn home_net_flag_decides_who_is_scanning() {
     );
     let events = replay_with(&frames, SCAN_CONFIG, &["--home-net", HOST]);
     assert_one_scan(&events, "198.18.0.66", "syn");
+    // The scanner inside the home network, scanning out: reported (its
+    // probes were refused), marked internal, alert only.
     let events = replay_with(&frames, SCAN_CONFIG, &["--home-net", "198.18.0.66/32"]);
-    assert!(of_type(&events, "scan").is_empty(), "{events:#?}");
+    let start = scans(&events, "start");
+    assert_eq!(start.len(), 1, "{events:#?}");
+    assert_eq!(start[0]["scan"]["internal"], true);
+    assert_eq!(start[0]["scan"]["action"], "alert");
+    assert_eq!(start[0]["scan"]["note"], "internal");
     assert!(of_type(&events, "ban").is_empty(), "{events:#?}");
+    // Unless the config says to ban insiders too.
+    let events = replay_with(
+        &frames,
+        r#"{"scan": {"internal_action": "ban"}, "events": {"dns_queries": false}}"#,
+        &["--home-net", "198.18.0.66/32"],
+    );
+    assert_eq!(of_type(&events, "ban").len(), 1, "{events:#?}");
 }

@@ -21,7 +21,6 @@ pub mod dns;
 mod packet;
 
 pub use packet::{
-    decode, unreachable_quote, DecodeError, Fragment, IpProto, LinkType, PacketSummary, Quote, Sctp,
-    TcpFlags,
-    MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+    decode, unreachable_quote, DecodeError, Fragment, IpProto, LinkType, PacketSummary, Quote,
+    Sctp, TcpFlags, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
 };

@@ -719,7 +719,9 @@ impl Detector {
         let hasher = RandomState::new();
         let t_p = u64::from(cfg.port_threshold.max(slow.map_or(0, |s| s.port_threshold)));
         let t_h = u64::from(cfg.host_threshold);
-        let cap = (t_p.max(1).saturating_mul(t_h) + 1).max(t_h + 1).max(t_p + 1);
+        let cap = (t_p.max(1).saturating_mul(t_h) + 1)
+            .max(t_h + 1)
+            .max(t_p + 1);
         Self {
             enabled: cfg.enabled,
             window,
@@ -728,9 +730,7 @@ impl Detector {
             slow,
             retention: slow.map_or(window, |s| s.window.max(window)),
             flow_timeout: micros(cfg.flow_timeout),
-            cap: usize::try_from(cap)
-                .unwrap_or(MAX_TARGETS)
-                .min(MAX_TARGETS),
+            cap: usize::try_from(cap).unwrap_or(MAX_TARGETS).min(MAX_TARGETS),
             tallies: HashMap::with_hasher(hasher.clone()),
             hasher,
             local_flows: Lru::new(local_cap),
@@ -964,9 +964,9 @@ impl Detector {
                 i
             }
             None => {
-                let (i, evicted) =
-                    self.sources
-                        .insert(hash, key, Source::new(ts), |k| h.hash_one(k))?;
+                let (i, evicted) = self
+                    .sources
+                    .insert(hash, key, Source::new(ts), |k| h.hash_one(k))?;
                 if let Some((_, mut old)) = evicted {
                     self.source_evictions += 1;
                     // Reuse the evicted source's allocation.
@@ -1019,8 +1019,7 @@ impl Detector {
             in_window += usize::from(fast);
             host_ports += u32::from(fast && e.host == host);
             service_hosts += u32::from(fast && e.service == target.service);
-            slow_ports +=
-                u32::from(e.host == host && self.slow.is_some_and(|w| a < w.window));
+            slow_ports += u32::from(e.host == host && self.slow.is_some_and(|w| a < w.window));
         }
         let fire = if host_ports > self.port_threshold {
             Fire::Vertical
@@ -1055,10 +1054,9 @@ impl Detector {
             .collect();
         // The targets that made it fire.
         let fired: Vec<&Target> = match fire {
-            Fire::Vertical | Fire::Slow => in_window
-                .iter()
-                .filter(|e| e.host == target.host)
-                .collect(),
+            Fire::Vertical | Fire::Slow => {
+                in_window.iter().filter(|e| e.host == target.host).collect()
+            }
             Fire::Horizontal => in_window
                 .iter()
                 .filter(|e| e.service == target.service)
@@ -1135,8 +1133,7 @@ impl Detector {
                 self.end_episodes(vec![k]);
             }
         }
-        self.tallies
-            .insert(key, Tally::open(&finding, &in_window));
+        self.tallies.insert(key, Tally::open(&finding, &in_window));
         finding
     }
 }

@@ -124,8 +124,7 @@ impl HostSet {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.exact.capacity() * size_of::<u32>()
-            + self.bits.as_ref().map_or(0, |_| HOST_BITS / 8)
+        self.exact.capacity() * size_of::<u32>() + self.bits.as_ref().map_or(0, |_| HOST_BITS / 8)
     }
 }
 

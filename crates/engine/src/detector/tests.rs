@@ -342,7 +342,10 @@ fn outbound_probes_count_only_when_refused() {
     }
     assert_eq!(found.len(), 1);
     let f = &found[0];
-    assert_eq!((f.src, f.kind, f.ports, f.internal), (US, ScanKind::Syn, 6, true));
+    assert_eq!(
+        (f.src, f.kind, f.ports, f.internal),
+        (US, ScanKind::Syn, 6, true)
+    );
     // An answer from the prober's own side, or a second one, counts nothing.
     let before = det.stats().counted;
     let p = &probes[50];
@@ -362,7 +365,13 @@ fn honest_client_with_refused_and_unanswered_connections_is_silent() {
     let mut found = Vec::new();
     for i in 0..200u16 {
         let peer = IpAddr::V4(Ipv4Addr::new(198, 51, 100, i as u8));
-        let p = outbound(ms(u64::from(i)), 40_000 + i, peer, 6_000 + i, ProbeShape::SynOs);
+        let p = outbound(
+            ms(u64::from(i)),
+            40_000 + i,
+            peer,
+            6_000 + i,
+            ProbeShape::SynOs,
+        );
         found.extend(det.observe(&p));
         if i % 2 == 0 {
             found.extend(det.answer(&refusal(ms(u64::from(i) + 1), &p)));
@@ -370,7 +379,13 @@ fn honest_client_with_refused_and_unanswered_connections_is_silent() {
     }
     for i in 0..60u16 {
         let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100 + i as u8));
-        let p = outbound(ms(300 + u64::from(i)), 50_000 + i, server, 443, ProbeShape::SynOs);
+        let p = outbound(
+            ms(300 + u64::from(i)),
+            50_000 + i,
+            server,
+            443,
+            ProbeShape::SynOs,
+        );
         found.extend(det.observe(&p));
     }
     assert!(found.is_empty(), "{found:?}");
@@ -411,13 +426,27 @@ fn vertical_counts_ports_of_one_host() {
     for h in 0..8u8 {
         for port in 1..=5u16 {
             let dst = IpAddr::V4(Ipv4Addr::new(192, 0, 2, h));
-            found.extend(det.observe(&probe(ms(u64::from(h) * 10 + u64::from(port)), SCANNER, dst, 40_000, port, ProbeShape::SynRaw)));
+            found.extend(det.observe(&probe(
+                ms(u64::from(h) * 10 + u64::from(port)),
+                SCANNER,
+                dst,
+                40_000,
+                port,
+                ProbeShape::SynRaw,
+            )));
         }
     }
     assert!(found.is_empty(), "{found:?}");
     let dst = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
     let f = det
-        .observe(&probe(ms(200), SCANNER, dst, 40_000, 99, ProbeShape::SynRaw))
+        .observe(&probe(
+            ms(200),
+            SCANNER,
+            dst,
+            40_000,
+            99,
+            ProbeShape::SynRaw,
+        ))
         .expect("six ports of one host");
     assert_eq!((f.pattern, f.ports, f.hosts), (ScanPattern::Vertical, 6, 8));
 }
@@ -434,7 +463,14 @@ fn many_targets_in_one_window_fire_as_wide() {
         for h in 0..11u8 {
             t += 1;
             let dst = IpAddr::V4(Ipv4Addr::new(192, 0, 2, h));
-            found.extend(det.observe(&probe(ms(t), SCANNER, dst, 40_000, port, ProbeShape::SynRaw)));
+            found.extend(det.observe(&probe(
+                ms(t),
+                SCANNER,
+                dst,
+                40_000,
+                port,
+                ProbeShape::SynRaw,
+            )));
         }
     }
     assert_eq!(found.len(), 1, "{found:?}");
@@ -456,7 +492,10 @@ fn episode_summary_counts_the_whole_scan() {
     let ends: Vec<ScanSummary> = det.drain_ends().collect();
     assert_eq!(ends.len(), 1);
     let e = &ends[0];
-    assert_eq!((e.src, e.kind, e.pattern), (SCANNER, ScanKind::Syn, ScanPattern::Vertical));
+    assert_eq!(
+        (e.src, e.kind, e.pattern),
+        (SCANNER, ScanKind::Syn, ScanPattern::Vertical)
+    );
     assert_eq!((e.ports, e.hosts, e.probes), (10_000, 1, 10_000));
     assert_eq!((e.first_seen, e.last_seen), (ms(0), ms(9_999)));
     assert_eq!(e.port_sample, (1..=16).collect::<Vec<u16>>());
@@ -469,14 +508,27 @@ fn a_sweep_summary_names_the_port_and_counts_hosts() {
     let mut found = Vec::new();
     for i in 0..300u16 {
         let dst = IpAddr::V4(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8));
-        found.extend(det.observe(&probe(ms(u64::from(i)), SCANNER, dst, 40_000, 0, ProbeShape::Icmp(8))));
+        found.extend(det.observe(&probe(
+            ms(u64::from(i)),
+            SCANNER,
+            dst,
+            40_000,
+            0,
+            ProbeShape::Icmp(8),
+        )));
     }
     assert_eq!(found.len(), 1);
-    assert_eq!((found[0].kind, found[0].pattern, found[0].hosts), (ScanKind::Icmp, ScanPattern::Horizontal, 11));
+    assert_eq!(
+        (found[0].kind, found[0].pattern, found[0].hosts),
+        (ScanKind::Icmp, ScanPattern::Horizontal, 11)
+    );
     det.finish();
     let ends: Vec<ScanSummary> = det.drain_ends().collect();
     assert_eq!(ends.len(), 1);
-    assert_eq!((ends[0].swept_port, ends[0].ports, ends[0].probes), (Some(8), 1, 300));
+    assert_eq!(
+        (ends[0].swept_port, ends[0].ports, ends[0].probes),
+        (Some(8), 1, 300)
+    );
     // 300 hosts: past the exact list, estimated closely.
     assert!(ends[0].hosts_estimated);
     assert!((290..=310).contains(&ends[0].hosts), "{}", ends[0].hosts);
@@ -485,9 +537,15 @@ fn a_sweep_summary_names_the_port_and_counts_hosts() {
 #[test]
 fn unusual_flags_are_named_other_with_their_flags() {
     let mut det = defaults();
-    let found = run(&mut det, &port_scan(SCANNER, 0, 1, 1, 10, ProbeShape::Other(0x03)));
+    let found = run(
+        &mut det,
+        &port_scan(SCANNER, 0, 1, 1, 10, ProbeShape::Other(0x03)),
+    );
     assert_eq!(found.len(), 1);
-    assert_eq!((found[0].kind, found[0].tcp_flags), (ScanKind::Other, Some(0x03)));
+    assert_eq!(
+        (found[0].kind, found[0].tcp_flags),
+        (ScanKind::Other, Some(0x03))
+    );
 }
 
 #[test]
