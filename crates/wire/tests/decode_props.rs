@@ -31,7 +31,7 @@ use etherparse::{
     NetSlice, PacketBuilder, PacketBuilderStep, SlicedPacket, TcpHeader, TransportSlice, VlanId,
 };
 use portcullis_wire::{
-    decode, DecodeError, Fragment, IpProto, LinkType, PacketSummary, TcpFlags,
+    decode, decode_partial, DecodeError, Fragment, IpProto, LinkType, PacketSummary, TcpFlags,
     MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
 };
 use proptest::collection::vec;
@@ -894,6 +894,10 @@ proptest! {
             Err(e) => {
                 prop_assert!(cut < needed, "{:?} at cut {} (needed {})", e, cut, needed);
                 prop_assert_eq!(e, DecodeError::Truncated);
+                // The packet's lengths announce more: the capture was cut,
+                // the packet was not built wrong.
+                let u = decode_partial(b.link, data).unwrap_err();
+                prop_assert!(u.cut, "{:?} at cut {}", u, cut);
             }
             Ok(s) => {
                 prop_assert!(cut >= needed, "decoded at cut {} (needed {})", cut, needed);
