@@ -242,7 +242,9 @@ impl ProbeShape {
                 F::FIN => Some(Self::Fin),
                 0 => Some(Self::Null),
                 x if x == F::FIN | F::PSH | F::URG => Some(Self::Xmas),
-                F::ACK if p.payload_len() == 0 => Some(Self::BareAck),
+                // By the length on the wire: a data segment whose payload a
+                // snap length cut away is not a bare ACK.
+                F::ACK if p.wire_payload_len() == 0 => Some(Self::BareAck),
                 _ => None,
             },
             _ => None,

@@ -121,6 +121,7 @@ pub fn run_source(
             link: p.link,
             ts: p.ts,
             dir: None,
+            orig_len: Some(p.orig_len),
         });
         for ev in engine.drain_events() {
             out.write(&ev)?;
@@ -149,12 +150,14 @@ impl ReplayStats {
         let c = &self.counters;
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         eprintln!(
-            "replayed {} packets in {:.3}s ({:.0} packets/s): {} accepted, {} dropped",
+            "replayed {} packets in {:.3}s ({:.0} packets/s): {} accepted, {} dropped, {} not IP, {} truncated (cut inside their headers by the capture)",
             c.packets,
             secs,
             c.packets as f64 / secs,
             c.accepted,
-            c.dropped
+            c.dropped,
+            c.not_ip,
+            c.truncated
         );
         let reasons: Vec<String> = Reason::ALL
             .iter()
@@ -178,6 +181,13 @@ pub fn replay_file(file: &Path, common: &Common) -> Result<ExitCode> {
     let cfg = config::load(common.engine.config.as_deref())?;
     let mut cap = open_capture(file)?;
     let stats = run_capture(&mut cap, cfg, common)?;
+    if cap.source.cut_short {
+        eprintln!(
+            "warning: {} ends in the middle of a packet record (the file was cut short); \
+             replayed the packets before it",
+            file.display()
+        );
+    }
     if cap.source.skipped > 0 {
         eprintln!(
             "skipped {} packets on interfaces with unsupported link types",
