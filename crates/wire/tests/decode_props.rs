@@ -90,6 +90,20 @@ fn decode_checked(
     let r = decode(link, data);
     if let Ok(s) = &r {
         check_invariants(s, data)?;
+        prop_assert!(s.wire_payload_len() >= s.payload_len());
+    }
+    // `decode_partial` agrees, and what a failure keeps is consistent.
+    let full = decode_partial(link, data);
+    prop_assert_eq!(full.map_err(|u| u.error), r);
+    if let Err(u) = full {
+        let p = u.partial;
+        prop_assert_eq!(p.src.is_some(), p.dst.is_some());
+        prop_assert_eq!(p.src_port.is_some(), p.dst_port.is_some());
+        if p.dst_port.is_some() {
+            prop_assert!(matches!(p.proto, Some(IpProto::Tcp | IpProto::Udp)));
+            prop_assert!(p.src.is_some());
+        }
+        prop_assert!(!u.cut || u.error == DecodeError::Truncated, "{:?}", u);
     }
     Ok(r)
 }
