@@ -23,9 +23,13 @@ use portcullis_wire::LinkType;
 /// One packet from a source, borrowed until the next call.
 #[derive(Debug, Clone, Copy)]
 pub struct RawPacket<'a> {
+    /// The bytes captured (at most the capture's snap length).
     pub data: &'a [u8],
     pub link: LinkType,
     pub ts: Timestamp,
+    /// The packet's length on the wire: more than `data.len()` when the
+    /// capture's snap length cut it (never less).
+    pub orig_len: u32,
 }
 
 /// Why a source failed.
@@ -105,11 +109,24 @@ impl PacketSource for MemorySource {
             data,
             link: self.link,
             ts: *ts,
+            orig_len: wire_len(data, 0),
         }))
     }
 }
 
+/// The length on the wire of `data` as a record states it (`orig`): never
+/// less than what was captured, whatever the record says.
+fn wire_len(data: &[u8], orig: u32) -> u32 {
+    orig.max(u32::try_from(data.len()).unwrap_or(u32::MAX))
+}
+
 /// A pcap or pcapng capture file (format detected from its magic number).
+///
+/// Reads what tcpdump reads: packets cut by a snap length come with their
+/// original length ([`RawPacket::orig_len`]), even when the file header's
+/// snap length is smaller than it; a file that ends inside a record (a
+/// capture killed mid-write, a partial copy) ends there, with
+/// [`FileSource::cut_short`] set, instead of failing.
 pub struct FileSource {
     inner: Inner<Box<dyn Read + Send>>,
     /// pcapng packets are copied here: the reader's borrow cannot outlive a
@@ -117,6 +134,10 @@ pub struct FileSource {
     buf: Vec<u8>,
     /// Packets skipped because their interface's link type is unsupported.
     pub skipped: u64,
+    /// The file ended in the middle of a record: what came before it was
+    /// read, the rest is lost. [`PacketSource::next_packet`] returned
+    /// `Ok(None)` there.
+    pub cut_short: bool,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -129,6 +150,8 @@ enum Inner<R: Read> {
     Pcap {
         reader: PcapReader<R>,
         link: LinkType,
+        /// Timestamp fractions are nanoseconds (else microseconds).
+        nanos: bool,
     },
     PcapNg {
         reader: PcapNgReader<R>,
@@ -191,10 +214,15 @@ impl FileSource {
             },
             0xa1b2_c3d4 | 0xd4c3_b2a1 | 0xa1b2_3c4d | 0x4d3c_b2a1 => {
                 let reader = PcapReader::new(r)?;
-                let dlt = u32::from(reader.header().datalink);
+                let header = reader.header();
+                let dlt = u32::from(header.datalink);
                 let link =
                     LinkType::from_pcap(dlt).ok_or(CaptureError::UnsupportedLinkType(dlt))?;
-                Inner::Pcap { reader, link }
+                Inner::Pcap {
+                    reader,
+                    link,
+                    nanos: header.ts_resolution == pcap_file::TsResolution::NanoSecond,
+                }
             }
             other => return Err(CaptureError::UnknownFormat(other)),
         };
@@ -202,23 +230,56 @@ impl FileSource {
             inner,
             buf: Vec::with_capacity(65_536),
             skipped: 0,
+            cut_short: false,
         })
     }
 }
 
+/// Whether a reader error means the file ended inside a record.
+fn ends_mid_record(e: &pcap_file::PcapError) -> bool {
+    matches!(e, pcap_file::PcapError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
 impl PacketSource for FileSource {
     fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, CaptureError> {
+        if self.cut_short {
+            return Ok(None);
+        }
         match &mut self.inner {
-            Inner::Pcap { reader, link } => match reader.next_packet() {
+            // Raw records: the checked ones of `pcap-file` refuse an
+            // original length above the file's snap length, which is
+            // exactly what `tcpdump -s N` writes. Lengths need no check
+            // here: the record's bytes were read, and `orig_len` is only
+            // ever compared.
+            Inner::Pcap {
+                reader,
+                link,
+                nanos,
+            } => match reader.next_raw_packet() {
                 None => Ok(None),
+                Some(Err(e)) if ends_mid_record(&e) => {
+                    self.cut_short = true;
+                    Ok(None)
+                }
                 Some(Err(e)) => Err(e.into()),
                 Some(Ok(p)) => {
-                    let ts = Timestamp::from_micros(p.timestamp.as_micros() as u64);
+                    let frac = u64::from(p.ts_frac);
+                    let frac_us = if *nanos { frac / 1000 } else { frac };
+                    let ts = Timestamp::from_micros(
+                        u64::from(p.ts_sec)
+                            .saturating_mul(1_000_000)
+                            .saturating_add(frac_us),
+                    );
                     let link = *link;
                     match p.data {
-                        std::borrow::Cow::Borrowed(data) => Ok(Some(RawPacket { data, link, ts })),
+                        std::borrow::Cow::Borrowed(data) => Ok(Some(RawPacket {
+                            data,
+                            link,
+                            ts,
+                            orig_len: wire_len(data, p.orig_len),
+                        })),
                         // The reader borrows from its buffer; an owned packet
-                        // never comes out of `next_packet`.
+                        // never comes out of `next_raw_packet`.
                         std::borrow::Cow::Owned(_) => Err(CaptureError::Io(std::io::Error::other(
                             "pcap reader returned an owned packet",
                         ))),
@@ -230,11 +291,15 @@ impl PacketSource for FileSource {
                 ifaces,
                 last_ts,
             } => {
-                let (link, ts) = loop {
+                let (link, ts, orig) = loop {
                     // Two-phase: look at the block kind without holding the
                     // borrow across iterations.
                     let block = match reader.next_block() {
                         None => return Ok(None),
+                        Some(Err(e)) if ends_mid_record(&e) => {
+                            self.cut_short = true;
+                            return Ok(None);
+                        }
                         Some(Err(e)) => return Err(e.into()),
                         Some(Ok(b)) => b,
                     };
@@ -270,7 +335,7 @@ impl PacketSource for FileSource {
                             *last_ts = ts;
                             self.buf.clear();
                             self.buf.extend_from_slice(&epb.data);
-                            break (link, ts);
+                            break (link, ts, epb.original_len);
                         }
                         Block::SimplePacket(spb) => {
                             let Some(link) = ifaces.first().and_then(|i| i.link) else {
@@ -279,7 +344,7 @@ impl PacketSource for FileSource {
                             };
                             self.buf.clear();
                             self.buf.extend_from_slice(&spb.data);
-                            break (link, *last_ts);
+                            break (link, *last_ts, spb.original_len);
                         }
                         _ => {}
                     }
@@ -288,6 +353,7 @@ impl PacketSource for FileSource {
                     data: &self.buf,
                     link,
                     ts,
+                    orig_len: wire_len(&self.buf, orig),
                 }))
             }
         }
@@ -326,6 +392,71 @@ mod tests {
     fn unknown_magic_is_an_error() {
         let err = FileSource::new(&b"hello world"[..]).unwrap_err();
         assert!(matches!(err, CaptureError::UnknownFormat(_)), "{err}");
+    }
+
+    fn frames() -> Vec<portcullis_traffic::Frame> {
+        (0..3u64)
+            .map(|i| {
+                portcullis_traffic::Frame::new(
+                    1_795_000_000_000_000 + i,
+                    portcullis_traffic::udp(
+                        "198.18.0.2:5000".parse().unwrap(),
+                        "198.18.0.1:9".parse().unwrap(),
+                        &[i as u8; 100],
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    fn read_all(bytes: Vec<u8>) -> (Vec<(usize, u32, Timestamp)>, FileSource) {
+        let mut src = FileSource::new(std::io::Cursor::new(bytes)).unwrap();
+        let mut got = Vec::new();
+        while let Some(p) = src.next_packet().unwrap() {
+            got.push((p.data.len(), p.orig_len, p.ts));
+        }
+        (got, src)
+    }
+
+    #[test]
+    fn snap_length_captures_are_read_with_their_original_length() {
+        let frames = frames();
+        let whole = frames[0].data.len() as u32;
+        let mut buf = Vec::new();
+        portcullis_traffic::write_pcap_snaplen(&mut buf, &frames, 64).unwrap();
+        let (got, src) = read_all(buf);
+        assert!(!src.cut_short);
+        assert_eq!(got.len(), 3);
+        for (i, (len, orig, ts)) in got.into_iter().enumerate() {
+            assert_eq!((len, orig), (64, whole));
+            assert_eq!(ts.as_micros(), frames[i].ts_micros);
+        }
+    }
+
+    #[test]
+    fn a_file_cut_inside_a_record_ends_there() {
+        let frames = frames();
+        let mut pcap = Vec::new();
+        portcullis_traffic::write_pcap(&mut pcap, &frames).unwrap();
+        let mut ng = Vec::new();
+        portcullis_traffic::write_pcapng(&mut ng, &frames).unwrap();
+        for (name, mut bytes) in [("pcap", pcap), ("pcapng", ng)] {
+            let (all, src) = read_all(bytes.clone());
+            assert!(!src.cut_short, "{name}");
+            assert_eq!(all.len(), 3, "{name}");
+            // Cut in the middle of the last record's data, then inside its
+            // record header.
+            bytes.truncate(bytes.len() - 30);
+            let (got, mut src) = read_all(bytes.clone());
+            assert_eq!(got, all[..2], "{name}");
+            assert!(src.cut_short, "{name}");
+            assert!(src.next_packet().unwrap().is_none(), "{name}: stays ended");
+            let whole = bytes.len();
+            bytes.truncate(whole - (frames[2].data.len() - 30) - 4);
+            let (got, src) = read_all(bytes);
+            assert_eq!(got, all[..2], "{name}");
+            assert!(src.cut_short, "{name}");
+        }
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub struct LivePacket<'a> {
     /// `None`: infer it from `home_net`.
     pub dir: Option<Direction>,
     /// The packet's length on the wire; more than `packet.data.len()` when
-    /// `snaplen` cut it.
+    /// `snaplen` cut it (the same as `packet.orig_len`).
     pub wire_len: u32,
 }
 
@@ -268,6 +268,7 @@ impl LiveCapture {
                             data: p.data,
                             link,
                             ts: timestamp(p.header.ts.tv_sec, p.header.ts.tv_usec),
+                            orig_len: p.header.len,
                         },
                         iface: i,
                         dir,

@@ -2,7 +2,8 @@
 //! one [`Verdict`] out, events on the side.
 //!
 //! Order of decisions (docs/rules.md, "Precedence"):
-//! 1. undecodable -> the `malformed` policy;
+//! 1. undecodable -> the `malformed` policy (but a packet a capture's snap
+//!    length cut inside its headers is only counted, `truncated`);
 //! 2. loopback or an allowlisted peer -> accept (never banned);
 //! 3. a banned peer -> drop `banned`;
 //! 4. a DNS query: allowed names pass on, blocked names drop `blocked_domain`;
@@ -24,15 +25,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_wire::dns;
-use portcullis_wire::{decode, DecodeError, IpProto, LinkType, PacketSummary};
+use portcullis_wire::{decode_partial, DecodeError, IpProto, LinkType, PacketSummary, Undecodable};
 use rustc_hash::FxHashMap;
 
 use crate::community_id::community_id;
 use crate::config::Config;
 use crate::detector::{Detector, DetectorStats, DetectorThread, Report, ScanFinding, ScanSummary};
 use crate::events::{
-    rrtype_name, Aggregated, BanInfo, DnsInfo, DropAggregator, DropInfo, DropKey, Event, EventType,
-    Flow, ScanInfo, SuppressedInfo, TokenBucket,
+    name_hash, rrtype_name, Aggregated, BanInfo, DnsInfo, DropAggregator, DropInfo, DropKey, Event,
+    EventType, Flow, ScanInfo, SuppressedInfo, TokenBucket,
 };
 use crate::explain::Explanation;
 use crate::rules::DomainMatch;
@@ -49,6 +50,12 @@ pub struct PacketIn<'a> {
     /// The netfilter hook's direction; `None` (replay, passive capture):
     /// inferred from the config's `home_net`.
     pub dir: Option<Direction>,
+    /// The packet's length on the wire when the source knows it (capture
+    /// files, libpcap); more than `data.len()` when a snap length cut it.
+    /// A packet cut inside its headers is then counted as
+    /// [`Counters::truncated`], not reported as `malformed`. `None`: `data`
+    /// is the whole packet (NFQUEUE, tests).
+    pub orig_len: Option<u32>,
 }
 
 /// A decoded packet's context inside the engine.
@@ -61,11 +68,16 @@ struct Pkt<'a> {
 /// Direction from `home_net`: to it is inbound, from it outbound, within or
 /// outside it forwarded. Without `home_net`, everything is inbound.
 pub fn infer_direction(home_net: &[ipnet::IpNet], p: &PacketSummary) -> Direction {
+    infer_direction_of(home_net, p.src, p.dst)
+}
+
+/// [`infer_direction`] from the two addresses alone.
+pub fn infer_direction_of(home_net: &[ipnet::IpNet], src: IpAddr, dst: IpAddr) -> Direction {
     if home_net.is_empty() {
         return Direction::Inbound;
     }
-    let src_home = home_net.iter().any(|n| n.contains(&p.src));
-    let dst_home = home_net.iter().any(|n| n.contains(&p.dst));
+    let src_home = home_net.iter().any(|n| n.contains(&src));
+    let dst_home = home_net.iter().any(|n| n.contains(&dst));
     match (src_home, dst_home) {
         (false, true) => Direction::Inbound,
         (true, false) => Direction::Outbound,
@@ -188,6 +200,10 @@ pub struct Counters {
     pub by_reason: [u64; Reason::ALL.len()],
     /// Frames that were not IP (ARP...): accepted, not inspected.
     pub not_ip: u64,
+    /// Packets a capture's snap length cut inside their headers (original
+    /// length beyond the bytes captured): accepted, not inspected, never
+    /// reported as `malformed`.
+    pub truncated: u64,
     pub dns_queries: u64,
     pub probes: u64,
     /// Probes lost because the detector's channel was full.
@@ -319,7 +335,7 @@ impl Engine {
         if let DetectorLink::Thread(_) = self.detector {
             self.collect_findings(pkt.ts);
         }
-        let verdict = match decode(pkt.link, pkt.data) {
+        let verdict = match decode_partial(pkt.link, pkt.data) {
             Ok(p) => {
                 let dir = pkt
                     .dir
@@ -331,11 +347,17 @@ impl Engine {
                 };
                 self.decide(&p, &ctx)
             }
-            Err(DecodeError::NotIp) => {
+            Err(u) if u.error == DecodeError::NotIp => {
                 self.counters.not_ip += 1;
                 return Verdict::accept(Reason::Default, None);
             }
-            Err(e) => self.malformed(e, pkt.ts),
+            Err(u) if u.cut && pkt.orig_len.is_some_and(|l| l as usize > pkt.data.len()) => {
+                // The capture stopped inside the headers: nothing the
+                // sender did wrong, nothing to decide on.
+                self.counters.truncated += 1;
+                return Verdict::accept(Reason::Default, None);
+            }
+            Err(u) => self.malformed(u, pkt),
         };
         self.counters.by_reason[verdict.reason.index()] += 1;
         match verdict.action {
@@ -345,19 +367,59 @@ impl Engine {
         verdict
     }
 
-    fn malformed(&mut self, e: DecodeError, ts: Timestamp) -> Verdict {
+    /// The `malformed` policy. The event keeps every address and port that
+    /// decoded; drops aggregate per (source, error).
+    fn malformed(&mut self, u: Undecodable, pkt: &PacketIn<'_>) -> Verdict {
         let v = match self.cfg.policy.malformed {
             Action::Accept => Verdict::accept(Reason::Malformed, None),
             Action::Drop => Verdict::drop(Reason::Malformed, None),
         };
         if v.action == Action::Drop {
+            let ts = pkt.ts;
+            let p = u.partial;
+            let dir = match (p.src, p.dst) {
+                (Some(src), Some(dst)) => Some(
+                    pkt.dir
+                        .unwrap_or_else(|| infer_direction_of(&self.cfg.home_net, src, dst)),
+                ),
+                _ => pkt.dir,
+            };
+            let remote = match dir {
+                Some(Direction::Outbound) => p.dst,
+                _ => p.src,
+            };
             let key = DropKey {
                 reason: Reason::Malformed,
-                src: None,
+                rule: None,
+                src: remote,
+                detail: u.error as u64 + 1,
             };
             let action = self.drop_action();
-            self.report_drop_with(key, ts, |_| {
-                let mut ev = Event::new(ts, EventType::Drop, None);
+            self.report_drop_with(key, ts, p.dst_port, |s| {
+                let flow = p.src.map(|src| {
+                    let community_id = match (p.dst, p.proto, p.src_port, p.dst_port) {
+                        (Some(dst), Some(proto), Some(sp), Some(dp)) => Some(community_id(
+                            s.cfg.events.community_id_seed,
+                            src,
+                            dst,
+                            proto,
+                            Some((sp, dp)),
+                        )),
+                        _ => None,
+                    };
+                    Flow {
+                        src_ip: src,
+                        src_port: p.src_port,
+                        dest_ip: p.dst,
+                        dest_port: p.dst_port,
+                        proto: p.proto.map(|pr| pr.name().to_string()),
+                        direction: dir,
+                        community_id,
+                        icmp_type: None,
+                        icmp_code: None,
+                    }
+                });
+                let mut ev = Event::new(ts, EventType::Drop, flow);
                 ev.drop = Some(DropInfo {
                     reason: Reason::Malformed,
                     rule: Some("policy.malformed".into()),
@@ -365,7 +427,8 @@ impl Engine {
                     count: 1,
                     first_seen: ts,
                     last_seen: ts,
-                    error: Some(e.as_str()),
+                    error: Some(u.error.as_str()),
+                    dest_ports: Vec::new(),
                 });
                 ev
             });
@@ -390,7 +453,7 @@ impl Engine {
                 || (dir == Direction::Forwarded && self.bans.get(&p.dst).is_some());
             if banned {
                 let v = Verdict::drop(Reason::Banned, None);
-                self.report_drop(p, pkt, v, None);
+                self.report_drop(p, pkt, v, 0, || None);
                 // The scan goes on: its summary counts what a banned
                 // scanner still sent our way.
                 if let Some(shape) = shape {
@@ -406,7 +469,7 @@ impl Engine {
         }
         let v = self.cfg.rules.evaluate(p, dir, self.cfg.policy.default);
         if v.action == Action::Drop {
-            self.report_drop(p, pkt, v, None);
+            self.report_drop(p, pkt, v, 0, || None);
         }
         if let Some(shape) = shape {
             self.offer_probe(p, pkt, shape, false);
@@ -439,8 +502,11 @@ impl Engine {
         };
         match blocked {
             Some((q, rule)) => {
+                // One window per blocked name: the name's hash is in the key,
+                // its text is made only when an event is written.
                 let v = Verdict::drop(Reason::BlockedDomain, Some(rule));
-                self.report_drop(p, pkt, v, Some(info(q)));
+                let name = name_hash(q.name.as_bytes());
+                self.report_drop(p, pkt, v, name, || Some(info(q)));
                 Some(v)
             }
             None => {
@@ -470,15 +536,27 @@ impl Engine {
         }
     }
 
-    fn report_drop(&mut self, p: &PacketSummary, pkt: &Pkt<'_>, v: Verdict, dns: Option<DnsInfo>) {
+    /// Reports a drop of a decoded packet, aggregated per (reason, rule,
+    /// remote address, `detail`: the blocked name's hash or 0). `dns`
+    /// builds the query record, only when an event is written.
+    fn report_drop(
+        &mut self,
+        p: &PacketSummary,
+        pkt: &Pkt<'_>,
+        v: Verdict,
+        detail: u64,
+        dns: impl FnOnce() -> Option<DnsInfo>,
+    ) {
         let ts = pkt.ts;
         let remote = pkt.dir.remote(p);
         let key = DropKey {
             reason: v.reason,
+            rule: v.rule,
             src: Some(remote),
+            detail,
         };
         let action = self.drop_action();
-        self.report_drop_with(key, ts, |s| {
+        self.report_drop_with(key, ts, p.dst_port, |s| {
             let rule = match (v.rule, v.reason) {
                 (Some(r), _) => Some(s.cfg.rules.describe(r)),
                 (None, Reason::Banned) => s.bans.get(&remote).map(|b| {
@@ -499,8 +577,9 @@ impl Engine {
                 first_seen: ts,
                 last_seen: ts,
                 error: None,
+                dest_ports: Vec::new(),
             });
-            ev.dns = dns;
+            ev.dns = dns();
             ev
         });
     }
@@ -512,10 +591,11 @@ impl Engine {
         &mut self,
         key: DropKey,
         ts: Timestamp,
+        dest_port: Option<u16>,
         build: impl FnOnce(&Self) -> Event,
     ) {
         let mut closed = Vec::new();
-        let state = self.aggregator.count(key, ts, &mut closed);
+        let state = self.aggregator.count(key, ts, dest_port, &mut closed);
         for ev in closed {
             self.emit_limited(ev, EventType::Drop);
         }

@@ -29,6 +29,7 @@ fn feed(e: &mut Engine, frames: &[traffic::Frame], dir: Option<Direction>) -> Ve
                 link: LinkType::Ethernet,
                 ts: Timestamp::from_micros(f.ts_micros),
                 dir,
+                orig_len: None,
             })
         })
         .collect()
@@ -256,4 +257,221 @@ fn probes_wait_for_their_batch_at_most_probe_delay() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(seen(&e), 3);
+}
+
+/// The drop events an engine wrote, in order.
+fn drops(e: &mut Engine) -> Vec<Event> {
+    e.drain_events()
+        .filter(|ev| ev.event_type == EventType::Drop)
+        .collect()
+}
+
+fn sock(a: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(a), port)
+}
+
+#[test]
+fn two_rules_hit_by_one_source_are_two_events() {
+    let mut e =
+        engine(r#"{"block": {"port": [9999, "6000-6100"]}, "events": {"dns_queries": false}}"#);
+    let src = "198.18.0.9";
+    let mut frames = vec![traffic::Frame::new(
+        T0,
+        traffic::udp(sock(src, 5000), sock("198.18.0.1", 9999), b"x"),
+    )];
+    for (i, port) in [6000u16, 6001, 6050, 6001].into_iter().enumerate() {
+        frames.push(traffic::Frame::new(
+            T0 + 1 + i as u64,
+            traffic::udp(sock(src, 5000), sock("198.18.0.1", port), b"x"),
+        ));
+    }
+    feed(&mut e, &frames, None);
+    e.finish();
+    let d = drops(&mut e);
+    let summary: Vec<_> = d
+        .iter()
+        .map(|ev| {
+            let info = ev.drop.as_ref().unwrap();
+            (
+                info.rule.clone().unwrap(),
+                info.count,
+                info.dest_ports.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("block.port[0] 9999".to_owned(), 1, vec![]),
+            ("block.port[1] 6000-6100".to_owned(), 1, vec![]),
+            // The closing summary: three more, to these ports.
+            ("block.port[1] 6000-6100".to_owned(), 3, vec![6001, 6050]),
+        ],
+        "{d:#?}"
+    );
+    assert_eq!(d[1].flow.as_ref().unwrap().dest_port, Some(6000));
+}
+
+#[test]
+fn two_blocked_names_from_one_source_are_two_events() {
+    let mut e = engine(r#"{"block": {"domain": ["blocked.example"]}}"#);
+    let (c, r) = (sock("198.18.0.2", 40000), sock("198.18.0.53", 53));
+    let frames = [
+        traffic::Frame::new(T0, traffic::dns_udp(c, r, 1, "www.blocked.example")),
+        traffic::Frame::new(T0 + 1, traffic::dns_tcp(c, r, 2, "sub.blocked.example")),
+        traffic::Frame::new(T0 + 2, traffic::dns_udp(c, r, 3, "www.blocked.example")),
+    ];
+    feed(&mut e, &frames, None);
+    e.finish();
+    let d = drops(&mut e);
+    let names: Vec<_> = d
+        .iter()
+        .map(|ev| {
+            let q = ev.dns.as_ref().unwrap();
+            (
+                q.rrname.as_str(),
+                q.transport,
+                ev.drop.as_ref().unwrap().count,
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("www.blocked.example", "udp", 1),
+            ("sub.blocked.example", "tcp", 1),
+            ("www.blocked.example", "udp", 1),
+        ],
+        "{d:#?}"
+    );
+}
+
+#[test]
+fn a_malformed_tiny_fragment_keeps_its_addresses_and_ports() {
+    let mut e = engine(r#"{"home_net": ["198.18.0.1/32"]}"#);
+    let syn = traffic::tcp(
+        sock("198.18.0.8", 40000),
+        sock("198.18.0.1", 23),
+        traffic::flags::SYN,
+        &[0u8; 40],
+    );
+    let frags = traffic::fragment_ipv4(&syn, 8);
+    let frame = traffic::Frame::new(T0, frags[0].clone());
+    let v = feed(&mut e, &[frame], None);
+    assert_eq!(v[0].reason, Reason::Malformed);
+    let d = drops(&mut e);
+    assert_eq!(d.len(), 1);
+    let f = d[0].flow.as_ref().expect("the IP header decoded: a flow");
+    assert_eq!(f.src_ip, ip("198.18.0.8"));
+    assert_eq!(f.dest_ip, Some(ip("198.18.0.1")));
+    assert_eq!((f.src_port, f.dest_port), (Some(40000), Some(23)));
+    assert_eq!(f.proto.as_deref(), Some("TCP"));
+    assert_eq!(f.direction, Some(Direction::Inbound));
+    assert!(f.community_id.is_some());
+    assert_eq!(d[0].drop.as_ref().unwrap().error, Some("tiny_fragment"));
+
+    // Malformed drops are grouped per source: another source opens its own
+    // window, the first source's second one is counted.
+    let other = traffic::tcp(
+        sock("198.18.0.7", 40000),
+        sock("198.18.0.1", 23),
+        traffic::flags::SYN,
+        &[0u8; 40],
+    );
+    let frames = [
+        traffic::Frame::new(T0 + 1, traffic::fragment_ipv4(&other, 8)[0].clone()),
+        traffic::Frame::new(T0 + 2, frags[0].clone()),
+    ];
+    feed(&mut e, &frames, None);
+    e.finish();
+    let d = drops(&mut e);
+    let srcs: Vec<_> = d
+        .iter()
+        .map(|ev| {
+            (
+                ev.flow.as_ref().unwrap().src_ip,
+                ev.drop.as_ref().unwrap().count,
+            )
+        })
+        .collect();
+    assert_eq!(srcs, [(ip("198.18.0.7"), 1), (ip("198.18.0.8"), 1)]);
+}
+
+#[test]
+fn a_packet_cut_inside_its_headers_by_the_capture_is_truncated_not_malformed() {
+    let mut e = engine("{}");
+    let syn = traffic::tcp(
+        sock("198.18.0.8", 40000),
+        sock("198.18.0.1", 23),
+        traffic::flags::SYN,
+        &[],
+    );
+    // 14 Ethernet + 20 IP + 10 of the 20 TCP header bytes.
+    let cut = &syn[..44];
+    let pkt = |orig_len| PacketIn {
+        data: cut,
+        link: LinkType::Ethernet,
+        ts: Timestamp::from_micros(T0),
+        dir: None,
+        orig_len,
+    };
+    let v = e.process(&pkt(Some(syn.len() as u32)));
+    assert_eq!(v.action, Action::Accept);
+    assert_eq!(e.counters().truncated, 1);
+    assert_eq!(e.counters().reason(Reason::Malformed), 0);
+    assert!(drops(&mut e).is_empty());
+    // The same bytes handed over whole (NFQUEUE): the packet lies about
+    // its length, malformed.
+    let v = e.process(&pkt(None));
+    assert_eq!(v.reason, Reason::Malformed);
+    assert_eq!(e.counters().truncated, 1);
+}
+
+#[test]
+fn a_flood_of_many_keys_stays_bounded() {
+    // 5,000 names under a blocked domain from one source, in one window:
+    // at most max_drop_keys windows, the rate limit holds back the rest.
+    let mut e = engine(
+        r#"{"block": {"domain": ["blocked.example"]},
+            "events": {"max_drop_keys": 64, "max_events_per_second": 100}}"#,
+    );
+    let (c, r) = (sock("198.18.0.2", 40000), sock("198.18.0.53", 53));
+    let frames: Vec<_> = (0..5_000u64)
+        .map(|i| {
+            traffic::Frame::new(
+                T0 + i * 100,
+                traffic::dns_udp(c, r, i as u16, &format!("n{i}.blocked.example")),
+            )
+        })
+        .collect();
+    feed(&mut e, &frames, None);
+    assert!(e.aggregator.len() <= 64, "{}", e.aggregator.len());
+    e.finish();
+    let written = drops(&mut e).len() as u64;
+    let c = e.counters();
+    assert!(written <= 200 + 100, "{written} drop events");
+    assert_eq!(written + c.events_suppressed, 5_000);
+}
+
+#[test]
+fn a_data_segment_cut_by_the_snap_length_is_not_a_bare_ack() {
+    let seg = traffic::tcp(
+        sock("198.18.0.8", 40000),
+        sock("198.18.0.1", 80),
+        traffic::flags::ACK,
+        &[7u8; 200],
+    );
+    // Headers whole (14 + 20 + 20), the data cut away.
+    let cut = portcullis_wire::decode(LinkType::Ethernet, &seg[..54]).unwrap();
+    assert!(cut.truncated);
+    assert_eq!(cut.payload_len(), 0);
+    assert_eq!(ProbeShape::classify(&cut), None);
+    let bare = traffic::tcp(
+        sock("198.18.0.8", 40000),
+        sock("198.18.0.1", 80),
+        traffic::flags::ACK,
+        &[],
+    );
+    let bare = portcullis_wire::decode(LinkType::Ethernet, &bare).unwrap();
+    assert_eq!(ProbeShape::classify(&bare), Some(ProbeShape::BareAck));
 }

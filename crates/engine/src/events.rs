@@ -6,7 +6,8 @@
 //! exists.
 //!
 //! **Invariant: a flood cannot fill the disk.** Drops are aggregated per
-//! (reason, source) over `drop_window` ([`DropAggregator`]), and `drop` and
+//! (reason, rule, source, and for `blocked_domain` the name) over
+//! `drop_window` ([`DropAggregator`], at most `max_drop_keys` windows), and `drop` and
 //! `dns` events pass a token bucket on packet time ([`TokenBucket`]); what
 //! the bucket refuses is counted and reported in one `suppressed` event per
 //! second. `scan`, `ban` and `unban` events are bounded by the detector and
@@ -19,7 +20,7 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 use serde::ser::{Serialize, Serializer};
 
-use crate::types::{Direction, Reason, Timestamp};
+use crate::types::{Direction, Reason, RuleRef, Timestamp};
 
 /// RFC 3339 UTC with microseconds: `2026-11-22T03:01:00.123456Z`.
 pub fn rfc3339(ts: Timestamp) -> String {
@@ -171,7 +172,14 @@ pub struct DropInfo {
     /// For `malformed`: what was wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
+    /// Summaries only: up to [`MAX_DEST_PORTS`] distinct destination ports
+    /// of the drops counted, sorted. Empty (left out) when none had one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dest_ports: Vec<u16>,
 }
+
+/// How many distinct destination ports a drop summary lists.
+pub const MAX_DEST_PORTS: usize = 16;
 
 /// `dns` object (EVE `dns` query record).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -428,6 +436,9 @@ impl fmt::Display for Event {
                     if d.count > 1 {
                         write!(f, " x{} since {}", d.count, rfc3339(d.first_seen))?;
                     }
+                    if !d.dest_ports.is_empty() {
+                        write!(f, " ports {:?}", d.dest_ports)?;
+                    }
                 }
                 if let Some(q) = &self.dns {
                     write!(f, " {} {}", q.rrtype, q.rrname)?;
@@ -602,11 +613,55 @@ impl TokenBucket {
     }
 }
 
-/// What identifies drops that aggregate into one event.
+/// What identifies drops that aggregate into one event: `Copy`, no heap, one
+/// hash probe per dropped packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DropKey {
     pub reason: Reason,
+    /// The rule or list entry that decided (`None` for bans and
+    /// `malformed`).
+    pub rule: Option<RuleRef>,
+    /// The remote address; for `malformed`, the source when the IP header
+    /// decoded.
     pub src: Option<IpAddr>,
+    /// What else tells drops of one rule and source apart: for
+    /// `blocked_domain` a hash of the queried name ([`name_hash`]), for
+    /// `malformed` the decode error; 0 otherwise.
+    pub detail: u64,
+}
+
+/// A 64-bit hash of a (lower-cased) DNS name for [`DropKey::detail`]:
+/// computed over the name's bytes, no allocation.
+pub fn name_hash(name: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(name);
+    // Never 0, which means "no detail".
+    h.finish() | 1
+}
+
+/// Distinct destination ports of a window, at most [`MAX_DEST_PORTS`], in
+/// a fixed array: sampling costs a short scan per drop, no allocation.
+#[derive(Debug, Clone, Copy, Default)]
+struct PortSample {
+    ports: [u16; MAX_DEST_PORTS],
+    len: u8,
+}
+
+impl PortSample {
+    fn add(&mut self, port: u16) {
+        let n = usize::from(self.len);
+        if n < MAX_DEST_PORTS && !self.ports[..n].contains(&port) {
+            self.ports[n] = port;
+            self.len += 1;
+        }
+    }
+
+    fn sorted(&self) -> Vec<u16> {
+        let mut v = self.ports[..usize::from(self.len)].to_vec();
+        v.sort_unstable();
+        v
+    }
 }
 
 #[derive(Debug)]
@@ -615,14 +670,17 @@ struct Pending {
     last_seen: Timestamp,
     /// Drops since the last event for this key.
     unreported: u64,
+    /// Their destination ports.
+    ports: PortSample,
     /// The first event of the window, reused as the template of the
     /// summary.
     template: Event,
 }
 
-/// Aggregates drops per (reason, source): the first drop of a window is
-/// reported at once, the rest of the window as one event with a count when
-/// the window closes. At most `max_keys` keys are held; past that, drops are
+/// Aggregates drops per [`DropKey`] (reason, rule, source, name or error):
+/// the first drop of a window is reported at once, the rest of the window
+/// as one event with a count and a sample of destination ports when the
+/// window closes. At most `max_keys` keys are held; past that, drops are
 /// reported one by one (and then held back by the token bucket).
 #[derive(Debug)]
 pub struct DropAggregator {
@@ -650,15 +708,25 @@ impl DropAggregator {
         }
     }
 
-    /// Counts one drop into its open window if it has one. A window for this
-    /// key that has already ended is closed first: its summary goes to `out`.
-    pub fn count(&mut self, key: DropKey, ts: Timestamp, out: &mut Vec<Event>) -> Aggregated {
+    /// Counts one drop (to `dest_port`, if it has one) into its open window
+    /// if it has one. A window for this key that has already ended is closed
+    /// first: its summary goes to `out`.
+    pub fn count(
+        &mut self,
+        key: DropKey,
+        ts: Timestamp,
+        dest_port: Option<u16>,
+        out: &mut Vec<Event>,
+    ) -> Aggregated {
         let Some(p) = self.pending.get_mut(&key) else {
             return Aggregated::Open;
         };
         if ts.since(p.window_start) < self.window {
             p.unreported += 1;
             p.last_seen = ts;
+            if let Some(port) = dest_port {
+                p.ports.add(port);
+            }
             return Aggregated::Counted;
         }
         if let Some(p) = self.pending.remove(&key) {
@@ -681,6 +749,7 @@ impl DropAggregator {
                     window_start: ts,
                     last_seen: ts,
                     unreported: 0,
+                    ports: PortSample::default(),
                     template: first.clone(),
                 },
             );
@@ -727,6 +796,7 @@ fn summary(p: &Pending, now: Timestamp) -> Event {
         d.count = p.unreported;
         d.first_seen = p.window_start;
         d.last_seen = p.last_seen;
+        d.dest_ports = p.ports.sorted();
     }
     ev
 }
@@ -759,6 +829,7 @@ mod tests {
             first_seen: ts,
             last_seen: ts,
             error: None,
+            dest_ports: Vec::new(),
         });
         e
     }
@@ -833,15 +904,19 @@ mod tests {
         let mut agg = DropAggregator::new(Duration::from_secs(60), 16);
         let key = DropKey {
             reason: Reason::BlockedIp,
+            rule: Some(RuleRef { list: 0, entry: 0 }),
             src: Some("198.18.0.9".parse().unwrap()),
+            detail: 0,
         };
         let t0 = Timestamp::from_secs(1000);
         let mut out = Vec::new();
-        assert_eq!(agg.count(key, t0, &mut out), Aggregated::Open);
+        assert_eq!(agg.count(key, t0, Some(80), &mut out), Aggregated::Open);
         agg.open(key, t0, &drop_event(t0));
         for i in 1..=99u64 {
             let t = Timestamp::from_micros(t0.as_micros() + i * 100_000);
-            assert_eq!(agg.count(key, t, &mut out), Aggregated::Counted);
+            // 99 drops to 40 ports, each port more than once.
+            let port = 1000 - (i % 40) as u16;
+            assert_eq!(agg.count(key, t, Some(port), &mut out), Aggregated::Counted);
         }
         agg.flush_due(Timestamp::from_secs(1030), &mut out);
         assert!(out.is_empty(), "window still open");
@@ -850,6 +925,15 @@ mod tests {
         let d = out[0].drop.as_ref().unwrap();
         assert_eq!(d.count, 99);
         assert_eq!(d.first_seen, t0);
+        // A bounded sample: the first 16 distinct ports, sorted.
+        let want: Vec<u16> = (1..=16).map(|i| 1000 - (i % 40) as u16).rev().collect();
+        assert_eq!(d.dest_ports, want);
+        let v: serde_json::Value = serde_json::from_str(&out[0].to_json()).unwrap();
+        assert_eq!(
+            v["drop"]["dest_ports"].as_array().unwrap().len(),
+            MAX_DEST_PORTS
+        );
+        assert!(out[0].to_string().contains("x99 since"), "{}", out[0]);
         assert_eq!(
             d.last_seen,
             Timestamp::from_micros(t0.as_micros() + 99 * 100_000)
@@ -862,16 +946,18 @@ mod tests {
         let mut agg = DropAggregator::new(Duration::from_secs(60), 16);
         let key = DropKey {
             reason: Reason::BlockedIp,
+            rule: None,
             src: None,
+            detail: 0,
         };
         let mut out = Vec::new();
         let t0 = Timestamp::from_secs(1000);
-        agg.count(key, t0, &mut out);
+        agg.count(key, t0, None, &mut out);
         agg.open(key, t0, &drop_event(t0));
-        agg.count(key, Timestamp::from_secs(1001), &mut out);
+        agg.count(key, Timestamp::from_secs(1001), None, &mut out);
         // No tick ran; a drop after the window must not lose the count of 1.
         assert_eq!(
-            agg.count(key, Timestamp::from_secs(1100), &mut out),
+            agg.count(key, Timestamp::from_secs(1100), None, &mut out),
             Aggregated::Open
         );
         assert_eq!(out.len(), 1);
@@ -884,13 +970,43 @@ mod tests {
         for i in 0..100u32 {
             let key = DropKey {
                 reason: Reason::BlockedIp,
+                rule: None,
                 src: Some(IpAddr::from(i.to_be_bytes())),
+                detail: 0,
             };
             let t = Timestamp::from_secs(1);
-            assert_eq!(agg.count(key, t, &mut Vec::new()), Aggregated::Open);
+            assert_eq!(agg.count(key, t, None, &mut Vec::new()), Aggregated::Open);
             agg.open(key, t, &drop_event(t));
         }
         assert_eq!(agg.len(), 4);
+    }
+
+    #[test]
+    fn keys_tell_rules_and_names_apart() {
+        let mut agg = DropAggregator::new(Duration::from_secs(60), 16);
+        let src = Some("198.18.0.9".parse().unwrap());
+        let t = Timestamp::from_secs(1);
+        let key = |entry: u32, detail: u64| DropKey {
+            reason: Reason::BlockedDomain,
+            rule: Some(RuleRef { list: 3, entry }),
+            src,
+            detail,
+        };
+        let (a, b) = (
+            name_hash(b"www.blocked.example"),
+            name_hash(b"sub.blocked.example"),
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, 0, "0 means no detail");
+        for k in [key(0, a), key(0, b), key(1, a)] {
+            assert_eq!(agg.count(k, t, Some(53), &mut Vec::new()), Aggregated::Open);
+            agg.open(k, t, &drop_event(t));
+        }
+        assert_eq!(agg.len(), 3);
+        assert_eq!(
+            agg.count(key(0, b), t, Some(53), &mut Vec::new()),
+            Aggregated::Counted
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn process(e: &mut Engine, frame: &[u8], dir: Direction, ts: Timestamp) -> Verdi
         link: LinkType::Ethernet,
         ts,
         dir: Some(dir),
+        orig_len: None,
     })
 }
 

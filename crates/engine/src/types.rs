@@ -260,7 +260,9 @@ impl ProbeShape {
             IpProto::Tcp => {
                 p.dst_port?;
                 let f = p.tcp_flags.core();
-                let bare = p.payload_len() == 0;
+                // By the length on the wire: a data segment whose payload a
+                // snap length cut away is not a bare ACK.
+                let bare = p.wire_payload_len() == 0;
                 Some(match f {
                     F::SYN if p.tcp_options_len <= 4 => Self::SynRaw,
                     F::SYN => Self::SynOs,

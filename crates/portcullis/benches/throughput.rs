@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
                     link: LinkType::Ethernet,
                     ts: Timestamp::from_micros(f.ts_micros),
                     dir: Some(Direction::Inbound),
+                    orig_len: None,
                 });
                 std::hint::black_box(v);
             }
@@ -96,6 +97,7 @@ fn bench(c: &mut Criterion) {
                     link: p.link,
                     ts: p.ts,
                     dir: None,
+                    orig_len: Some(p.orig_len),
                 });
                 engine.drain_events().for_each(drop);
             }

@@ -88,6 +88,7 @@ impl PacketPath for InlinePath {
                 link: LinkType::Raw,
                 ts,
                 dir: Some(dir),
+                orig_len: None,
             });
             if v.reason == Reason::BlockedDomain && answer {
                 // Best effort: the query is dropped either way.

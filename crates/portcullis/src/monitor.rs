@@ -57,6 +57,7 @@ impl PacketPath for MonitorPath {
                     link: p.packet.link,
                     ts: p.packet.ts,
                     dir: p.dir,
+                    orig_len: Some(p.packet.orig_len),
                 });
             })
             .context("reading the capture")?;

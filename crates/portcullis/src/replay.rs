@@ -122,6 +122,7 @@ pub fn run_source(
             link: p.link,
             ts: p.ts,
             dir: None,
+            orig_len: Some(p.orig_len),
         });
         for ev in engine.drain_events() {
             out.write(&ev)?;
@@ -150,12 +151,14 @@ impl ReplayStats {
         let c = &self.counters;
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         eprintln!(
-            "replayed {} packets in {:.3}s ({:.0} packets/s): {} accepted, {} dropped",
+            "replayed {} packets in {:.3}s ({:.0} packets/s): {} accepted, {} dropped, {} not IP, {} truncated (cut inside their headers by the capture)",
             c.packets,
             secs,
             c.packets as f64 / secs,
             c.accepted,
-            c.dropped
+            c.dropped,
+            c.not_ip,
+            c.truncated
         );
         let reasons: Vec<String> = Reason::ALL
             .iter()
@@ -194,6 +197,13 @@ pub fn replay_file(file: &Path, common: &Common) -> Result<ExitCode> {
         eprintln!("portcullis: {NO_HOME_NET}");
     }
     let stats = run_capture(&mut cap, cfg, common)?;
+    if cap.source.cut_short {
+        eprintln!(
+            "warning: {} ends in the middle of a packet record (the file was cut short); \
+             replayed the packets before it",
+            file.display()
+        );
+    }
     if cap.source.skipped > 0 {
         eprintln!(
             "skipped {} packets on interfaces with unsupported link types",

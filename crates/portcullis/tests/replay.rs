@@ -521,7 +521,14 @@ fn tiny_fragment_attack_is_malformed() {
         assert_eq!(e["drop"]["reason"], "malformed");
         assert_eq!(e["drop"]["error"], "tiny_fragment");
         assert_eq!(e["drop"]["count"], 1);
+        // The IP header decoded: the attacker is named.
+        assert_eq!(e["src_ip"], "198.18.0.7");
+        assert_eq!(e["dest_ip"], HOST);
+        assert_eq!(e["proto"], "TCP");
     }
+    // The first fragment held the ports; the summary stands for the one at
+    // offset 1, which has none.
+    assert_eq!(events[0]["dest_port"], 23);
 }
 
 #[test]
@@ -727,4 +734,170 @@ fn home_net_flag_decides_who_is_scanning() {
         &["--home-net", "198.18.0.66/32"],
     );
     assert_eq!(of_type(&events, "ban").len(), 1, "{events:#?}");
+}
+
+/// Runs `portcullis replay` on a capture already written; the events and
+/// the standard error (warnings, the closing summary).
+fn replay_file_output(pcap: &Path, config: &str) -> (Vec<Value>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rules.json");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&cfg, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("replay")
+        .arg(pcap)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--events")
+        .arg(&events)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "replay failed: {stderr}");
+    let events = std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (events, stderr)
+}
+
+#[test]
+fn every_rule_and_every_blocked_name_that_fired_has_its_drops() {
+    let src = "198.18.0.9";
+    let to = |port: u16| {
+        traffic::udp(
+            sa(&format!("{src}:5000")),
+            sa(&format!("{HOST}:{port}")),
+            b"x",
+        )
+    };
+    let resolver = sa("198.18.0.53:53");
+    let client = sa(&format!("{src}:40000"));
+    let mut packets = vec![to(9999)];
+    packets.extend([6000, 6001, 6050, 6001, 6100].map(to));
+    packets.push(traffic::dns_udp(client, resolver, 1, "www.blocked.example"));
+    packets.push(traffic::dns_tcp(client, resolver, 2, "sub.blocked.example"));
+    packets.push(traffic::dns_udp(client, resolver, 3, "www.blocked.example"));
+    let events = replay(
+        &one_microsecond_apart(packets),
+        r#"{"block": {"port": [9999, "6000-6100"], "domain": ["blocked.example"]},
+            "events": {"dns_queries": false}}"#,
+    );
+    let got: Vec<(&str, &str, u64, Vec<u64>)> = events
+        .iter()
+        .map(|e| {
+            let d = &e["drop"];
+            let what = e["dns"]["rrname"]
+                .as_str()
+                .unwrap_or_else(|| d["rule"].as_str().unwrap());
+            let ports = d["dest_ports"]
+                .as_array()
+                .map(|a| a.iter().map(|p| p.as_u64().unwrap()).collect())
+                .unwrap_or_default();
+            (
+                d["reason"].as_str().unwrap(),
+                what,
+                d["count"].as_u64().unwrap(),
+                ports,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("blocked_port", "block.port[0] 9999", 1, vec![]),
+            ("blocked_port", "block.port[1] 6000-6100", 1, vec![]),
+            ("blocked_domain", "www.blocked.example", 1, vec![]),
+            ("blocked_domain", "sub.blocked.example", 1, vec![]),
+            // Closing summaries, in the order their windows opened.
+            (
+                "blocked_port",
+                "block.port[1] 6000-6100",
+                4,
+                vec![6001, 6050, 6100]
+            ),
+            ("blocked_domain", "www.blocked.example", 1, vec![53]),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[3]["dns"]["transport"], "tcp");
+    assert!(events.iter().all(|e| e["src_ip"] == src));
+}
+
+#[test]
+fn a_snap_length_capture_is_decoded_as_far_as_its_bytes_go() {
+    let client = sa("198.18.0.10:40000");
+    let server = sa(&format!("{HOST}:80"));
+    let mut packets = Vec::new();
+    // Data segments: their payload is cut away, their headers are whole.
+    for _ in 0..20 {
+        packets.push(traffic::tcp(
+            client,
+            server,
+            flags::ACK | flags::PSH,
+            &[b'x'; 400],
+        ));
+        packets.push(traffic::tcp(server, client, flags::ACK, &[b'y'; 1200]));
+    }
+    // A UDP datagram to a blocked port, its payload cut.
+    packets.push(traffic::udp(
+        sa("198.18.0.9:5000"),
+        sa(&format!("{HOST}:9999")),
+        &[0; 300],
+    ));
+    // An OS SYN: 20 bytes of options, cut inside its TCP header.
+    packets.push(traffic::tcp_syn(
+        sa("198.18.0.11:40001"),
+        server,
+        SynStyle::Os,
+    ));
+    let frames = one_microsecond_apart(packets);
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("snap54.pcap");
+    // 14 Ethernet + 20 IPv4 + 20 TCP.
+    traffic::write_pcap_snaplen(std::fs::File::create(&pcap).unwrap(), &frames, 54).unwrap();
+    let (events, stderr) = replay_file_output(
+        &pcap,
+        r#"{"home_net": ["198.18.0.1/32"], "block": {"port": [9999]}, "events": {"dns_queries": false}}"#,
+    );
+    assert_eq!(types(&events), ["drop"], "{events:#?}");
+    assert_eq!(events[0]["drop"]["reason"], "blocked_port");
+    assert_eq!(events[0]["dest_port"], 9999);
+    assert!(
+        stderr.contains("replayed 42 packets") && stderr.contains(", 1 truncated"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("malformed"), "{stderr}");
+}
+
+#[test]
+fn a_capture_cut_inside_its_last_record_ends_normally_with_its_summaries() {
+    let frames: Vec<Frame> = (0..100u64)
+        .map(|i| {
+            Frame::new(
+                T0 + i * 1000,
+                traffic::udp(sa("198.18.0.99:5000"), sa(&format!("{HOST}:9")), b"flood"),
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("cut.pcap");
+    let mut bytes = Vec::new();
+    traffic::write_pcap(&mut bytes, &frames).unwrap();
+    bytes.truncate(bytes.len() - 10);
+    std::fs::write(&pcap, &bytes).unwrap();
+    let (events, stderr) = replay_file_output(&pcap, r#"{"block": {"ip": ["198.18.0.99"]}}"#);
+    assert!(stderr.contains("cut short"), "{stderr}");
+    assert!(stderr.contains("replayed 99 packets"), "{stderr}");
+    let counts: Vec<u64> = events
+        .iter()
+        .map(|e| e["drop"]["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        counts,
+        [1, 98],
+        "the closing summary is written: {events:#?}"
+    );
 }

@@ -10,7 +10,7 @@
 //!   [`dns_lookups`], [`demo`], [`bench_mix`]): [`Frame`]s with timestamps,
 //!   in time order, with plausible per-flow sequence numbers and the replies a
 //!   real capture would contain. [`merge`] interleaves them.
-//! - **Captures** ([`write_pcap`], [`write_pcapng`]).
+//! - **Captures** ([`write_pcap`], [`write_pcap_snaplen`], [`write_pcapng`]).
 //!
 //! **Invariant:** everything here is a pure function of its arguments: no
 //! clock, no randomness beyond seeded hashes, no I/O except into the writer
@@ -47,7 +47,7 @@ pub use packet::{
     mac_for, raw_l3, tcp, tcp_segment, tcp_syn, udp, with_vlan, SynStyle, TcpFields,
     ETHERNET_HEADER_LEN, MAX_PAYLOAD,
 };
-pub use pcap::{write_pcap, write_pcapng, SNAPLEN};
+pub use pcap::{write_pcap, write_pcap_snaplen, write_pcapng, SNAPLEN};
 pub use scenario::{
     busy_client, dns_lookups, port_scan, resolved_addr, sweep, ScanShape, DNS_ANSWER_DELAY_MICROS,
     DNS_LOOKUP_GAP_MICROS, RTT_MICROS, SCAN_OPEN_TCP_PORTS, SCAN_OPEN_UDP_PORTS,

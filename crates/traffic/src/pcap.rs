@@ -48,6 +48,28 @@ pub fn write_pcap<W: Write>(w: W, frames: &[Frame]) -> io::Result<()> {
     out.into_writer().flush()
 }
 
+/// Writes `frames` as a classic pcap file captured with snap length
+/// `snaplen` (`tcpdump -s snaplen`): each record holds at most `snaplen`
+/// bytes and the frame's whole length as its original length, and the file
+/// header states `snaplen`.
+pub fn write_pcap_snaplen<W: Write>(w: W, frames: &[Frame], snaplen: u32) -> io::Result<()> {
+    let header = PcapHeader {
+        snaplen,
+        datalink: DataLink::ETHERNET,
+        ts_resolution: TsResolution::MicroSecond,
+        endianness: Endianness::Little,
+        ..Default::default()
+    };
+    let mut out = PcapWriter::with_header(w, header).map_err(io_err)?;
+    for f in frames {
+        let kept = f.data.len().min(snaplen as usize);
+        let orig = u32::try_from(f.data.len()).unwrap_or(u32::MAX);
+        out.write_packet(&PcapPacket::new(ts(f), orig, &f.data[..kept]))
+            .map_err(io_err)?;
+    }
+    out.into_writer().flush()
+}
+
 /// Writes `frames` as a pcapng file: one little-endian section, one
 /// Ethernet interface and one Enhanced Packet Block per frame.
 ///

@@ -8,6 +8,11 @@
 //!   is `None` for it, so it can never be read as port 0 or slip past a port
 //!   rule; the verdict for it is made on what it does carry (addresses,
 //!   protocol, fragment flags).
+//! - **A failure says what it could.** [`decode_partial`] returns, beside
+//!   the [`DecodeError`], the addresses, protocol and ports that decoded
+//!   ([`Partial`]) and whether the captured bytes merely ran out before a
+//!   header the packet's own lengths announce ([`Undecodable::cut`]: a
+//!   snap length, not an attack).
 //! - Decoding is pure: no I/O, no clock, no global state.
 //!
 //! The per-packet decoder is written by hand (smoltcp style) because it is
@@ -21,6 +26,7 @@ pub mod dns;
 mod packet;
 
 pub use packet::{
-    decode, unreachable_quote, DecodeError, Fragment, IpProto, LinkType, PacketSummary, Quote,
-    Sctp, TcpFlags, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
+    decode, decode_partial, unreachable_quote, DecodeError, Fragment, IpProto, LinkType,
+    PacketSummary, Partial, Quote, Sctp, TcpFlags, Undecodable, MAX_IPV6_EXT_HEADERS,
+    MAX_VLAN_TAGS,
 };

@@ -201,6 +201,10 @@ pub struct PacketSummary {
     pub truncated: bool,
     payload_start: u32,
     payload_end: u32,
+    /// Where the payload ends on the wire (by the IP header's length), in
+    /// the caller's buffer's coordinates: past `payload_end` when the
+    /// capture was cut.
+    payload_wire_end: u32,
 }
 
 impl PacketSummary {
@@ -214,8 +218,17 @@ impl PacketSummary {
             .unwrap_or(&[])
     }
 
+    /// Bytes of payload captured (`payload(data).len()`).
     pub fn payload_len(&self) -> usize {
         (self.payload_end - self.payload_start) as usize
+    }
+
+    /// Bytes of payload the packet carried on the wire, as its IP header
+    /// announces them: more than [`PacketSummary::payload_len`] when the
+    /// capture cut the packet (snap length), never less. What to classify a
+    /// segment by ("a bare ACK carries no data").
+    pub fn wire_payload_len(&self) -> usize {
+        (self.payload_wire_end.max(self.payload_end) - self.payload_start) as usize
     }
 
     pub fn is_ipv6(&self) -> bool {
@@ -265,6 +278,61 @@ impl fmt::Display for DecodeError {
 }
 
 impl std::error::Error for DecodeError {}
+
+/// What the decoder had read of a packet when it gave up: every field that
+/// decoded, `None` for the rest. `Copy`, no borrow, like [`PacketSummary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Partial {
+    /// Source address, when the IP header's addresses were captured.
+    pub src: Option<IpAddr>,
+    /// Destination address, when the IP header's addresses were captured.
+    pub dst: Option<IpAddr>,
+    /// The transport protocol: IPv4's protocol field; for IPv6 the header
+    /// after the last extension header, once the chain was walked.
+    pub proto: Option<IpProto>,
+    /// TCP/UDP source port, when its bytes were there (never for a
+    /// non-first fragment).
+    pub src_port: Option<u16>,
+    /// TCP/UDP destination port, as `src_port`.
+    pub dst_port: Option<u16>,
+}
+
+/// A packet [`decode_partial`] could not decode: why, and what it had read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Undecodable {
+    pub error: DecodeError,
+    pub partial: Partial,
+    /// The captured bytes ended before a header that the packet's own
+    /// length fields say is there (`error` is then `Truncated`): a capture
+    /// cut by its snap length, or a buffer cut short by its reader, rather
+    /// than a packet built wrong. Whether the packet really was longer on
+    /// the wire only the capture knows (its original length).
+    pub cut: bool,
+}
+
+impl From<DecodeError> for Undecodable {
+    /// Nothing decoded yet; `Truncated` here means the captured bytes ran
+    /// out (no length field bounded them).
+    fn from(error: DecodeError) -> Self {
+        Self {
+            error,
+            partial: Partial::default(),
+            cut: error == DecodeError::Truncated,
+        }
+    }
+}
+
+impl fmt::Display for Undecodable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.error.as_str())?;
+        if self.cut {
+            f.write_str(" (capture cut)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Undecodable {}
 
 #[inline]
 fn be16(d: &[u8], at: usize) -> Result<u16, DecodeError> {
@@ -360,6 +428,14 @@ const ETHERTYPE_QINQ_OLD: u16 = 0x9100;
 
 /// Decodes one packet. Never panics, whatever `data` holds.
 pub fn decode(link: LinkType, data: &[u8]) -> Result<PacketSummary, DecodeError> {
+    decode_partial(link, data).map_err(|u| u.error)
+}
+
+/// [`decode`], and when it fails, what was read before it failed
+/// ([`Undecodable`]: addresses, protocol and ports as far as they decoded,
+/// and whether the captured bytes simply ran out). Never panics, never
+/// allocates.
+pub fn decode_partial(link: LinkType, data: &[u8]) -> Result<PacketSummary, Undecodable> {
     let (l3, ethertype) = match link {
         LinkType::Raw => (0, None),
         LinkType::Ethernet => {
@@ -369,7 +445,7 @@ pub fn decode(link: LinkType, data: &[u8]) -> Result<PacketSummary, DecodeError>
             while matches!(ty, ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD) {
                 tags += 1;
                 if tags > MAX_VLAN_TAGS {
-                    return Err(DecodeError::TooManyHeaders);
+                    return Err(DecodeError::TooManyHeaders.into());
                 }
                 off += 4;
                 ty = be16(data, off)?;
@@ -386,7 +462,7 @@ pub fn decode(link: LinkType, data: &[u8]) -> Result<PacketSummary, DecodeError>
             let ty = match fam {
                 2 => ETHERTYPE_IPV4,
                 24 | 28 | 30 => ETHERTYPE_IPV6,
-                _ => return Err(DecodeError::NotIp),
+                _ => return Err(DecodeError::NotIp.into()),
             };
             (4, Some(ty))
         }
@@ -396,8 +472,8 @@ pub fn decode(link: LinkType, data: &[u8]) -> Result<PacketSummary, DecodeError>
     match (ethertype, version) {
         (None | Some(ETHERTYPE_IPV4), 4) => decode_ipv4(data, l3),
         (None | Some(ETHERTYPE_IPV6), 6) => decode_ipv6(data, l3),
-        (None | Some(ETHERTYPE_IPV4 | ETHERTYPE_IPV6), _) => Err(DecodeError::BadVersion),
-        (Some(_), _) => Err(DecodeError::NotIp),
+        (None | Some(ETHERTYPE_IPV4 | ETHERTYPE_IPV6), _) => Err(DecodeError::BadVersion.into()),
+        (Some(_), _) => Err(DecodeError::NotIp.into()),
     }
 }
 
@@ -413,22 +489,44 @@ struct Network {
     /// Absolute offsets of the transport bytes in the caller's buffer.
     l4_start: usize,
     l4_end: usize,
+    /// Where the transport bytes end on the wire, by the IP header's length
+    /// (may lie past the buffer when the capture was cut).
+    l4_wire_end: usize,
 }
 
-fn decode_ipv4(data: &[u8], l3: usize) -> Result<PacketSummary, DecodeError> {
-    let ip = &data[l3..];
+fn decode_ipv4(data: &[u8], l3: usize) -> Result<PacketSummary, Undecodable> {
+    let ip = data.get(l3..).unwrap_or(&[]);
+    // Addresses and protocol sit in the first 20 bytes: known even when a
+    // later check fails.
+    let partial = match ip.get(..20) {
+        Some(h) => Partial {
+            src: Some(IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]))),
+            dst: Some(IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]))),
+            proto: Some(IpProto::from_number(h[9])),
+            ..Partial::default()
+        },
+        None => Partial::default(),
+    };
+    let fail = |error, cut| Undecodable {
+        error,
+        partial,
+        cut,
+    };
     let ihl = usize::from(byte(ip, 0)? & 0x0f) * 4;
     if ihl < 20 {
-        return Err(DecodeError::BadLength);
+        return Err(fail(DecodeError::BadLength, false));
     }
     if ip.len() < ihl {
-        return Err(DecodeError::Truncated);
+        // Cut by the capture unless the total length says the header
+        // itself is short.
+        let cut = be16(ip, 2).map_or(true, |t| usize::from(t) >= ihl);
+        return Err(fail(DecodeError::Truncated, cut));
     }
-    let total = be16(ip, 2)?;
+    let total = be16(ip, 2).map_err(|e| fail(e, true))?;
     if usize::from(total) < ihl {
-        return Err(DecodeError::BadLength);
+        return Err(fail(DecodeError::BadLength, false));
     }
-    let frag = be16(ip, 6)?;
+    let frag = be16(ip, 6).map_err(|e| fail(e, true))?;
     let more = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
     let fragment = match (offset, more) {
@@ -447,6 +545,7 @@ fn decode_ipv4(data: &[u8], l3: usize) -> Result<PacketSummary, DecodeError> {
         fragment,
         l4_start: l3 + ihl,
         l4_end: l3 + end,
+        l4_wire_end: l3 + usize::from(total),
     };
     decode_transport(data, net)
 }
@@ -457,21 +556,37 @@ fn ipv6_addr(b: &[u8]) -> IpAddr {
     IpAddr::V6(Ipv6Addr::from(a))
 }
 
-fn decode_ipv6(data: &[u8], l3: usize) -> Result<PacketSummary, DecodeError> {
-    let ip = &data[l3..];
+fn decode_ipv6(data: &[u8], l3: usize) -> Result<PacketSummary, Undecodable> {
+    let ip = data.get(l3..).unwrap_or(&[]);
     if ip.len() < 40 {
-        return Err(DecodeError::Truncated);
+        return Err(DecodeError::Truncated.into());
     }
-    let payload_len = be16(ip, 4)?;
+    let (src, dst) = (ipv6_addr(&ip[8..24]), ipv6_addr(&ip[24..40]));
+    let partial = Partial {
+        src: Some(src),
+        dst: Some(dst),
+        ..Partial::default()
+    };
+    let payload_len = u16::from_be_bytes([ip[4], ip[5]]);
     // Payload length 0 means a jumbogram (RFC 2675) only behind a
     // hop-by-hop header (where the jumbo option lives; Linux "BIG TCP" uses
     // it): read to the end of the capture then. Otherwise the datagram is
     // empty and what follows is link padding, not payload.
     let announced = 40 + usize::from(payload_len);
-    let end = if payload_len == 0 && ip[6] == 0 {
+    let jumbo = payload_len == 0 && ip[6] == 0;
+    let end = if jumbo {
         ip.len()
     } else {
         ip.len().min(announced)
+    };
+    // How far the datagram reaches on the wire.
+    let wire_end = if jumbo { end } else { announced };
+    // A read that failed at `at` (exclusive end): cut by the capture if the
+    // datagram reaches that far on the wire.
+    let short = |at: usize| Undecodable {
+        error: DecodeError::Truncated,
+        partial,
+        cut: at > ip.len() && at <= wire_end,
     };
     let mut next = ip[6];
     let mut off = 40;
@@ -479,11 +594,13 @@ fn decode_ipv6(data: &[u8], l3: usize) -> Result<PacketSummary, DecodeError> {
     for _ in 0..=MAX_IPV6_EXT_HEADERS {
         let len = match next {
             // Hop-by-hop, routing, destination options, mobility, HIP, shim6.
-            0 | 43 | 60 | 135 | 139 | 140 => (usize::from(byte(ip, off + 1)?) + 1) * 8,
+            0 | 43 | 60 | 135 | 139 | 140 => {
+                (usize::from(byte(ip, off + 1).map_err(|_| short(off + 2))?) + 1) * 8
+            }
             // Authentication header: length in 4-byte units, minus 2.
-            51 => (usize::from(byte(ip, off + 1)?) + 2) * 4,
+            51 => (usize::from(byte(ip, off + 1).map_err(|_| short(off + 2))?) + 2) * 4,
             44 => {
-                let fo = be16(ip, off + 2)?;
+                let fo = be16(ip, off + 2).map_err(|_| short(off + 4))?;
                 let offset = fo >> 3;
                 let more = fo & 1 != 0;
                 fragment = match (offset, more) {
@@ -495,8 +612,8 @@ fn decode_ipv6(data: &[u8], l3: usize) -> Result<PacketSummary, DecodeError> {
             }
             _ => {
                 let net = Network {
-                    src: ipv6_addr(&ip[8..24]),
-                    dst: ipv6_addr(&ip[24..40]),
+                    src,
+                    dst,
                     proto: next,
                     ttl: ip[7],
                     ip_len: u16::try_from(announced).unwrap_or(u16::MAX),
@@ -504,20 +621,21 @@ fn decode_ipv6(data: &[u8], l3: usize) -> Result<PacketSummary, DecodeError> {
                     fragment,
                     l4_start: l3 + off,
                     l4_end: l3 + end.max(off),
+                    l4_wire_end: l3 + wire_end.max(off),
                 };
                 return decode_transport(data, net);
             }
         };
-        next = byte(ip, off)?;
+        next = byte(ip, off).map_err(|_| short(off + 1))?;
         off += len;
         if off > end {
-            return Err(DecodeError::Truncated);
+            return Err(short(off));
         }
         if let Fragment::NonFirst { .. } = fragment {
             // The rest is fragment data: the next header is not here.
             let net = Network {
-                src: ipv6_addr(&ip[8..24]),
-                dst: ipv6_addr(&ip[24..40]),
+                src,
+                dst,
                 proto: next,
                 ttl: ip[7],
                 ip_len: u16::try_from(announced).unwrap_or(u16::MAX),
@@ -525,14 +643,19 @@ fn decode_ipv6(data: &[u8], l3: usize) -> Result<PacketSummary, DecodeError> {
                 fragment,
                 l4_start: l3 + off,
                 l4_end: l3 + end,
+                l4_wire_end: l3 + wire_end.max(off),
             };
             return decode_transport(data, net);
         }
     }
-    Err(DecodeError::TooManyHeaders)
+    Err(Undecodable {
+        error: DecodeError::TooManyHeaders,
+        partial,
+        cut: false,
+    })
 }
 
-fn decode_transport(data: &[u8], n: Network) -> Result<PacketSummary, DecodeError> {
+fn decode_transport(data: &[u8], n: Network) -> Result<PacketSummary, Undecodable> {
     let proto = IpProto::from_number(n.proto);
     let mut s = PacketSummary {
         src: n.src,
@@ -551,30 +674,67 @@ fn decode_transport(data: &[u8], n: Network) -> Result<PacketSummary, DecodeErro
         truncated: n.truncated,
         payload_start: n.l4_start as u32,
         payload_end: n.l4_end as u32,
+        payload_wire_end: n.l4_wire_end.min(u32::MAX as usize) as u32,
     };
     let l4 = data.get(n.l4_start..n.l4_end).unwrap_or(&[]);
+    let mut partial = Partial {
+        src: Some(n.src),
+        dst: Some(n.dst),
+        proto: Some(proto),
+        ..Partial::default()
+    };
     if let Fragment::NonFirst { offset } = n.fragment {
         // RFC 1858: a TCP fragment at offset 1 rewrites the flags of the
         // first fragment's header. Nothing legitimate does that.
         if proto == IpProto::Tcp && offset == 1 {
-            return Err(DecodeError::TinyFragment);
+            return Err(Undecodable {
+                error: DecodeError::TinyFragment,
+                partial,
+                cut: false,
+            });
         }
         return Ok(s);
     }
+    if let (IpProto::Tcp | IpProto::Udp, Some(&[a, b, c, d])) = (proto, l4.get(..4)) {
+        partial.src_port = Some(u16::from_be_bytes([a, b]));
+        partial.dst_port = Some(u16::from_be_bytes([c, d]));
+    }
+    // Transport bytes on the wire, by the IP header's length.
+    let wire = n.l4_wire_end.saturating_sub(n.l4_start);
     let short = |need: usize| {
-        if n.fragment == Fragment::First {
-            DecodeError::TinyFragment
+        if wire < need {
+            // The packet itself is too short for its header.
+            let error = if n.fragment == Fragment::First {
+                DecodeError::TinyFragment
+            } else {
+                DecodeError::Truncated
+            };
+            Err(Undecodable {
+                error,
+                partial,
+                cut: false,
+            })
+        } else if l4.len() < need {
+            // Long enough on the wire; the capture stopped early.
+            Err(Undecodable {
+                error: DecodeError::Truncated,
+                partial,
+                cut: true,
+            })
         } else {
-            DecodeError::Truncated
+            Ok(())
         }
-        .into_err_if(l4.len() < need)
     };
     let header_len = match proto {
         IpProto::Tcp => {
             short(20)?;
             let doff = usize::from(l4[12] >> 4) * 4;
             if doff < 20 {
-                return Err(DecodeError::BadLength);
+                return Err(Undecodable {
+                    error: DecodeError::BadLength,
+                    partial,
+                    cut: false,
+                });
             }
             short(doff)?;
             s.src_port = Some(u16::from_be_bytes([l4[0], l4[1]]));
@@ -614,21 +774,6 @@ fn decode_transport(data: &[u8], n: Network) -> Result<PacketSummary, DecodeErro
     };
     s.payload_start = (n.l4_start + header_len) as u32;
     Ok(s)
-}
-
-trait IntoErrIf {
-    fn into_err_if(self, cond: bool) -> Result<(), DecodeError>;
-}
-
-impl IntoErrIf for DecodeError {
-    #[inline]
-    fn into_err_if(self, cond: bool) -> Result<(), DecodeError> {
-        if cond {
-            Err(self)
-        } else {
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -738,6 +883,78 @@ mod tests {
         p[0] = 0x55;
         assert_eq!(decode(LinkType::Raw, &p), Err(DecodeError::BadVersion));
         assert_eq!(decode(LinkType::Raw, &[]), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn a_failure_keeps_what_decoded() {
+        // Tiny first fragment: 8 bytes of TCP header, and the IP total
+        // length says so. The sender's doing: not cut.
+        let mut p = SYN_V4.to_vec();
+        p[6] = 0x20;
+        p.truncate(28);
+        p[3] = 28;
+        let u = decode_partial(LinkType::Raw, &p).unwrap_err();
+        assert_eq!(u.error, DecodeError::TinyFragment);
+        assert!(!u.cut);
+        assert_eq!(u.partial.src, Some("198.18.0.2".parse().unwrap()));
+        assert_eq!(u.partial.dst, Some("198.18.0.1".parse().unwrap()));
+        assert_eq!(u.partial.proto, Some(IpProto::Tcp));
+        assert_eq!(
+            (u.partial.src_port, u.partial.dst_port),
+            (Some(40000), Some(80))
+        );
+
+        // The same bytes with the whole segment announced: the capture
+        // stopped early (snap length), the packet was fine.
+        p[3] = 44;
+        let u = decode_partial(LinkType::Raw, &p).unwrap_err();
+        assert_eq!(u.error, DecodeError::Truncated);
+        assert!(u.cut);
+        assert_eq!(u.partial.dst_port, Some(80));
+
+        // Cut inside the IP header: nothing but the error.
+        let u = decode_partial(LinkType::Raw, &SYN_V4[..12]).unwrap_err();
+        assert_eq!((u.error, u.cut), (DecodeError::Truncated, true));
+        assert_eq!(u.partial, Partial::default());
+
+        // A bad TCP data offset: addresses and ports, not cut.
+        let mut p = SYN_V4;
+        p[32] = 0x40;
+        let u = decode_partial(LinkType::Raw, &p).unwrap_err();
+        assert_eq!((u.error, u.cut), (DecodeError::BadLength, false));
+        assert_eq!(u.partial.src_port, Some(40000));
+    }
+
+    #[test]
+    fn ipv6_cut_inside_extension_headers_is_cut() {
+        let mut pl = vec![60, 0, 1, 4, 0, 0, 0, 0];
+        pl.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+        pl.extend_from_slice(&[0x14, 0xe9, 0x00, 0x35, 0x00, 0x0c, 0, 0, 1, 2, 3, 4]);
+        let p = v6_header(0, &pl);
+        let u = decode_partial(LinkType::Raw, &p[..50]).unwrap_err();
+        assert_eq!((u.error, u.cut), (DecodeError::Truncated, true));
+        assert_eq!(u.partial.src, Some("2001:2::2".parse().unwrap()));
+        assert_eq!(u.partial.proto, None, "the chain was not walked to its end");
+        // Zero payload length, padding after: the packet is empty, not cut.
+        let mut p = v6_header(6, &[]);
+        p.extend_from_slice(&SYN_V4[20..]);
+        let u = decode_partial(LinkType::Raw, &p).unwrap_err();
+        assert_eq!((u.error, u.cut), (DecodeError::Truncated, false));
+    }
+
+    #[test]
+    fn cut_payload_keeps_its_wire_length() {
+        // An ACK with 100 bytes of data, captured up to the TCP header.
+        let mut p = SYN_V4[..40].to_vec();
+        p[32] = 0x50;
+        p[33] = 0x10;
+        p[2..4].copy_from_slice(&140u16.to_be_bytes());
+        let s = decode(LinkType::Raw, &p).unwrap();
+        assert!(s.truncated);
+        assert_eq!(s.payload_len(), 0);
+        assert_eq!(s.wire_payload_len(), 100);
+        let s = decode(LinkType::Raw, &SYN_V4).unwrap();
+        assert_eq!(s.wire_payload_len(), 0);
     }
 
     #[test]

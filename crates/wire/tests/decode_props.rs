@@ -31,7 +31,7 @@ use etherparse::{
     NetSlice, PacketBuilder, PacketBuilderStep, SlicedPacket, TcpHeader, TransportSlice, VlanId,
 };
 use portcullis_wire::{
-    decode, DecodeError, Fragment, IpProto, LinkType, PacketSummary, TcpFlags,
+    decode, decode_partial, DecodeError, Fragment, IpProto, LinkType, PacketSummary, TcpFlags,
     MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS,
 };
 use proptest::collection::vec;
@@ -90,6 +90,20 @@ fn decode_checked(
     let r = decode(link, data);
     if let Ok(s) = &r {
         check_invariants(s, data)?;
+        prop_assert!(s.wire_payload_len() >= s.payload_len());
+    }
+    // `decode_partial` agrees, and what a failure keeps is consistent.
+    let full = decode_partial(link, data);
+    prop_assert_eq!(full.map_err(|u| u.error), r);
+    if let Err(u) = full {
+        let p = u.partial;
+        prop_assert_eq!(p.src.is_some(), p.dst.is_some());
+        prop_assert_eq!(p.src_port.is_some(), p.dst_port.is_some());
+        if p.dst_port.is_some() {
+            prop_assert!(matches!(p.proto, Some(IpProto::Tcp | IpProto::Udp)));
+            prop_assert!(p.src.is_some());
+        }
+        prop_assert!(!u.cut || u.error == DecodeError::Truncated, "{:?}", u);
     }
     Ok(r)
 }
@@ -894,6 +908,10 @@ proptest! {
             Err(e) => {
                 prop_assert!(cut < needed, "{:?} at cut {} (needed {})", e, cut, needed);
                 prop_assert_eq!(e, DecodeError::Truncated);
+                // The packet's lengths announce more: the capture was cut,
+                // the packet was not built wrong.
+                let u = decode_partial(b.link, data).unwrap_err();
+                prop_assert!(u.cut, "{:?} at cut {}", u, cut);
             }
             Ok(s) => {
                 prop_assert!(cut >= needed, "decoded at cut {} (needed {})", cut, needed);
