@@ -138,6 +138,11 @@ pub struct KernelPlan {
     /// rest anyway, so ICMP, IPv6 neighbour discovery and the like stay in
     /// the kernel.
     pub queue_new_all_protocols: bool,
+    /// Scan detection is on: besides new TCP and UDP flows, user space sees
+    /// the other shapes of scan probes (ICMP echo, timestamp and
+    /// address-mask requests, SCTP INITs, datagrams of other IP protocols),
+    /// but not ICMP errors or neighbour discovery.
+    pub queue_probes: bool,
     /// Anything goes to user space. False for a passive daemon that only
     /// enforces bans ([`KernelPlan::bans_only`]): the chains stop after
     /// loopback, the allowlist and the ban sets, and no NFQUEUE rule exists.
@@ -160,6 +165,7 @@ impl KernelPlan {
         plan.queue_dns = export.has_domains || cfg.events.dns_queries;
         plan.queue_output_new = export.outbound_rules || default_drop;
         plan.queue_new_all_protocols = export.rules > 0 || default_drop;
+        plan.queue_probes = cfg.scan.enabled;
         plan
     }
 
@@ -179,6 +185,7 @@ impl KernelPlan {
         plan.queue_dns = false;
         plan.queue_output_new = false;
         plan.queue_new_all_protocols = false;
+        plan.queue_probes = false;
         plan.block_log_rate = 0;
         plan.user_space = false;
         plan
@@ -206,6 +213,7 @@ impl KernelPlan {
             queue_dns: true,
             queue_output_new: export.outbound_rules,
             queue_new_all_protocols: export.rules > 0,
+            queue_probes: false,
             user_space: true,
         }
     }
@@ -462,6 +470,17 @@ impl KernelPlan {
                 r.push(format!(
                     "meta l4proto {{ tcp, udp }} ct state {NEW} goto to_user"
                 ));
+                if self.queue_probes {
+                    r.push(format!(
+                        "meta l4proto != {{ tcp, udp, icmp, ipv6-icmp }} ct state {NEW} goto to_user"
+                    ));
+                    r.push(format!(
+                        "icmp type {{ echo-request, timestamp-request, address-mask-request }} ct state {NEW} goto to_user"
+                    ));
+                    r.push(format!(
+                        "icmpv6 type echo-request ct state {NEW} goto to_user"
+                    ));
+                }
             }
         }
         r

@@ -79,6 +79,10 @@ fn input_chain_follows_the_engine_precedence() {
             "udp dport @block_udp goto blocked",
             "meta l4proto @block_proto goto blocked",
             "meta l4proto { tcp, udp } ct state new,invalid,untracked goto to_user",
+            // Scan detection is on: the other probe shapes too.
+            "meta l4proto != { tcp, udp, icmp, ipv6-icmp } ct state new,invalid,untracked goto to_user",
+            "icmp type { echo-request, timestamp-request, address-mask-request } ct state new,invalid,untracked goto to_user",
+            "icmpv6 type echo-request ct state new,invalid,untracked goto to_user",
         ]
     );
     assert_eq!(
@@ -225,7 +229,18 @@ fn empty_plan_has_no_elements_and_no_rules_on_empty_sets() {
             "ip6 saddr @ban6 counter drop",
             "meta l4proto { tcp, udp } th dport 53 goto to_user",
             "meta l4proto { tcp, udp } ct state new,invalid,untracked goto to_user",
+            // Scan detection is on: the other probe shapes too.
+            "meta l4proto != { tcp, udp, icmp, ipv6-icmp } ct state new,invalid,untracked goto to_user",
+            "icmp type { echo-request, timestamp-request, address-mask-request } ct state new,invalid,untracked goto to_user",
+            "icmpv6 type echo-request ct state new,invalid,untracked goto to_user",
         ]
+    );
+    // Without scan detection, only new TCP and UDP flows.
+    let p = plan(r#"{"scan": {"enabled": false}}"#);
+    let s2 = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert_eq!(
+        chain(&s2, "input").last().map(|l| l.as_str()),
+        Some("meta l4proto { tcp, udp } ct state new,invalid,untracked goto to_user")
     );
     // Every set and chain is declared all the same, for `update` to fill.
     for set in LIST_SETS.iter().chain(&["ban4", "ban6"]) {
