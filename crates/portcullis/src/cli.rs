@@ -78,6 +78,14 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Remove kernel rules a portcullis daemon that is no longer running
+    /// left behind (killed, crashed, or its package removed): `table inet
+    /// portcullis` and the iptables chain `PORTCULLIS` with its jumps.
+    /// Needs root.
+    ///
+    /// Exits 0 when nothing of ours is left, 1 (touching nothing) while a
+    /// daemon manages this network namespace's rules.
+    Cleanup,
     /// Validate a rules file and summarize what it loads.
     ///
     /// Exits 0 when the file is valid, 1 when it is not (every error is
@@ -169,6 +177,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => daemon::run(&args),
+        Command::Cleanup => crate::cleanup::run(),
         Command::Status { client } => client::run(&client, Request::Status),
         Command::Bans { client } => client::run(&client, Request::Bans),
         Command::Ban {

@@ -166,13 +166,13 @@ fn protected(args: &RunArgs) -> Vec<ipnet::IpNet> {
 }
 
 /// Where the lock that makes one daemon per network namespace lives.
-const LOCK_DIR: &str = "/run/portcullis";
+pub(crate) const LOCK_DIR: &str = "/run/portcullis";
 
 /// Holds the kernel-rules lock of this network namespace: one daemon with
 /// kernel rules per namespace, whatever `--socket` each was given (another
 /// one's install would delete our table as a crash's leftovers, and its
 /// teardown ours). Released when dropped (or when the process dies).
-fn lock_namespace() -> Result<nix::fcntl::Flock<std::fs::File>> {
+pub(crate) fn lock_namespace() -> Result<nix::fcntl::Flock<std::fs::File>> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
     let ns = std::fs::metadata("/proc/self/ns/net")
         .context("reading this process's network namespace")?

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod cleanup;
 mod cli;
 mod client;
 mod config;

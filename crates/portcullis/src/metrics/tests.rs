@@ -618,3 +618,244 @@ fn connections_over_the_limit_are_answered_busy_at_once() {
     }
     server.shutdown();
 }
+
+// The Grafana dashboard shipped in packaging/grafana (and in the Debian
+// package): every metric and label its queries use must be one `render`
+// really writes, and every family `render` writes must be on it.
+
+const DASHBOARD: &str = include_str!("../../../../packaging/grafana/portcullis.json");
+
+/// Labels Prometheus adds to every scraped series.
+const TARGET_LABELS: [&str; 2] = ["instance", "job"];
+
+/// Every PromQL query of the dashboard (panel targets, in rows too, and
+/// template variables) with where it is, and the legend of each target.
+fn dashboard_queries(dash: &serde_json::Value) -> Vec<(String, String, Option<String>)> {
+    fn panels(list: &serde_json::Value, out: &mut Vec<(String, String, Option<String>)>) {
+        for p in list.as_array().into_iter().flatten() {
+            let title = p["title"].as_str().unwrap_or("?").to_owned();
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{title}: target without expr"));
+                let legend = t["legendFormat"].as_str().map(str::to_owned);
+                out.push((format!("panel {title:?}"), expr.to_owned(), legend));
+            }
+            panels(&p["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    panels(&dash["panels"], &mut out);
+    for v in dash["templating"]["list"].as_array().into_iter().flatten() {
+        let name = v["name"].as_str().unwrap_or("?");
+        if let Some(q) = v["query"]["query"].as_str().or(v["query"].as_str()) {
+            out.push((format!("variable {name}"), q.to_owned(), None));
+        }
+    }
+    out
+}
+
+/// The `portcullis_*` metric names in a query.
+fn metric_names(expr: &str) -> Vec<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut names = Vec::new();
+    for (i, _) in expr.match_indices("portcullis_") {
+        if expr[..i].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        let len = expr[i..]
+            .find(|c: char| !is_ident(c))
+            .unwrap_or(expr.len() - i);
+        names.push(expr[i..i + len].to_owned());
+    }
+    names
+}
+
+/// Label matchers `{name op "value"}` (op and value kept) and the labels of
+/// `by`/`without`/`on`/`ignoring`/`group_left`/`group_right` clauses and
+/// `label_values(metric, label)`.
+fn query_labels(expr: &str) -> (Vec<(String, String, String)>, Vec<String>) {
+    let mut matchers = Vec::new();
+    let mut rest = expr;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').expect("unclosed {") + open;
+        for m in rest[open + 1..close]
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
+            let op_at = m
+                .find(['=', '!'])
+                .unwrap_or_else(|| panic!("matcher {m:?}"));
+            let name = m[..op_at].trim();
+            let after = &m[op_at..];
+            let op_len =
+                if after.starts_with("=~") || after.starts_with("!~") || after.starts_with("!=") {
+                    2
+                } else {
+                    1
+                };
+            let value = after[op_len..].trim().trim_matches('"');
+            matchers.push((
+                name.to_owned(),
+                after[..op_len].to_owned(),
+                value.to_owned(),
+            ));
+        }
+        rest = &rest[close + 1..];
+    }
+    let mut grouping = Vec::new();
+    let words = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    for w in words {
+        for (i, _) in expr.match_indices(w) {
+            let before_ok = !expr[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            let after = expr[i + w.len()..].trim_start();
+            if before_ok && after.starts_with('(') {
+                let inner = &after[1..after.find(')').expect("unclosed (")];
+                grouping.extend(
+                    inner
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    if let Some(args) = expr.strip_prefix("label_values(") {
+        let args = args.trim_end_matches(')');
+        if let Some((_, label)) = args.rsplit_once(',') {
+            grouping.push(label.trim().to_owned());
+        }
+    }
+    (matchers, grouping)
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_and_labels_the_daemon_exports() {
+    let exported = parse(&render(&known()));
+    let family = |name: &str| exported.iter().find(|f| f.name == name);
+    let dash: serde_json::Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
+    assert_eq!(dash["__inputs"][0]["name"], "DS_PROMETHEUS");
+    assert!(
+        dash["schemaVersion"].as_u64().unwrap() >= 39,
+        "a current Grafana schema"
+    );
+
+    let queries = dashboard_queries(&dash);
+    assert!(queries.len() > 20, "{} queries", queries.len());
+    let mut used = BTreeSet::new();
+    for (place, expr, legend) in &queries {
+        let names = metric_names(expr);
+        assert!(
+            !names.is_empty(),
+            "{place}: no portcullis metric in {expr:?}"
+        );
+        let mut labels: BTreeSet<String> = TARGET_LABELS.iter().map(|l| l.to_string()).collect();
+        for name in &names {
+            let f = family(name).unwrap_or_else(|| {
+                panic!("{place}: {name} is not a metric portcullis exports ({expr})")
+            });
+            for (ls, _) in &f.samples {
+                labels.extend(ls.iter().map(|(k, _)| k.clone()));
+            }
+            used.insert(name.clone());
+        }
+        let (matchers, grouping) = query_labels(expr);
+        for l in grouping.iter().chain(matchers.iter().map(|(l, _, _)| l)) {
+            assert!(
+                labels.contains(l),
+                "{place}: label {l:?} is not on {names:?} ({expr})"
+            );
+        }
+        // An exact value must be one the daemon writes (a typo in a
+        // reason name would show an empty panel forever).
+        for (l, op, v) in &matchers {
+            if op == "=" && !TARGET_LABELS.contains(&l.as_str()) {
+                let known_values: BTreeSet<&str> = names
+                    .iter()
+                    .filter_map(|n| family(n))
+                    .flat_map(|f| f.samples.iter())
+                    .flat_map(|(ls, _)| ls.iter())
+                    .filter(|(k, _)| k == l)
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                assert!(
+                    known_values.contains(v.as_str()),
+                    "{place}: {l}=\"{v}\" never written; values: {known_values:?}"
+                );
+            }
+        }
+        // Legends name labels the query's result can carry.
+        for part in legend.iter().flat_map(|l| l.split("{{").skip(1)) {
+            let l = part.split("}}").next().unwrap().trim();
+            assert!(
+                labels.contains(l),
+                "{place}: legend label {l:?} is not on {names:?}"
+            );
+        }
+    }
+    // Every family on the dashboard: a new metric needs a panel.
+    let missing: Vec<&str> = exported
+        .iter()
+        .map(|f| f.name.as_str())
+        .filter(|n| !used.contains(*n))
+        .collect();
+    assert!(missing.is_empty(), "exported but on no panel: {missing:?}");
+}
+
+#[test]
+fn every_dashboard_panel_queries_the_prometheus_input() {
+    let dash: serde_json::Value = serde_json::from_str(DASHBOARD).unwrap();
+    let mut ids = BTreeSet::new();
+    for p in dash["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "panel id {} twice",
+            p["id"]
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        let title = p["title"].as_str().unwrap();
+        assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
+        }
+        let g = &p["gridPos"];
+        assert!(
+            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
+            "{title}: wider than the grid"
+        );
+    }
+}
+
+#[test]
+fn dashboard_query_parsing_finds_names_and_labels() {
+    assert_eq!(
+        metric_names("sum by (reason) (rate(portcullis_verdicts_total{instance=~\"$instance\"}[5m])) / x_portcullis_no"),
+        ["portcullis_verdicts_total"]
+    );
+    let (m, g) =
+        query_labels("a{instance=~\"$i\", reason=\"banned\"} * on(instance) group_left(mode) b");
+    assert_eq!(
+        m,
+        [
+            ("instance".into(), "=~".into(), "$i".into()),
+            ("reason".into(), "=".into(), "banned".into())
+        ]
+    );
+    assert_eq!(g, ["instance", "mode"]);
+}
