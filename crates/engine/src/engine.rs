@@ -30,10 +30,13 @@ use rustc_hash::FxHashMap;
 
 use crate::community_id::community_id;
 use crate::config::Config;
+use crate::config::ScanAction;
 use crate::detector::{Detector, DetectorStats, DetectorThread, Report, ScanFinding, ScanSummary};
 use crate::events::{
-    name_hash, rrtype_name, Aggregated, BanInfo, DnsInfo, DropAggregator, DropInfo, DropKey, Event,
-    EventType, Flow, ScanInfo, SuppressedInfo, TokenBucket,
+    name_hash, rrtype_name, Aggregated, BanEvent, BanInfo, Body, DecodeErrorName, DnsEvent,
+    DnsInfo, DnsRecord, DropAction, DropAggregator, DropEvent, DropInfo, DropKey, Event, EventType,
+    Flow, NotBanned, ScanEvent, ScanInfo, ScanPhase, Seconds, Source, SuppressedEvent,
+    SuppressedInfo, TcpFlagsHex, TokenBucket, Transport, UnbanEvent, UnbanInfo, UnbanReason,
 };
 use crate::explain::Explanation;
 use crate::rules::DomainMatch;
@@ -419,18 +422,23 @@ impl Engine {
                         icmp_code: None,
                     }
                 });
-                let mut ev = Event::new(ts, EventType::Drop, flow);
-                ev.drop = Some(DropInfo {
-                    reason: Reason::Malformed,
-                    rule: Some("policy.malformed".into()),
-                    action,
-                    count: 1,
-                    first_seen: ts,
-                    last_seen: ts,
-                    error: Some(u.error.as_str()),
-                    dest_ports: Vec::new(),
-                });
-                ev
+                Event::new(
+                    ts,
+                    Body::Drop(DropEvent {
+                        flow,
+                        drop: DropInfo {
+                            reason: Reason::Malformed,
+                            rule: Some("policy.malformed".into()),
+                            action,
+                            count: 1,
+                            first_seen: ts,
+                            last_seen: ts,
+                            error: Some(DecodeErrorName(u.error)),
+                            dest_ports: Vec::new(),
+                        },
+                        dns: None,
+                    }),
+                )
             });
         }
         v
@@ -481,8 +489,8 @@ impl Engine {
     fn inspect_dns(&mut self, p: &PacketSummary, pkt: &Pkt<'_>) -> Option<Verdict> {
         let payload = p.payload(pkt.data);
         let (msg, transport) = match p.proto {
-            IpProto::Tcp => (dns::tcp_message(payload)?, "tcp"),
-            _ => (payload, "udp"),
+            IpProto::Tcp => (dns::tcp_message(payload)?, Transport::Tcp),
+            _ => (payload, Transport::Udp),
         };
         let query = dns::parse_query(msg).ok()?;
         self.counters.dns_queries += 1;
@@ -494,7 +502,7 @@ impl Engine {
             }
         }
         let info = |q: &dns::Question| DnsInfo {
-            kind: "query",
+            kind: DnsRecord::Query,
             id: query.header.id,
             rrname: q.name.to_text(),
             rrtype: rrtype_name(q.qtype),
@@ -513,12 +521,13 @@ impl Engine {
                 if self.cfg.events.dns_queries {
                     if let Some(q) = query.first() {
                         if self.admit(pkt.ts, EventType::Dns) {
-                            let mut ev = Event::new(
+                            let ev = Event::new(
                                 pkt.ts,
-                                EventType::Dns,
-                                Some(flow(&self.cfg, p, pkt.dir)),
+                                Body::Dns(DnsEvent {
+                                    flow: flow(&self.cfg, p, pkt.dir),
+                                    dns: info(q),
+                                }),
                             );
-                            ev.dns = Some(info(q));
                             self.push(ev);
                         }
                     }
@@ -528,11 +537,11 @@ impl Engine {
         }
     }
 
-    fn drop_action(&self) -> &'static str {
+    fn drop_action(&self) -> DropAction {
         if self.enforcing {
-            "blocked"
+            DropAction::Blocked
         } else {
-            "would_block"
+            DropAction::WouldBlock
         }
     }
 
@@ -568,19 +577,23 @@ impl Engine {
                 }),
                 _ => None,
             };
-            let mut ev = Event::new(ts, EventType::Drop, Some(flow(&s.cfg, p, pkt.dir)));
-            ev.drop = Some(DropInfo {
-                reason: v.reason,
-                rule,
-                action,
-                count: 1,
-                first_seen: ts,
-                last_seen: ts,
-                error: None,
-                dest_ports: Vec::new(),
-            });
-            ev.dns = dns();
-            ev
+            Event::new(
+                ts,
+                Body::Drop(DropEvent {
+                    flow: Some(flow(&s.cfg, p, pkt.dir)),
+                    drop: DropInfo {
+                        reason: v.reason,
+                        rule,
+                        action,
+                        count: 1,
+                        first_seen: ts,
+                        last_seen: ts,
+                        error: None,
+                        dest_ports: Vec::new(),
+                    },
+                    dns: dns(),
+                }),
+            )
         });
     }
 
@@ -806,21 +819,21 @@ impl Engine {
         }
     }
 
-    /// What is done about a scanner: `ban`, or `alert` with the reason.
+    /// What is done about a scanner: ban it, or only report it and why.
     fn scan_action(
         &self,
         src: IpAddr,
         internal: bool,
         allowlisted: bool,
-    ) -> (&'static str, Option<&'static str>) {
+    ) -> (ScanAction, Option<NotBanned>) {
         if allowlisted || self.cfg.rules.is_allowlisted(src) {
-            ("alert", Some("allowlisted"))
+            (ScanAction::Alert, Some(NotBanned::Allowlisted))
         } else if !self.cfg.scan.ban {
-            ("alert", Some("ban disabled"))
-        } else if internal && self.cfg.scan.internal_action == crate::config::ScanAction::Alert {
-            ("alert", Some("internal"))
+            (ScanAction::Alert, Some(NotBanned::BanDisabled))
+        } else if internal && self.cfg.scan.internal_action == ScanAction::Alert {
+            (ScanAction::Alert, Some(NotBanned::Internal))
         } else {
-            ("ban", None)
+            (ScanAction::Ban, None)
         }
     }
 
@@ -828,22 +841,17 @@ impl Engine {
     fn on_finding(&mut self, f: ScanFinding, now: Timestamp) {
         self.counters.scans += 1;
         let (action, note) = self.scan_action(f.src, f.internal, f.allowlisted);
-        let mut ev = Event::new(
-            now.max(f.last_seen),
-            EventType::Scan,
-            Some(Flow::addr(f.src)),
-        );
-        ev.scan = Some(ScanInfo {
-            phase: "start",
-            kind: f.kind.as_str(),
-            pattern: f.pattern.as_str(),
+        let scan = ScanInfo {
+            phase: ScanPhase::Start,
+            kind: f.kind,
+            pattern: f.pattern,
             slow: f.slow,
             ports: f.ports,
             hosts: f.hosts,
             hosts_estimated: false,
-            port_sample: f.port_sample.clone(),
+            port_sample: f.port_sample,
             swept_port: f.swept_port,
-            tcp_flags: f.tcp_flags.map(|b| format!("{b:02x}")),
+            tcp_flags: f.tcp_flags.map(TcpFlagsHex),
             probes: u64::from(f.probes),
             first_seen: f.first_seen,
             last_seen: f.last_seen,
@@ -851,10 +859,16 @@ impl Engine {
             internal: f.internal,
             action,
             note,
-        });
-        let ts = ev.timestamp;
-        self.push(ev);
-        if action == "ban" {
+        };
+        let ts = now.max(f.last_seen);
+        self.push(Event::new(
+            ts,
+            Body::Scan(ScanEvent {
+                source: Source { src_ip: f.src },
+                scan,
+            }),
+        ));
+        if action == ScanAction::Ban {
             let reason = format!("scan:{}", f.kind.as_str());
             self.ban(f.src, ts, self.cfg.scan.ban_duration, reason);
         }
@@ -863,31 +877,32 @@ impl Engine {
     /// A scan episode ended: one event with the whole scan.
     fn on_summary(&mut self, e: ScanSummary, now: Timestamp) {
         let (action, note) = self.scan_action(e.src, e.internal, e.allowlisted);
-        let mut ev = Event::new(
-            now.max(e.last_seen),
-            EventType::Scan,
-            Some(Flow::addr(e.src)),
-        );
-        ev.scan = Some(ScanInfo {
-            phase: "end",
-            kind: e.kind.as_str(),
-            pattern: e.pattern.as_str(),
+        let scan = ScanInfo {
+            phase: ScanPhase::End,
+            kind: e.kind,
+            pattern: e.pattern,
             slow: e.slow,
             ports: e.ports,
             hosts: e.hosts,
             hosts_estimated: e.hosts_estimated,
             port_sample: e.port_sample,
             swept_port: e.swept_port,
-            tcp_flags: e.tcp_flags.map(|b| format!("{b:02x}")),
+            tcp_flags: e.tcp_flags.map(TcpFlagsHex),
             probes: e.probes,
             first_seen: e.first_seen,
             last_seen: e.last_seen,
-            duration: Some(crate::events::Seconds(e.last_seen.since(e.first_seen))),
+            duration: Some(Seconds(e.last_seen.since(e.first_seen))),
             internal: e.internal,
             action,
             note,
-        });
-        self.push(ev);
+        };
+        self.push(Event::new(
+            now.max(e.last_seen),
+            Body::Scan(ScanEvent {
+                source: Source { src_ip: e.src },
+                scan,
+            }),
+        ));
     }
 
     /// Bans `addr` from `now` for `duration`. Allowlisted and loopback
@@ -913,14 +928,18 @@ impl Engine {
             return false;
         }
         self.counters.bans += 1;
-        let mut ev = Event::new(now, EventType::Ban, Some(Flow::addr(addr)));
-        ev.ban = Some(BanInfo {
-            reason,
-            duration: duration.as_secs(),
-            expires: until,
-            enforced: true,
-        });
-        self.push(ev);
+        self.push(Event::new(
+            now,
+            Body::Ban(BanEvent {
+                source: Source { src_ip: addr },
+                ban: BanInfo {
+                    reason,
+                    duration: duration.as_secs(),
+                    expires: until,
+                    enforced: true,
+                },
+            }),
+        ));
         true
     }
 
@@ -977,7 +996,7 @@ impl Engine {
         self.cfg = cfg;
         for addr in lifted {
             if let Some(b) = self.bans.remove(&addr) {
-                self.unbanned(b, now, "allowlisted");
+                self.unbanned(b, now, UnbanReason::Allowlisted);
             }
         }
         Ok(())
@@ -987,23 +1006,27 @@ impl Engine {
     pub fn unban(&mut self, addr: IpAddr, now: Timestamp) -> bool {
         match self.bans.remove(&addr) {
             Some(b) => {
-                self.unbanned(b, now, "manual");
+                self.unbanned(b, now, UnbanReason::Manual);
                 true
             }
             None => false,
         }
     }
 
-    fn unbanned(&mut self, b: Ban, now: Timestamp, why: &str) {
+    fn unbanned(&mut self, b: Ban, now: Timestamp, why: UnbanReason) {
         self.counters.unbans += 1;
-        let mut ev = Event::new(now, EventType::Unban, Some(Flow::addr(b.addr)));
-        ev.ban = Some(BanInfo {
-            reason: why.to_owned(),
-            duration: b.until.since(b.since).as_secs(),
-            expires: b.until,
-            enforced: true,
-        });
-        self.push(ev);
+        self.push(Event::new(
+            now,
+            Body::Unban(UnbanEvent {
+                source: Source { src_ip: b.addr },
+                ban: UnbanInfo {
+                    reason: why,
+                    duration: b.until.since(b.since).as_secs(),
+                    expires: b.until,
+                    enforced: true,
+                },
+            }),
+        ));
     }
 
     /// Housekeeping at `now` (packet time): expire bans, close drop windows,
@@ -1015,7 +1038,7 @@ impl Engine {
         self.next_tick = now.saturating_add(TICK);
         for b in self.bans.expire(now) {
             let at = b.until;
-            self.unbanned(b, at, "expired");
+            self.unbanned(b, at, UnbanReason::Expired);
         }
         let mut out = Vec::new();
         self.aggregator.flush_due(now, &mut out);
@@ -1035,12 +1058,16 @@ impl Engine {
     fn flush_suppressed(&mut self, now: Timestamp) {
         if let Some(since) = self.suppressed_since {
             if now.since(since) >= TICK || now == self.now {
-                let mut ev = Event::new(now, EventType::Suppressed, None);
-                ev.suppressed = Some(SuppressedInfo {
-                    drop: self.suppressed_drop,
-                    dns: self.suppressed_dns,
-                    since,
-                });
+                let ev = Event::new(
+                    now,
+                    Body::Suppressed(SuppressedEvent {
+                        suppressed: SuppressedInfo {
+                            drop: self.suppressed_drop,
+                            dns: self.suppressed_dns,
+                            since,
+                        },
+                    }),
+                );
                 self.suppressed_drop = 0;
                 self.suppressed_dns = 0;
                 self.suppressed_since = None;
@@ -1073,7 +1100,7 @@ impl Engine {
         }
         for b in self.bans.expire(now) {
             let at = b.until;
-            self.unbanned(b, at, "expired");
+            self.unbanned(b, at, UnbanReason::Expired);
         }
         let mut out = Vec::new();
         self.aggregator.flush_all(now, &mut out);

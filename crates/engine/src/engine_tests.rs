@@ -129,8 +129,11 @@ fn reload_keeps_bans_but_lifts_newly_allowlisted_ones() {
     assert!(e.bans().get(&ip("198.18.0.77")).is_none());
     let evs: Vec<_> = e.drain_events().collect();
     assert_eq!(evs.len(), 1);
-    assert_eq!(evs[0].event_type, EventType::Unban);
-    assert_eq!(evs[0].ban.as_ref().unwrap().reason, "allowlisted");
+    assert_eq!(evs[0].event_type(), EventType::Unban);
+    assert!(
+        matches!(&evs[0].body, Body::Unban(u) if u.ban.reason == UnbanReason::Allowlisted),
+        "{evs:?}"
+    );
     // And the new rules apply to the next packet.
     let ping = traffic::icmp_echo(ip("198.18.0.66"), ip("198.18.0.1"), 1, 1);
     let v = feed(&mut e, &[traffic::Frame::new(T0 + 1, ping)], None);
@@ -176,7 +179,7 @@ fn restored_bans_apply_without_a_new_ban_event() {
     e.tick(Timestamp::from_secs(1500));
     let evs: Vec<_> = e.drain_events().collect();
     assert_eq!(evs.len(), 1);
-    assert_eq!(evs[0].event_type, EventType::Unban);
+    assert_eq!(evs[0].event_type(), EventType::Unban);
 }
 
 #[test]
@@ -262,7 +265,7 @@ fn probes_wait_for_their_batch_at_most_probe_delay() {
 /// The drop events an engine wrote, in order.
 fn drops(e: &mut Engine) -> Vec<Event> {
     e.drain_events()
-        .filter(|ev| ev.event_type == EventType::Drop)
+        .filter(|ev| ev.event_type() == EventType::Drop)
         .collect()
 }
 
@@ -291,7 +294,7 @@ fn two_rules_hit_by_one_source_are_two_events() {
     let summary: Vec<_> = d
         .iter()
         .map(|ev| {
-            let info = ev.drop.as_ref().unwrap();
+            let info = ev.drop_info().unwrap();
             (
                 info.rule.clone().unwrap(),
                 info.count,
@@ -309,7 +312,7 @@ fn two_rules_hit_by_one_source_are_two_events() {
         ],
         "{d:#?}"
     );
-    assert_eq!(d[1].flow.as_ref().unwrap().dest_port, Some(6000));
+    assert_eq!(d[1].flow().unwrap().dest_port, Some(6000));
 }
 
 #[test]
@@ -327,20 +330,20 @@ fn two_blocked_names_from_one_source_are_two_events() {
     let names: Vec<_> = d
         .iter()
         .map(|ev| {
-            let q = ev.dns.as_ref().unwrap();
+            let q = ev.dns_info().unwrap();
             (
                 q.rrname.as_str(),
                 q.transport,
-                ev.drop.as_ref().unwrap().count,
+                ev.drop_info().unwrap().count,
             )
         })
         .collect();
     assert_eq!(
         names,
         [
-            ("www.blocked.example", "udp", 1),
-            ("sub.blocked.example", "tcp", 1),
-            ("www.blocked.example", "udp", 1),
+            ("www.blocked.example", Transport::Udp, 1),
+            ("sub.blocked.example", Transport::Tcp, 1),
+            ("www.blocked.example", Transport::Udp, 1),
         ],
         "{d:#?}"
     );
@@ -361,14 +364,21 @@ fn a_malformed_tiny_fragment_keeps_its_addresses_and_ports() {
     assert_eq!(v[0].reason, Reason::Malformed);
     let d = drops(&mut e);
     assert_eq!(d.len(), 1);
-    let f = d[0].flow.as_ref().expect("the IP header decoded: a flow");
+    let f = d[0].flow().expect("the IP header decoded: a flow");
     assert_eq!(f.src_ip, ip("198.18.0.8"));
     assert_eq!(f.dest_ip, Some(ip("198.18.0.1")));
     assert_eq!((f.src_port, f.dest_port), (Some(40000), Some(23)));
     assert_eq!(f.proto.as_deref(), Some("TCP"));
     assert_eq!(f.direction, Some(Direction::Inbound));
     assert!(f.community_id.is_some());
-    assert_eq!(d[0].drop.as_ref().unwrap().error, Some("tiny_fragment"));
+    assert_eq!(
+        d[0].drop_info()
+            .unwrap()
+            .error
+            .map(|e| e.to_string())
+            .as_deref(),
+        Some("tiny_fragment")
+    );
 
     // Malformed drops are grouped per source: another source opens its own
     // window, the first source's second one is counted.
@@ -387,12 +397,7 @@ fn a_malformed_tiny_fragment_keeps_its_addresses_and_ports() {
     let d = drops(&mut e);
     let srcs: Vec<_> = d
         .iter()
-        .map(|ev| {
-            (
-                ev.flow.as_ref().unwrap().src_ip,
-                ev.drop.as_ref().unwrap().count,
-            )
-        })
+        .map(|ev| (ev.flow().unwrap().src_ip, ev.drop_info().unwrap().count))
         .collect();
     assert_eq!(srcs, [(ip("198.18.0.7"), 1), (ip("198.18.0.8"), 1)]);
 }

@@ -5,6 +5,15 @@
 //! one readable console line. Field names follow Suricata's EVE where one
 //! exists.
 //!
+//! **Events are types.** An event is a timestamp and a [`Body`], one
+//! variant per `event_type` (serde writes the tag), each with its own
+//! struct ([`DropEvent`], [`ScanEvent`], ...); what can only take a few
+//! values is an enum ([`DropAction`], [`ScanPhase`], [`NotBanned`],
+//! [`UnbanReason`], [`QueueFate`], ...), so no event can carry a field of
+//! another type or a misspelt value. The golden test
+//! (`crates/portcullis/tests/golden.rs`) holds the JSON and console lines
+//! of every event type a replay writes.
+//!
 //! **Invariant: a flood cannot fill the disk.** Drops are aggregated per
 //! (reason, rule, source, and for `blocked_domain` the name) over
 //! `drop_window` ([`DropAggregator`], at most `max_drop_keys` windows), and `drop` and
@@ -20,6 +29,8 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 use serde::ser::{Serialize, Serializer};
 
+use crate::config::ScanAction;
+use crate::detector::{ScanKind, ScanPattern};
 use crate::types::{Direction, Reason, RuleRef, Timestamp};
 
 /// RFC 3339 UTC with microseconds: `2026-11-22T03:01:00.123456Z`.
@@ -114,7 +125,8 @@ impl EventType {
     }
 }
 
-/// The flow (or, for `scan`/`ban`/`unban`, the address) an event is about.
+/// The flow a `drop` or `dns` event is about (`scan`, `ban` and `unban`
+/// events carry only the address: [`Source`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Flow {
     pub src_ip: IpAddr,
@@ -138,20 +150,30 @@ pub struct Flow {
     pub icmp_code: Option<u8>,
 }
 
-impl Flow {
-    /// A flow with only a source address (scan, ban, unban).
-    pub fn addr(src_ip: IpAddr) -> Self {
-        Self {
-            src_ip,
-            src_port: None,
-            dest_ip: None,
-            dest_port: None,
-            proto: None,
-            direction: None,
-            community_id: None,
-            icmp_type: None,
-            icmp_code: None,
-        }
+/// `drop.action`: what happened to the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropAction {
+    /// Dropped (inline).
+    Blocked,
+    /// Not enforced (passive monitor, dry run): it would have been.
+    WouldBlock,
+}
+
+/// `drop.error`: why a `malformed` packet could not be decoded (the wire
+/// decoder's error, by its name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeErrorName(pub portcullis_wire::DecodeError);
+
+impl Serialize for DecodeErrorName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
+impl fmt::Display for DecodeErrorName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
     }
 }
 
@@ -162,16 +184,14 @@ pub struct DropInfo {
     /// The rule, list entry or ban that decided, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    /// `blocked` when the packet was dropped; `would_block` when it was not
-    /// enforced (passive monitor, dry run).
-    pub action: &'static str,
+    pub action: DropAction,
     /// Packets this event stands for (1 for the first of a window).
     pub count: u64,
     pub first_seen: Timestamp,
     pub last_seen: Timestamp,
     /// For `malformed`: what was wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'static str>,
+    pub error: Option<DecodeErrorName>,
     /// Summaries only: up to [`MAX_DEST_PORTS`] distinct destination ports
     /// of the drops counted, sorted. Empty (left out) when none had one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -181,40 +201,103 @@ pub struct DropInfo {
 /// How many distinct destination ports a drop summary lists.
 pub const MAX_DEST_PORTS: usize = 16;
 
+/// `dns.type`: the record is a query (EVE also has `answer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsRecord {
+    Query,
+}
+
+/// `dns.transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
 /// `dns` object (EVE `dns` query record).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DnsInfo {
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: DnsRecord,
     pub id: u16,
     pub rrname: String,
     pub rrtype: String,
-    /// `tcp` or `udp`.
-    pub transport: &'static str,
+    pub transport: Transport,
+}
+
+/// `scan.phase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanPhase {
+    /// The threshold was crossed (this event triggers the ban).
+    Start,
+    /// The episode ended: the whole scan.
+    End,
+}
+
+/// `scan.note`: why a scanner was not banned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum NotBanned {
+    #[serde(rename = "allowlisted")]
+    Allowlisted,
+    #[serde(rename = "ban disabled")]
+    BanDisabled,
+    /// Inside `home_net` with `scan.internal_action` `alert`.
+    #[serde(rename = "internal")]
+    Internal,
+}
+
+impl NotBanned {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowlisted => "allowlisted",
+            Self::BanDisabled => "ban disabled",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl Serialize for ScanKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for ScanPattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for ScanAction {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// `scan` object: at the threshold (`phase: start`, it triggers the ban)
 /// and when the episode ends (`phase: end`, the whole scan).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ScanInfo {
-    /// `start` or `end`.
-    pub phase: &'static str,
-    pub kind: &'static str,
-    pub pattern: &'static str,
+    pub phase: ScanPhase,
+    pub kind: ScanKind,
+    pub pattern: ScanPattern,
     pub slow: bool,
     pub ports: u32,
     pub hosts: u32,
-    /// `end` only, when `hosts` is an estimate (more than 64 hosts).
+    /// `end` only, when `hosts` is an estimate (more than 256 hosts).
     #[serde(skip_serializing_if = "is_false")]
     pub hosts_estimated: bool,
     pub port_sample: Vec<u16>,
     /// Horizontal scans: the port swept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swept_port: Option<u16>,
-    /// Kind `other`: the TCP flags of its probes, as two hex digits
-    /// (EVE's `tcp_flags` spelling).
+    /// Kind `other`: the TCP flags of its probes, two hex digits as EVE
+    /// writes `tcp_flags`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp_flags: Option<String>,
+    pub tcp_flags: Option<TcpFlagsHex>,
     pub probes: u64,
     pub first_seen: Timestamp,
     pub last_seen: Timestamp,
@@ -224,9 +307,25 @@ pub struct ScanInfo {
     /// The scanner is inside `home_net` or is this host.
     pub internal: bool,
     /// `ban` or `alert` (not banned: see `note`).
-    pub action: &'static str,
+    pub action: ScanAction,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<&'static str>,
+    pub note: Option<NotBanned>,
+}
+
+/// A TCP flags byte, written as two hex digits (`"03"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpFlagsHex(pub u8);
+
+impl Serialize for TcpFlagsHex {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl fmt::Display for TcpFlagsHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}", self.0)
+    }
 }
 
 /// A span of time, written as a JSON number of seconds.
@@ -243,10 +342,11 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// `ban` object of ban and unban events.
+/// `ban` object of ban events.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BanInfo {
-    /// Why: `scan:syn`, `manual`, ... for bans; `expired`, `manual` for unbans.
+    /// Why: `scan:<kind>`, or what `portcullis ban --reason` said
+    /// (default `manual`).
     pub reason: String,
     /// Ban length in seconds.
     pub duration: u64,
@@ -254,6 +354,41 @@ pub struct BanInfo {
     /// False when nothing enforces the ban (passive monitor without
     /// `--enforce-bans`, dry run): written only then, as
     /// `"enforced": false`.
+    #[serde(skip_serializing_if = "is_true")]
+    pub enforced: bool,
+}
+
+/// `ban.reason` of an unban event: why the ban ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnbanReason {
+    /// Its time was over.
+    Expired,
+    /// `portcullis unban`.
+    Manual,
+    /// A reload put the address on the allowlist.
+    Allowlisted,
+}
+
+impl UnbanReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Manual => "manual",
+            Self::Allowlisted => "allowlisted",
+        }
+    }
+}
+
+/// `ban` object of unban events.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnbanInfo {
+    pub reason: UnbanReason,
+    /// Length of the ban that ended, in seconds.
+    pub duration: u64,
+    /// When it ended (or was to end).
+    pub expires: Timestamp,
+    /// As for bans: written only as `false`.
     #[serde(skip_serializing_if = "is_true")]
     pub enforced: bool,
 }
@@ -270,10 +405,28 @@ pub struct SuppressedInfo {
     pub since: Timestamp,
 }
 
+/// `queue.fate`: what became of packets the queue could not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueFate {
+    /// Fail-open: they passed uninspected.
+    Passed,
+    /// Fail-closed: they were dropped.
+    Dropped,
+}
+
+impl QueueFate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
 /// `queue` object: packets the kernel could not hand to portcullis since
 /// the last `queue` event (from `/proc/net/netfilter/nfnetlink_queue` and
-/// the socket). In fail-open mode they passed uninspected; in fail-closed
-/// mode they were dropped.
+/// the socket).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct QueueInfo {
     pub number: u16,
@@ -286,8 +439,7 @@ pub struct QueueInfo {
     /// Sent toward the queue but neither received nor counted as dropped:
     /// let past a full queue by fail-open, uninspected (iptables path).
     pub uninspected: u64,
-    /// `passed` (fail-open) or `dropped` (fail-closed).
-    pub fate: &'static str,
+    pub fate: QueueFate,
 }
 
 /// `capture` object: packets a passive capture lost since the last
@@ -303,53 +455,179 @@ pub struct CaptureInfo {
 }
 
 /// `reload` object: the outcome of re-reading the configuration (SIGHUP).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// `status` is `ok`, or `error` with the error (the old rules stay in
+/// force).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadInfo {
-    /// `ok`, or `error` (the old rules stay in force).
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-/// One event.
+impl Serialize for ReloadInfo {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ReloadInfo", 2)?;
+        match &self.error {
+            None => st.serialize_field("status", "ok")?,
+            Some(e) => {
+                st.serialize_field("status", "error")?;
+                st.serialize_field("error", e)?;
+            }
+        }
+        st.end()
+    }
+}
+
+/// Where a scan, ban or unban event comes from: the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Source {
+    pub src_ip: IpAddr,
+}
+
+/// A `drop` event: the flow as far as it decoded (none for a malformed
+/// packet whose IP header did not), what dropped it, and for
+/// `blocked_domain` the query.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DropEvent {
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Flow>,
+    pub drop: DropInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsInfo>,
+}
+
+/// A `dns` event: an allowed query.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DnsEvent {
+    #[serde(flatten)]
+    pub flow: Flow,
+    pub dns: DnsInfo,
+}
+
+/// A `scan` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScanEvent {
+    #[serde(flatten)]
+    pub source: Source,
+    pub scan: ScanInfo,
+}
+
+/// A `ban` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BanEvent {
+    #[serde(flatten)]
+    pub source: Source,
+    pub ban: BanInfo,
+}
+
+/// An `unban` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnbanEvent {
+    #[serde(flatten)]
+    pub source: Source,
+    pub ban: UnbanInfo,
+}
+
+/// A `suppressed` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SuppressedEvent {
+    pub suppressed: SuppressedInfo,
+}
+
+/// A `queue` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueEvent {
+    pub queue: QueueInfo,
+}
+
+/// A `reload` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadEvent {
+    pub reload: ReloadInfo,
+}
+
+/// A `capture` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CaptureEvent {
+    pub capture: CaptureInfo,
+}
+
+/// What an event says, one type per `event_type` (serde writes the tag).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "event_type", rename_all = "lowercase")]
+pub enum Body {
+    Drop(DropEvent),
+    Dns(DnsEvent),
+    Scan(ScanEvent),
+    Ban(BanEvent),
+    Unban(UnbanEvent),
+    Suppressed(SuppressedEvent),
+    Queue(QueueEvent),
+    Reload(ReloadEvent),
+    /// A passive capture lost packets (monitor mode).
+    Capture(CaptureEvent),
+}
+
+/// One event: when, and what.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Event {
     pub timestamp: Timestamp,
-    pub event_type: EventType,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub flow: Option<Flow>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub drop: Option<DropInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dns: Option<DnsInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scan: Option<ScanInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ban: Option<BanInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub suppressed: Option<SuppressedInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue: Option<QueueInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reload: Option<ReloadInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capture: Option<CaptureInfo>,
+    #[serde(flatten)]
+    pub body: Body,
 }
 
 impl Event {
-    pub fn new(timestamp: Timestamp, event_type: EventType, flow: Option<Flow>) -> Self {
-        Self {
-            timestamp,
-            event_type,
-            flow,
-            drop: None,
-            dns: None,
-            scan: None,
-            ban: None,
-            suppressed: None,
-            queue: None,
-            reload: None,
-            capture: None,
+    pub fn new(timestamp: Timestamp, body: Body) -> Self {
+        Self { timestamp, body }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        match &self.body {
+            Body::Drop(_) => EventType::Drop,
+            Body::Dns(_) => EventType::Dns,
+            Body::Scan(_) => EventType::Scan,
+            Body::Ban(_) => EventType::Ban,
+            Body::Unban(_) => EventType::Unban,
+            Body::Suppressed(_) => EventType::Suppressed,
+            Body::Queue(_) => EventType::Queue,
+            Body::Reload(_) => EventType::Reload,
+            Body::Capture(_) => EventType::Capture,
+        }
+    }
+
+    /// The flow of a `drop` (when it decoded) or `dns` event.
+    pub fn flow(&self) -> Option<&Flow> {
+        match &self.body {
+            Body::Drop(e) => e.flow.as_ref(),
+            Body::Dns(e) => Some(&e.flow),
+            _ => None,
+        }
+    }
+
+    /// The address an event is about: the flow's source, or the scanner or
+    /// banned address.
+    pub fn src_ip(&self) -> Option<IpAddr> {
+        match &self.body {
+            Body::Scan(ScanEvent { source, .. })
+            | Body::Ban(BanEvent { source, .. })
+            | Body::Unban(UnbanEvent { source, .. }) => Some(source.src_ip),
+            _ => self.flow().map(|f| f.src_ip),
+        }
+    }
+
+    /// The `drop` object of a drop event.
+    pub fn drop_info(&self) -> Option<&DropInfo> {
+        match &self.body {
+            Body::Drop(e) => Some(&e.drop),
+            _ => None,
+        }
+    }
+
+    /// The `dns` object of a dns event or a `blocked_domain` drop.
+    pub fn dns_info(&self) -> Option<&DnsInfo> {
+        match &self.body {
+            Body::Drop(e) => e.dns.as_ref(),
+            Body::Dns(e) => Some(&e.dns),
+            _ => None,
         }
     }
 
@@ -396,176 +674,154 @@ impl fmt::Display for Endpoint<'_> {
     }
 }
 
+/// The flow of an event on the console: `src:port (PROTO) -> dst:port`.
+struct Path<'a>(&'a Flow);
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fl = self.0;
+        write!(f, "{}", Endpoint(&fl.src_ip, fl.src_port))?;
+        if let Some(p) = &fl.proto {
+            write!(f, " ({p})")?;
+        }
+        if let Some(d) = &fl.dest_ip {
+            write!(f, " -> {}", Endpoint(d, fl.dest_port))?;
+        }
+        if let (Some(t), Some(c)) = (fl.icmp_type, fl.icmp_code) {
+            write!(f, " icmp {t}/{c}")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Event {
     /// The console line: time, a bracketed tag, then the facts.
     /// `[BLOCKED] 192.168.1.100:40000 (TCP) -> 198.18.0.1:80 blocked_ip (block.ip[0] 192.168.1.100)`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ", rfc3339(self.timestamp))?;
-        let flow = self.flow.as_ref();
-        let path = |f: &mut fmt::Formatter<'_>| -> fmt::Result {
-            if let Some(fl) = flow {
-                write!(f, "{}", Endpoint(&fl.src_ip, fl.src_port))?;
-                if let Some(p) = &fl.proto {
-                    write!(f, " ({p})")?;
-                }
-                if let Some(d) = &fl.dest_ip {
-                    write!(f, " -> {}", Endpoint(d, fl.dest_port))?;
-                }
-                if let (Some(t), Some(c)) = (fl.icmp_type, fl.icmp_code) {
-                    write!(f, " icmp {t}/{c}")?;
-                }
-            }
-            Ok(())
-        };
-        match self.event_type {
-            EventType::Drop => {
-                let tag = match &self.drop {
-                    Some(d) if d.action == "would_block" => "[WOULD BLOCK]",
-                    _ => "[BLOCKED]",
-                };
-                write!(f, "{tag} ")?;
-                path(f)?;
-                if let Some(d) = &self.drop {
-                    write!(f, " {}", d.reason)?;
-                    if let Some(r) = &d.rule {
-                        write!(f, " ({r})")?;
-                    }
-                    if let Some(e) = d.error {
-                        write!(f, " error={e}")?;
-                    }
-                    if d.count > 1 {
-                        write!(f, " x{} since {}", d.count, rfc3339(d.first_seen))?;
-                    }
-                    if !d.dest_ports.is_empty() {
-                        write!(f, " ports {:?}", d.dest_ports)?;
-                    }
-                }
-                if let Some(q) = &self.dns {
-                    write!(f, " {} {}", q.rrtype, q.rrname)?;
-                }
-                Ok(())
-            }
-            EventType::Dns => {
-                f.write_str("[DNS] ")?;
-                path(f)?;
-                if let Some(q) = &self.dns {
-                    write!(f, " {} {}", q.rrtype, q.rrname)?;
-                }
-                Ok(())
-            }
-            EventType::Scan => {
-                f.write_str("[SCAN] ")?;
-                path(f)?;
-                if let Some(s) = &self.scan {
-                    let span = s.last_seen.since(s.first_seen).as_secs_f64();
-                    write!(
-                        f,
-                        " {}{}{}{} scan ({}): {} ports, {}{} hosts, {} probes in {:.1}s, ports {:?}",
-                        if s.phase == "end" { "ended: " } else { "" },
-                        if s.internal { "internal " } else { "" },
-                        if s.slow { "slow " } else { "" },
-                        s.kind,
-                        s.pattern,
-                        s.ports,
-                        if s.hosts_estimated { "~" } else { "" },
-                        s.hosts,
-                        s.probes,
-                        span,
-                        s.port_sample
-                    )?;
-                    if let Some(p) = s.swept_port {
-                        write!(f, ", swept port {p}")?;
-                    }
-                    if let Some(t) = &s.tcp_flags {
-                        write!(f, ", tcp flags {t}")?;
-                    }
-                    match (s.phase, s.note) {
-                        // The summary of a scan already acted on.
-                        ("end", _) => {}
-                        (_, Some(n)) => write!(f, " -> {} ({n})", s.action)?,
-                        (_, None) => write!(f, " -> {}", s.action)?,
-                    }
-                }
-                Ok(())
-            }
-            EventType::Ban | EventType::Unban => {
-                f.write_str(if self.event_type == EventType::Ban {
-                    "[BAN] "
-                } else {
-                    "[UNBAN] "
+        match &self.body {
+            Body::Drop(e) => {
+                let d = &e.drop;
+                f.write_str(match d.action {
+                    DropAction::WouldBlock => "[WOULD BLOCK] ",
+                    DropAction::Blocked => "[BLOCKED] ",
                 })?;
-                path(f)?;
-                if let Some(b) = &self.ban {
-                    if self.event_type == EventType::Ban {
-                        write!(
-                            f,
-                            " for {}s ({}) until {}",
-                            b.duration,
-                            b.reason,
-                            rfc3339(b.expires)
-                        )?;
-                        if !b.enforced {
-                            f.write_str(" (not enforced)")?;
-                        }
-                    } else {
-                        write!(f, " ({})", b.reason)?;
+                if let Some(fl) = &e.flow {
+                    write!(f, "{}", Path(fl))?;
+                }
+                write!(f, " {}", d.reason)?;
+                if let Some(r) = &d.rule {
+                    write!(f, " ({r})")?;
+                }
+                if let Some(err) = d.error {
+                    write!(f, " error={err}")?;
+                }
+                if d.count > 1 {
+                    write!(f, " x{} since {}", d.count, rfc3339(d.first_seen))?;
+                }
+                if !d.dest_ports.is_empty() {
+                    write!(f, " ports {:?}", d.dest_ports)?;
+                }
+                if let Some(q) = &e.dns {
+                    write!(f, " {} {}", q.rrtype, q.rrname)?;
+                }
+                Ok(())
+            }
+            Body::Dns(e) => write!(
+                f,
+                "[DNS] {} {} {}",
+                Path(&e.flow),
+                e.dns.rrtype,
+                e.dns.rrname
+            ),
+            Body::Scan(e) => {
+                let s = &e.scan;
+                let span = s.last_seen.since(s.first_seen).as_secs_f64();
+                write!(
+                    f,
+                    "[SCAN] {} {}{}{}{} scan ({}): {} ports, {}{} hosts, {} probes in {:.1}s, ports {:?}",
+                    e.source.src_ip,
+                    if s.phase == ScanPhase::End { "ended: " } else { "" },
+                    if s.internal { "internal " } else { "" },
+                    if s.slow { "slow " } else { "" },
+                    s.kind,
+                    s.pattern,
+                    s.ports,
+                    if s.hosts_estimated { "~" } else { "" },
+                    s.hosts,
+                    s.probes,
+                    span,
+                    s.port_sample
+                )?;
+                if let Some(p) = s.swept_port {
+                    write!(f, ", swept port {p}")?;
+                }
+                if let Some(t) = s.tcp_flags {
+                    write!(f, ", tcp flags {t}")?;
+                }
+                match (s.phase, s.note) {
+                    // The summary of a scan already acted on.
+                    (ScanPhase::End, _) => Ok(()),
+                    (ScanPhase::Start, Some(n)) => {
+                        write!(f, " -> {} ({})", s.action.as_str(), n.as_str())
                     }
+                    (ScanPhase::Start, None) => write!(f, " -> {}", s.action.as_str()),
+                }
+            }
+            Body::Ban(e) => {
+                let b = &e.ban;
+                write!(
+                    f,
+                    "[BAN] {} for {}s ({}) until {}",
+                    e.source.src_ip,
+                    b.duration,
+                    b.reason,
+                    rfc3339(b.expires)
+                )?;
+                if !b.enforced {
+                    f.write_str(" (not enforced)")?;
                 }
                 Ok(())
             }
-            EventType::Reload => {
-                f.write_str("[RELOAD] ")?;
-                if let Some(r) = &self.reload {
-                    match &r.error {
-                        None => write!(f, "configuration reloaded")?,
-                        Some(e) => write!(f, "failed, the old rules stay in force: {e}")?,
-                    }
-                }
-                Ok(())
+            Body::Unban(e) => write!(f, "[UNBAN] {} ({})", e.source.src_ip, e.ban.reason.as_str()),
+            Body::Reload(e) => match &e.reload.error {
+                None => f.write_str("[RELOAD] configuration reloaded"),
+                Some(err) => write!(f, "[RELOAD] failed, the old rules stay in force: {err}"),
+            },
+            Body::Queue(e) => {
+                let q = &e.queue;
+                write!(
+                    f,
+                    "[QUEUE] queue {}: {} packets not inspected (kernel queue full {}, passed full queue {}, socket full {}, overruns {}), {}",
+                    q.number,
+                    q.queue_dropped + q.user_dropped + q.uninspected,
+                    q.queue_dropped,
+                    q.uninspected,
+                    q.user_dropped,
+                    q.overruns,
+                    q.fate.as_str()
+                )
             }
-            EventType::Queue => {
-                f.write_str("[QUEUE] ")?;
-                if let Some(q) = &self.queue {
-                    write!(
-                        f,
-                        "queue {}: {} packets not inspected (kernel queue full {}, passed full queue {}, socket full {}, overruns {}), {}",
-                        q.number,
-                        q.queue_dropped + q.user_dropped + q.uninspected,
-                        q.queue_dropped,
-                        q.uninspected,
-                        q.user_dropped,
-                        q.overruns,
-                        q.fate
-                    )?;
-                }
-                Ok(())
+            Body::Capture(e) => {
+                let c = &e.capture;
+                write!(
+                    f,
+                    "[CAPTURE] {}: {} packets not inspected (capture buffer full {}, interface {})",
+                    c.interface,
+                    c.dropped + c.if_dropped,
+                    c.dropped,
+                    c.if_dropped
+                )
             }
-            EventType::Capture => {
-                f.write_str("[CAPTURE] ")?;
-                if let Some(c) = &self.capture {
-                    write!(
-                        f,
-                        "{}: {} packets not inspected (capture buffer full {}, interface {})",
-                        c.interface,
-                        c.dropped + c.if_dropped,
-                        c.dropped,
-                        c.if_dropped
-                    )?;
-                }
-                Ok(())
-            }
-            EventType::Suppressed => {
-                f.write_str("[SUPPRESSED] rate limit held back")?;
-                if let Some(s) = &self.suppressed {
-                    write!(
-                        f,
-                        " {} drop and {} dns events since {}",
-                        s.drop,
-                        s.dns,
-                        rfc3339(s.since)
-                    )?;
-                }
-                Ok(())
+            Body::Suppressed(e) => {
+                let s = &e.suppressed;
+                write!(
+                    f,
+                    "[SUPPRESSED] rate limit held back {} drop and {} dns events since {}",
+                    s.drop,
+                    s.dns,
+                    rfc3339(s.since)
+                )
             }
         }
     }
@@ -792,7 +1048,7 @@ impl DropAggregator {
 fn summary(p: &Pending, now: Timestamp) -> Event {
     let mut ev = p.template.clone();
     ev.timestamp = now.max(p.last_seen);
-    if let Some(d) = ev.drop.as_mut() {
+    if let Body::Drop(DropEvent { drop: d, .. }) = &mut ev.body {
         d.count = p.unreported;
         d.first_seen = p.window_start;
         d.last_seen = p.last_seen;
@@ -806,32 +1062,35 @@ mod tests {
     use super::*;
 
     fn drop_event(ts: Timestamp) -> Event {
-        let mut e = Event::new(
-            ts,
-            EventType::Drop,
-            Some(Flow {
-                src_ip: "198.18.0.9".parse().unwrap(),
-                src_port: Some(40000),
-                dest_ip: Some("198.18.0.1".parse().unwrap()),
-                dest_port: Some(80),
-                proto: Some("TCP".into()),
-                direction: Some(Direction::Inbound),
-                community_id: None,
-                icmp_type: None,
-                icmp_code: None,
-            }),
-        );
-        e.drop = Some(DropInfo {
+        let flow = Some(Flow {
+            src_ip: "198.18.0.9".parse().unwrap(),
+            src_port: Some(40000),
+            dest_ip: Some("198.18.0.1".parse().unwrap()),
+            dest_port: Some(80),
+            proto: Some("TCP".into()),
+            direction: Some(Direction::Inbound),
+            community_id: None,
+            icmp_type: None,
+            icmp_code: None,
+        });
+        let drop = DropInfo {
             reason: Reason::BlockedIp,
             rule: Some("block.ip[0] 198.18.0.9".into()),
-            action: "blocked",
+            action: DropAction::Blocked,
             count: 1,
             first_seen: ts,
             last_seen: ts,
             error: None,
             dest_ports: Vec::new(),
-        });
-        e
+        };
+        Event::new(
+            ts,
+            Body::Drop(DropEvent {
+                flow,
+                drop,
+                dns: None,
+            }),
+        )
     }
 
     #[test]
@@ -867,12 +1126,16 @@ mod tests {
     #[test]
     fn capture_losses_and_unenforced_bans_say_so() {
         let ts = Timestamp::from_micros(1_700_000_000_000_000);
-        let mut e = Event::new(ts, EventType::Capture, None);
-        e.capture = Some(CaptureInfo {
-            interface: "eth0".into(),
-            dropped: 7,
-            if_dropped: 2,
-        });
+        let e = Event::new(
+            ts,
+            Body::Capture(CaptureEvent {
+                capture: CaptureInfo {
+                    interface: "eth0".into(),
+                    dropped: 7,
+                    if_dropped: 2,
+                },
+            }),
+        );
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         assert_eq!(v["event_type"], "capture");
         assert_eq!(v["capture"]["dropped"], 7);
@@ -883,17 +1146,24 @@ mod tests {
         );
 
         let addr: std::net::IpAddr = "198.18.0.9".parse().unwrap();
-        let mut b = Event::new(ts, EventType::Ban, Some(Flow::addr(addr)));
-        b.ban = Some(BanInfo {
-            reason: "scan:syn".into(),
-            duration: 600,
-            expires: ts,
-            enforced: true,
-        });
+        let mut b = Event::new(
+            ts,
+            Body::Ban(BanEvent {
+                source: Source { src_ip: addr },
+                ban: BanInfo {
+                    reason: "scan:syn".into(),
+                    duration: 600,
+                    expires: ts,
+                    enforced: true,
+                },
+            }),
+        );
         let v: serde_json::Value = serde_json::to_value(&b).unwrap();
         assert!(v["ban"].get("enforced").is_none(), "{v}");
         assert!(!b.to_string().contains("not enforced"));
-        b.ban.as_mut().unwrap().enforced = false;
+        if let Body::Ban(e) = &mut b.body {
+            e.ban.enforced = false;
+        }
         let v: serde_json::Value = serde_json::to_value(&b).unwrap();
         assert_eq!(v["ban"]["enforced"], false);
         assert!(b.to_string().ends_with("(not enforced)"), "{b}");
@@ -922,7 +1192,7 @@ mod tests {
         assert!(out.is_empty(), "window still open");
         agg.flush_due(Timestamp::from_secs(1060), &mut out);
         assert_eq!(out.len(), 1);
-        let d = out[0].drop.as_ref().unwrap();
+        let d = out[0].drop_info().unwrap();
         assert_eq!(d.count, 99);
         assert_eq!(d.first_seen, t0);
         // A bounded sample: the first 16 distinct ports, sorted.
@@ -961,7 +1231,7 @@ mod tests {
             Aggregated::Open
         );
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].drop.as_ref().unwrap().count, 1);
+        assert_eq!(out[0].drop_info().unwrap().count, 1);
     }
 
     #[test]

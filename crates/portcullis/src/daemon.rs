@@ -35,7 +35,7 @@ use clap::ValueEnum;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use portcullis_engine::config::Config;
 use portcullis_engine::engine::{Ban, DetectorMode, Engine};
-use portcullis_engine::events::{rfc3339, Event, EventType, ReloadInfo};
+use portcullis_engine::events::{rfc3339, Body, Event, ReloadEvent, ReloadInfo};
 use portcullis_engine::Timestamp;
 use portcullis_kernel::{Firewall, KernelOptions};
 
@@ -473,22 +473,20 @@ fn serve(
     let forward = |engine: &mut Engine, dropped: &mut u64| {
         let events: Vec<Event> = engine.drain_events().collect();
         for mut ev in events {
-            match ev.event_type {
-                EventType::Ban => {
-                    if let Some(b) = engine_ban(engine, &ev).filter(|_| ctl.info.bans_enforced) {
+            match &mut ev.body {
+                Body::Ban(e) => {
+                    if let Some(b) =
+                        engine_ban(engine, e.source.src_ip).filter(|_| ctl.info.bans_enforced)
+                    {
                         let _ = kernel.try_send(KernelCmd::Ban(b, None));
                     }
-                    if let Some(b) = ev.ban.as_mut() {
-                        b.enforced = ctl.info.bans_enforced;
-                    }
+                    e.ban.enforced = ctl.info.bans_enforced;
                 }
-                EventType::Unban => {
-                    if let Some(f) = ev.flow.as_ref().filter(|_| ctl.info.bans_enforced) {
-                        let _ = kernel.try_send(KernelCmd::Unban(f.src_ip, None));
+                Body::Unban(e) => {
+                    if ctl.info.bans_enforced {
+                        let _ = kernel.try_send(KernelCmd::Unban(e.source.src_ip, None));
                     }
-                    if let Some(b) = ev.ban.as_mut() {
-                        b.enforced = ctl.info.bans_enforced;
-                    }
+                    e.ban.enforced = ctl.info.bans_enforced;
                 }
                 _ => {}
             }
@@ -750,9 +748,8 @@ fn kernel_answer(
     }
 }
 
-/// The engine's ban behind a `ban` event.
-fn engine_ban(engine: &Engine, ev: &Event) -> Option<Ban> {
-    let addr = ev.flow.as_ref()?.src_ip;
+/// The engine's ban behind a `ban` event for `addr`.
+fn engine_ban(engine: &Engine, addr: std::net::IpAddr) -> Option<Ban> {
     engine.bans().get(&addr).cloned()
 }
 
@@ -813,11 +810,14 @@ fn finish_reload(outcome: std::result::Result<Arc<Config>, String>, engine: &mut
             format!("the kernel has the new lists, but the scan detector did not restart: {e}")
         })
     });
-    let mut ev = Event::new(now(), EventType::Reload, None);
-    ev.reload = Some(ReloadInfo {
-        status: if outcome.is_ok() { "ok" } else { "error" },
-        error: outcome.as_ref().err().cloned(),
-    });
+    let ev = Event::new(
+        now(),
+        Body::Reload(ReloadEvent {
+            reload: ReloadInfo {
+                error: outcome.as_ref().err().cloned(),
+            },
+        }),
+    );
     match outcome {
         Ok(()) => eprintln!("portcullis: configuration reloaded"),
         Err(e) => eprintln!("portcullis: reload failed: {e}"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use portcullis_engine::config::{BlockedDnsResponse, Config};
 use portcullis_engine::engine::{Engine, PacketIn};
-use portcullis_engine::events::{Event, EventType, QueueInfo};
+use portcullis_engine::events::{Body, Event, QueueEvent, QueueFate, QueueInfo};
 use portcullis_engine::{Action, Direction, Reason, Timestamp};
 use portcullis_nfqueue::{Hook, Queue, QueueConfig, Responder, Verdict as NfVerdict};
 use portcullis_wire::LinkType;
@@ -191,15 +191,18 @@ impl QueueDrops {
         if q == 0 && u == 0 && p == 0 && overruns == 0 {
             return None;
         }
-        let mut ev = Event::new(now(), EventType::Queue, None);
-        ev.queue = Some(QueueInfo {
+        let queue = QueueInfo {
             number: num,
             queue_dropped: q,
             user_dropped: u,
             overruns,
             uninspected: p,
-            fate: if fail_open { "passed" } else { "dropped" },
-        });
-        Some(ev)
+            fate: if fail_open {
+                QueueFate::Passed
+            } else {
+                QueueFate::Dropped
+            },
+        };
+        Some(Event::new(now(), Body::Queue(QueueEvent { queue })))
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use portcullis_capture::live::{LiveCapture, LiveOptions};
 use portcullis_engine::engine::{Engine, PacketIn};
-use portcullis_engine::events::{CaptureInfo, Event, EventType};
+use portcullis_engine::events::{Body, CaptureEvent, CaptureInfo, Event};
 
 use crate::daemon::{now, PacketPath};
 use crate::status::{CaptureStatus, Status};
@@ -79,13 +79,12 @@ impl PacketPath for MonitorPath {
                 continue;
             }
             *seen = (s.dropped, s.if_dropped);
-            let mut ev = Event::new(now(), EventType::Capture, None);
-            ev.capture = Some(CaptureInfo {
+            let capture = CaptureInfo {
                 interface: s.name,
                 dropped: d,
                 if_dropped: i,
-            });
-            out.push(ev);
+            };
+            out.push(Event::new(now(), Body::Capture(CaptureEvent { capture })));
         }
         out
     }

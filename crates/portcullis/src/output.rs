@@ -102,11 +102,16 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use portcullis_engine::events::EventType;
+    use portcullis_engine::events::{Body, ReloadEvent, ReloadInfo};
     use portcullis_engine::Timestamp;
 
     fn event(us: u64) -> Event {
-        Event::new(Timestamp::from_micros(us), EventType::Reload, None)
+        Event::new(
+            Timestamp::from_micros(us),
+            Body::Reload(ReloadEvent {
+                reload: ReloadInfo { error: None },
+            }),
+        )
     }
 
     fn times(path: &Path) -> Vec<String> {

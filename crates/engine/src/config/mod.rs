@@ -166,6 +166,15 @@ pub enum ScanAction {
     Ban,
 }
 
+impl ScanAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alert => "alert",
+            Self::Ban => "ban",
+        }
+    }
+}
+
 /// Port-scan detection and banning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanConfig {
