@@ -906,9 +906,16 @@ impl Detector {
 
     /// Worst-case bytes per tracked source: its slot in the source table
     /// and a full target set (a tallied episode adds at most
-    /// [`Tally::MAX_HEAP_BYTES`], for at most [`MAX_EPISODES`] sources).
+    /// [`Detector::max_bytes_per_episode`], for at most [`MAX_EPISODES`]
+    /// sources).
     pub fn max_bytes_per_source(&self) -> usize {
         Lru::<SourceKey, Source>::bytes_bound(1) + self.cap * size_of::<Target>()
+    }
+
+    /// Worst-case bytes of one open episode's tally (a port bitmap over
+    /// every port and the host bitmap).
+    pub fn max_bytes_per_episode() -> usize {
+        size_of::<(SourceKey, Tally)>() + Tally::MAX_HEAP_BYTES
     }
 
     /// Registers the probe's flow; true when the probe counts now.

@@ -1074,3 +1074,19 @@ fn throughput() {
         assert!(worst < 1_000.0, "{worst} ns/probe");
     }
 }
+
+#[test]
+fn the_documented_memory_bounds_hold() {
+    // docs/rules.md, "How scans are detected": at most 1.4 KiB a source
+    // with the default thresholds, 11 KiB an open episode, 160 MiB in all.
+    let det = defaults();
+    let per_source = det.max_bytes_per_source();
+    let per_episode = Detector::max_bytes_per_episode();
+    eprintln!(
+        "per source {per_source} B, per episode {per_episode} B, all {} B",
+        det.max_bytes()
+    );
+    assert!(per_source <= 1_440, "{per_source}");
+    assert!(per_episode <= 11 * 1024, "{per_episode}");
+    assert!(det.max_bytes() <= 160 << 20, "{}", det.max_bytes());
+}
