@@ -50,7 +50,7 @@
 #   NFLOG_GROUP=5 NFLOG_THRESHOLD=32
 #   NFLOG_READER='tcpdump -i nflog:@GROUP@ -w /dev/null'
 #   NFQ_QUEUE=7
-#   NFQ_READER='<nfq_accept> --quiet @QUEUE@ 86400'
+#   NFQ_READER='<nfq_accept> --quiet --spin 50 @QUEUE@ 86400'
 #   PORTCULLIS CONNRATE NFQ_ACCEPT   binaries (default
 #                               ${CARGO_TARGET_DIR:-target}/release/...; built if missing)
 #   PIN=1                       client side on CPU 0, server side on CPU 1
@@ -216,7 +216,8 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PORTCULLIS=${PORTCULLIS:-$TARGET/release/portcullis}
 CONNRATE=${CONNRATE:-$TARGET/release/examples/connrate}
 NFQ_ACCEPT=${NFQ_ACCEPT:-$TARGET/release/examples/nfq_accept}
-NFQ_READER=${NFQ_READER:-$NFQ_ACCEPT --quiet @QUEUE@ 86400}
+# --spin 50: the queue settings portcullis uses (crates/portcullis/src/inline.rs).
+NFQ_READER=${NFQ_READER:-$NFQ_ACCEPT --quiet --spin 50 @QUEUE@ 86400}
 build() { # build BINARY CARGO-ARGS...: build when missing
     local bin=$1
     shift
@@ -323,6 +324,18 @@ nflog_table() { # copies of new flows to NFLOG group NFLOG_GROUP, nothing else
     echo "}"
 }
 
+# reader_ready WHAT LOG COMMAND...: the reader just started (CUR_PID) has
+# bound, i.e. COMMAND succeeds; dies with its log if it exits first.
+reader_ready() {
+    local what=$1 rlog=$2 end=$((SECONDS + 10))
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        kill -0 "$CUR_PID" 2>/dev/null || die "the $what exited: $(tail -3 "$rlog")"
+        ((SECONDS < end)) || die "the $what did not bind within 10 s: $(tail -3 "$rlog")"
+        sleep 0.05
+    done
+}
+
 nflog_bound() { in_s cat /proc/net/netfilter/nfnetlink_log | awk -v g="$NFLOG_GROUP" '$1 == g {f=1} END {exit !f}'; }
 
 path_up() {
@@ -336,7 +349,7 @@ path_up() {
         read -r -a cmd <<<"${NFLOG_READER//@GROUP@/$NFLOG_GROUP}"
         bg "$WORK/reader-$tag.log" "${SRV[@]}" "${cmd[@]}"
         CUR_PID=$BG
-        wait_for 10 "the NFLOG reader binding group $NFLOG_GROUP" nflog_bound
+        reader_ready "NFLOG reader (group $NFLOG_GROUP)" "$WORK/reader-$tag.log" nflog_bound
         ;;
     nfq)
         # shellcheck disable=SC2086 # the selection is several words
@@ -346,7 +359,7 @@ path_up() {
         bg "$WORK/reader-$tag.log" "${SRV[@]}" "${cmd[@]}"
         CUR_PID=$BG
         QNUM=$NFQ_QUEUE QRULE=$TABLE
-        wait_for 10 "the accept-all reader binding queue $NFQ_QUEUE" qcounters "$NFQ_QUEUE"
+        reader_ready "accept-all reader (queue $NFQ_QUEUE)" "$WORK/reader-$tag.log" qcounters "$NFQ_QUEUE"
         ;;
     pc | pcblk)
         local args=(run --events "$WORK/events-$tag.jsonl" "${PC_EXTRA[@]}")
