@@ -411,7 +411,7 @@ path_down() {
     ct) in_s nft delete table inet "$TABLE" ;;
     nflog)
         stop_pid "$CUR_PID" || log "  (the NFLOG reader needed SIGKILL)"
-        READER_TAIL=$(grep -E 'dropped by kernel' "$WORK/reader-$TAG.log" | tr '\n' ' ' || true)
+        READER_TAIL=$(grep -E 'captured|dropped by kernel' "$WORK/reader-$TAG.log" | paste -sd, - || true)
         in_s nft delete table inet "$TABLE"
         ;;
     nfq)
@@ -433,6 +433,11 @@ path_down() {
     if { in_s iptables-save; in_s ip6tables-save; } 2>/dev/null | grep -q -- '-j NFQUEUE'; then
         die "after path $path: an iptables NFQUEUE rule was left behind"
     fi
+    left=$(in_s nft list ruleset | grep -vE '^[[:space:]]*(table .*\{|chain .*\{|type .*;|\}|)[[:space:]]*$' || true)
+    [[ -z $left ]] || die "after path $path: rules were left behind: $(head -3 <<<"$left")"
+    # iptables-nft leaves its tables and base chains behind, empty; they
+    # still cost a hook traversal per packet: "no rule" means none.
+    in_s nft flush ruleset
 }
 
 # ---------------------------------------------------------------- measurements
@@ -696,7 +701,7 @@ vals() { # vals TEST PATH -> the single values, in round order
     return 0
 }
 med() { vals "$1" "$2" | median; }
-fmt() { awk -v v="$1" -v f="$2" 'BEGIN {if (v=="nan") print "-"; else printf f, v}'; }
+fmt() { awk -v v="$1" -v f="$2" 'BEGIN {if (v=="nan") print "-"; else printf f "\n", v}'; }
 measured() { [[ " ${PATHS[$1]} " == *" $2 "* && $TESTS == *" $1 "* ]]; }
 drops() { # drops TEST PATH -> "queue_dropped user_dropped queued uninspected" summed over rounds
     local r a b c d qd=0 ud=0 q=0 un=0 exact=1
@@ -777,11 +782,13 @@ for test in $TESTS; do
             extra+="; portcullis' own counters per round (queue_dropped/user_dropped/uninspected/overruns/events_dropped/probes_dropped): ${st[*]}; CPU s: ${cpu[*]}"
         fi
         if [[ $p == nflog ]]; then
+            # What tcpdump says at exit, per round: captured/dropped by kernel.
             rd=()
             for ((r = 1; r <= ROUNDS; r++)); do
-                rd+=("$(grep -o '[0-9]* packets dropped by kernel' <<<"${READER[$test:$p:$r]:-}" | cut -d' ' -f1)")
+                [[ -n ${RES[$test:$p:$r]:-} ]] || continue
+                rd+=("$(awk -v RS=, '/captured/ {c = $1} /dropped by kernel/ {d = $1} END {printf "%s/%s", c == "" ? "?" : c, d == "" ? "?" : d}' <<<"${READER[$test:$p:$r]:-}")")
             done
-            extra+="${extra:+; }reader: dropped by kernel per round ${rd[*]:-?}"
+            extra+="${extra:+; }reader per round, captured/dropped by kernel (tcpdump's count; ? if the reader reports none): ${rd[*]:-?}"
         fi
         [[ -n $extra ]] && echo "  ${NAME[$p]}: $extra"
     done
@@ -790,10 +797,11 @@ done
 
 echo
 echo "targets"
-warn=0
+warn=0 shown=0
 for t in "${TARGETS[@]}"; do
     read -r test p ref min cond <<<"$t"
     measured "$test" "$p" && measured "$test" "$ref" || continue
+    shown=1
     r=$(ratio "$(med "$test" "$p")" "$(med "$test" "$ref")")
     v=$(awk -v r="$r" -v t="$min" 'BEGIN {
         if (r == "-") print "no figure";
@@ -810,6 +818,7 @@ for t in "${TARGETS[@]}"; do
     fi
     printf '  %-5s %-27s >= %s x %-26s %s\n' "$test" "${NAME[$p]}" "$min" "${NAME[$ref]}" "$v"
 done
+((shown)) || echo "  none: no test measured both a target's path and its reference"
 ((warn)) && echo "WARNING: packets were dropped by the queue or passed it uninspected; see above"
 
 FAILED=0
