@@ -380,6 +380,33 @@ impl KernelPlan {
             Hook::Forward => &["saddr", "daddr"],
         };
         let mut r = Vec::new();
+        // 0. Established and related packets of peers that are not banned
+        //    are accepted at once: one rule for IPv4 (two for IPv6) before
+        //    anything else, so a flow's packets cost one conntrack state
+        //    check and one ban set lookup (with our mark bits cleared on
+        //    the way, as step 1 does for the rest). Replies of connections
+        //    we accepted never meet a block entry. What must still be seen
+        //    goes on down the chain: a banned peer's packets (dropped at
+        //    step 3, so a ban also ends its open connections), DNS queries
+        //    on a reused socket or a TCP connection, `queue_all` protocols.
+        if self.user_space {
+            let mut keep = String::new();
+            if self.queue_dns {
+                keep.push_str(" th dport != 53");
+            }
+            if !self.queue_all.is_empty() {
+                keep.push_str(" meta l4proto != @queue_proto");
+            }
+            for (fam, set) in [("ip", "ban4"), ("ip6", "ban6")] {
+                let not_banned: String = peers
+                    .iter()
+                    .map(|p| format!(" {fam} {p} != @{set}"))
+                    .collect();
+                r.push(format!(
+                    "ct state established,related{not_banned}{keep} meta mark set meta mark & {ours:#010x} accept"
+                ));
+            }
+        }
         // Packets portcullis itself sends (NXDOMAIN answers, socket mark
         // SKIP) pass: they must not come back to the queue. Only a local
         // socket with CAP_NET_ADMIN can carry a mark here.

@@ -115,6 +115,14 @@ fn main() {
         }
     }
     tests.push(live(
+        "replies_of_accepted_connections_pass_whatever_the_block_lists_say",
+        replies_pass,
+    ));
+    tests.push(live(
+        "a_ban_ends_an_established_connection_within_100_ms",
+        ban_ends_flows,
+    ));
+    tests.push(live(
         "a_daemon_started_mid_session_reports_nothing_inline",
         || mid_session(Mode::Inline),
     ));
@@ -1533,5 +1541,94 @@ fn mid_session(mode: Mode) -> Result<(), Failed> {
     if !reported.is_empty() {
         return Err(format!("reported while connections went on: {reported:#?}\n{table}").into());
     }
+    net.assert_clean()
+}
+
+/// Issue 9, item 4: the seeds' own example blocks TCP and allows port 22;
+/// an SSH connection to us must complete (its SYN-ACK leaves through the
+/// output chain, where `block.protocol TCP` used to drop it), as the engine
+/// and `explain` say.
+fn replies_pass() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start(
+        r#"{"block":{"ip":["192.168.1.100"],"port":[80,443],"protocol":["TCP"]},"allow":{"ip":["127.0.0.1"],"port":[22],"protocol":["ICMP"]}}"#,
+    )?;
+    let log = net.path("sshd-standin.log");
+    let srv = net.lab.spawn(
+        "fw",
+        "sh",
+        &["-c", &format!("exec timeout 20 nc -l {FW_A} 22")],
+        &log,
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let ok = net.connect("a", FW_A, "22");
+    let _ = net.lab.kill(srv);
+    let (_, explain) = net.ctl(&["explain", A]);
+    if !ok {
+        return Err(format!(
+            "a TCP connection to the allowed port 22 did not complete:\n{}\n{explain}",
+            net.fw("nft", &["list", "table", "inet", "portcullis"])
+        )
+        .into());
+    }
+    // And what the rules block stays blocked: TCP to another port.
+    if net.connect("a", FW_A, "5000") {
+        return Err("TCP to port 5000 passed although block.protocol has TCP".into());
+    }
+    net.stop()?;
+    net.assert_clean()
+}
+
+/// Issue 9, item 3: established flows are accepted by the first rule, but
+/// a ban still ends a running connection of the banned peer: nothing of
+/// it arrives 100 ms after `portcullis ban` returns.
+fn ban_ends_flows() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start(r#"{"events": {"dns_queries": false}, "scan": {"enabled": false}}"#)?;
+    let out = net.path("received");
+    let srv = net.lab.spawn(
+        "fw",
+        "sh",
+        &[
+            "-c",
+            &format!("exec timeout 15 nc -l {FW_A} 7000 > {}", out.display()),
+        ],
+        &net.path("srv.log"),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    // One line every 5 ms for at most 10 s.
+    let cli = net.lab.spawn(
+        "a",
+        "sh",
+        &[
+            "-c",
+            &format!("for i in $(seq 1 2000); do echo line$i; sleep 0.005; done | timeout 10 nc {FW_A} 7000"),
+        ],
+        &net.path("cli.log"),
+    )?;
+    let size = || std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let flowing = wait_for(Duration::from_secs(3), || (size() > 200).then_some(()));
+    if flowing.is_none() {
+        return Err(format!("the connection never carried data ({} bytes)", size()).into());
+    }
+    let (code, msg) = net.ctl(&["ban", A, "--for", "1m"]);
+    if code != 0 {
+        return Err(format!("ban: {msg}").into());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let at_ban = size();
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = size();
+    let _ = net.lab.kill(cli);
+    let _ = net.lab.kill(srv);
+    eprintln!("received {at_ban} bytes up to 100 ms after the ban, {later} 1.5 s later");
+    if later != at_ban {
+        return Err(format!(
+            "the banned peer's connection went on: {at_ban} -> {later} bytes\n{}",
+            net.fw("nft", &["list", "table", "inet", "portcullis"])
+        )
+        .into());
+    }
+    net.stop()?;
     net.assert_clean()
 }

@@ -63,6 +63,8 @@ fn input_chain_follows_the_engine_precedence() {
     assert_eq!(
         chain(&s, "input"),
         [
+            "ct state established,related ip saddr != @ban4 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip6 saddr != @ban6 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
             "meta mark set meta mark & 0xcfffffff",
             "iif \"lo\" meta mark set meta mark | 0x10000000 accept",
             "ip saddr @allow4 meta mark set meta mark | 0x10000000 accept",
@@ -108,6 +110,7 @@ fn forward_checks_both_ends_output_the_destination() {
     let fwd = chain(&s, "forward");
     assert!(!fwd.iter().any(|r| r.contains("\"lo\"")));
     for want in [
+        "ct state established,related ip saddr != @ban4 ip daddr != @ban4 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
         "ip saddr @allow4 meta mark set meta mark | 0x10000000 accept",
         "ip daddr @allow4 meta mark set meta mark | 0x10000000 accept",
         "ip saddr @ban4 counter drop",
@@ -125,11 +128,13 @@ fn forward_checks_both_ends_output_the_destination() {
     }
     // Allow before ban before DNS before allow ports before block.
     let pos = |needle: &str| fwd.iter().position(|r| r.contains(needle)).unwrap();
-    assert!(pos("@allow6") < pos("@ban4"));
+    assert!(pos("@allow6") < pos("@ban4 counter"));
     assert!(pos("@ban6") < pos("th dport 53"));
     assert!(pos("th dport 53") < pos("@allow_tcp"));
     assert!(pos("@allow_proto") < pos("@block4"));
-    assert!(pos("@block_proto") < pos("ct state"));
+    assert!(pos("@block_proto") < pos("ct state new"));
+    // Established flows of unbanned peers first of all.
+    assert!(pos("ct state established") < pos("@allow4"));
 
     // Outbound: the destination is the peer; allowed ports are accepted
     // here and new connections are not queued (no composite rules, default
@@ -138,6 +143,8 @@ fn forward_checks_both_ends_output_the_destination() {
     assert_eq!(
         chain(&s, "output"),
         [
+            "ct state established,related ip daddr != @ban4 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip6 daddr != @ban6 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
             "meta mark & 0x10000000 == 0x10000000 accept",
             "meta mark set meta mark & 0xcfffffff",
             "oif \"lo\" meta mark set meta mark | 0x10000000 accept",
@@ -223,6 +230,8 @@ fn empty_plan_has_no_elements_and_no_rules_on_empty_sets() {
     assert_eq!(
         chain(&s, "input"),
         [
+            "ct state established,related ip saddr != @ban4 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip6 saddr != @ban6 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
             "meta mark set meta mark & 0xcfffffff",
             "iif \"lo\" meta mark set meta mark | 0x10000000 accept",
             "ip saddr @ban4 counter drop",
@@ -272,7 +281,9 @@ fn what_user_space_needs_shapes_the_chains() {
         chain(&s, "input").last().unwrap(),
         "ct state new,invalid,untracked goto to_user"
     );
-    assert!(!chain(&s, "output").iter().any(|r| r.contains("ct state")));
+    assert!(!chain(&s, "output")
+        .iter()
+        .any(|r| r.contains("ct state new")));
 
     // A rule for any direction, or a default of drop: outbound new
     // connections go to user space too.
@@ -325,6 +336,10 @@ fn marks_are_configurable_and_checked() {
     let s = p.ruleset_text(QueuePath::IptablesNfqueue);
     assert_eq!(
         chain(&s, "input")[0],
+        "ct state established,related ip saddr != @ban4 th dport != 53 meta mark set meta mark & 0xfffffffc accept"
+    );
+    assert_eq!(
+        chain(&s, "input")[2],
         "meta mark set meta mark & 0xfffffffc"
     );
     assert_eq!(
