@@ -1,0 +1,3 @@
+//! Live tests: added in the next commit.
+
+fn main() {}
