@@ -34,13 +34,22 @@
 //!   buffer size or the flush timeout says send; [`Log::recv_batch`] waits
 //!   for the first datagram only and then reads what has arrived,
 //!   [`LogConfig::slots`] datagrams per `recvmmsg`, decoding every packet
-//!   message of every datagram.
+//!   message of every datagram. On the 2-core test machine (64-byte UDP
+//!   through veth, every packet logged, the defaults: 64 packets per
+//!   datagram) one reader took all that two senders offered, 270,000 to
+//!   317,000 packets/s, without a loss, using 55-70 ms of CPU per 200,000
+//!   packets (about 3 million packets per CPU-second; the copying is done
+//!   by the kernel in the sender's context).
 //! - **No loss is silent.** With sequence numbers on (the default), a gap
 //!   in `NFULA_SEQ` is counted as lost packets; an `ENOBUFS` from the
 //!   socket is counted as an overrun and the socket stays usable; a message
 //!   that cannot be decoded is counted as malformed and skipped. See
 //!   [`LogStats`] for exactly what each counter means and the one loss the
-//!   kernel does not let anyone see.
+//!   kernel does not let anyone see. Measured: with a 4 KiB receive buffer
+//!   (the kernel grants 8 KiB) and a 2,000-packet burst read only
+//!   afterwards, 8 packets arrived, 1 overrun was reported, and after one
+//!   more packet `lost` was 1,992: received + lost equalled the rule's
+//!   counter exactly.
 //! - **Decoding never panics**: every length from the kernel is checked
 //!   ([`decode_datagram`] and [`LoggedPacket::decode`] are safe to fuzz).
 //! - The setup asks for an acknowledgement and turns the kernel's answer
