@@ -456,12 +456,14 @@ impl Log {
     /// kernel's acknowledgement.
     ///
     /// The per-family `NFULNL_CFG_CMD_PF_UNBIND`/`PF_BIND` commands are not
-    /// sent: since Linux 3.17 an NFLOG rule reaches nfnetlink_log without
-    /// them (the live tests bind and receive on 6.18 without), and they are
-    /// not harmless: they replace the namespace's *default* logger for the
-    /// family (`/proc/net/netfilter/nf_log`; e.g. `nf_log_ipv4`, where
-    /// conntrack's invalid-packet logging goes) with nfnetlink_log group 0,
-    /// or, unbinding, with none.
+    /// sent. They are not needed: an NFLOG rule (nft `log group`, xt
+    /// `NFLOG`) asks for the ULOG logger type, which nfnetlink_log registers
+    /// for every family when it loads (the live tests bind and receive IPv4
+    /// and IPv6 on 6.18 without them). And they are not harmless: they set
+    /// the namespace's *default* logger for the family
+    /// (`/proc/net/netfilter/nf_log`; e.g. `nf_log_ipv4`, where conntrack's
+    /// invalid-packet logging goes) to nfnetlink_log group 0, or, unbinding,
+    /// to none, whoever had set it.
     pub fn open(cfg: &LogConfig) -> Result<Self, NflogError> {
         cfg.validate()?;
         let fd = socket::socket(
