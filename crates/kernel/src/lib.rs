@@ -92,7 +92,8 @@ mod runner;
 pub use error::KernelError;
 pub use nft::{BanEntry, MAX_BAN};
 pub use plan::{
-    KernelOptions, KernelPlan, QueuePath, DEFAULT_QUEUE_MARK, DEFAULT_SKIP_MARK, PRIORITY, TABLE,
+    KernelOptions, KernelPlan, QueuePath, DEFAULT_QUEUE_MARK, DEFAULT_SKIP_MARK, LOG_THRESHOLD,
+    PRIORITY, TABLE,
 };
 pub use runner::{Runner, SystemRunner};
 

@@ -143,6 +143,11 @@ pub struct KernelPlan {
     /// address-mask requests, SCTP INITs, datagrams of other IP protocols),
     /// but not ICMP errors or neighbour discovery.
     pub queue_probes: bool,
+    /// NFLOG group through which user space observes what the kernel
+    /// decides (new connections, rate-limited blocked packets); `None`
+    /// (`inline.danger_fail_closed`, where new connections must wait for
+    /// the daemon): those are queued and held.
+    pub log_group: Option<u16>,
     /// Anything goes to user space. False for a passive daemon that only
     /// enforces bans ([`KernelPlan::bans_only`]): the chains stop after
     /// loopback, the allowlist and the ban sets, and no NFQUEUE rule exists.
@@ -166,6 +171,9 @@ impl KernelPlan {
         plan.queue_output_new = export.outbound_rules || default_drop;
         plan.queue_new_all_protocols = export.rules > 0 || default_drop;
         plan.queue_probes = cfg.scan.enabled;
+        // Fail-closed means new connections wait for the daemon: they are
+        // held, never only observed.
+        plan.log_group = (!cfg.inline.fail_closed).then_some(cfg.inline.log_group);
         plan
     }
 
@@ -186,6 +194,7 @@ impl KernelPlan {
         plan.queue_output_new = false;
         plan.queue_new_all_protocols = false;
         plan.queue_probes = false;
+        plan.log_group = None;
         plan.block_log_rate = 0;
         plan.user_space = false;
         plan
@@ -214,6 +223,7 @@ impl KernelPlan {
             queue_output_new: export.outbound_rules,
             queue_new_all_protocols: export.rules > 0,
             queue_probes: false,
+            log_group: None,
             user_space: true,
         }
     }
@@ -492,29 +502,42 @@ impl KernelPlan {
         //    chain's policy.
         if hook != Hook::Output || self.queue_output_new {
             if self.queue_new_all_protocols {
+                // Composite rules or a default of drop: user space gives
+                // the verdict, so the packet is held.
                 r.push(format!("ct state {NEW} goto to_user"));
             } else {
-                r.push(format!(
-                    "meta l4proto {{ tcp, udp }} ct state {NEW} goto to_user"
-                ));
+                // The verdict is the chain's policy (accept): user space
+                // only needs to see the packet (scan detection, logging).
+                let see = self.see();
+                r.push(format!("meta l4proto {{ tcp, udp }} ct state {NEW} {see}"));
                 if self.queue_probes {
                     r.push(format!(
-                        "meta l4proto != {{ tcp, udp, icmp, ipv6-icmp }} ct state {NEW} goto to_user"
+                        "meta l4proto != {{ tcp, udp, icmp, ipv6-icmp }} ct state {NEW} {see}"
                     ));
                     r.push(format!(
-                        "icmp type {{ echo-request, timestamp-request, address-mask-request }} ct state {NEW} goto to_user"
+                        "icmp type {{ echo-request, timestamp-request, address-mask-request }} ct state {NEW} {see}"
                     ));
-                    r.push(format!(
-                        "icmpv6 type echo-request ct state {NEW} goto to_user"
-                    ));
+                    r.push(format!("icmpv6 type echo-request ct state {NEW} {see}"));
                 }
             }
         }
         r
     }
 
+    /// How a packet whose verdict the kernel gives reaches user space:
+    /// copied to the NFLOG group (it goes on at once), or, without one,
+    /// queued and held.
+    fn see(&self) -> String {
+        match self.log_group {
+            Some(g) => format!("log group {g} queue-threshold {LOG_THRESHOLD}"),
+            None => "goto to_user".into(),
+        }
+    }
+
     fn allowed_rules(&self) -> Vec<String> {
-        vec![format!("ct state {NEW} goto to_user"), "accept".into()]
+        // Allowed ports and protocols are accepted whatever the composite
+        // rules say (docs/rules.md, "Precedence"): seen, not held.
+        vec![format!("ct state {NEW} {}", self.see()), "accept".into()]
     }
 
     fn blocked_rules(&self) -> Vec<String> {
@@ -522,8 +545,9 @@ impl KernelPlan {
         if self.block_log_rate > 0 {
             let n = self.block_log_rate;
             r.push(format!(
-                "ct state {NEW} limit rate {n}/second burst {} packets goto to_user",
-                2 * n
+                "ct state {NEW} limit rate {n}/second burst {} packets {}",
+                2 * n,
+                self.see()
             ));
         }
         r.push("counter drop".into());
@@ -545,6 +569,10 @@ impl KernelPlan {
 
 /// The conntrack states user space sees.
 const NEW: &str = "new,invalid,untracked";
+
+/// Packets the kernel gathers before it sends a batch to the NFLOG group
+/// (it also sends after the socket's flush timeout).
+pub const LOG_THRESHOLD: u16 = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hook {

@@ -153,6 +153,13 @@ fn status_text(s: &Status) -> String {
             if q.fail_open { "fail-open" } else { "fail-closed" }
         );
     }
+    if let Some(o) = &s.observed {
+        let _ = writeln!(
+            t,
+            "nflog {}:    {} observed; lost: {} (overruns {}, malformed {})",
+            o.group, o.received, o.lost, o.overruns, o.malformed
+        );
+    }
     for c in &s.capture {
         let _ = writeln!(
             t,

@@ -617,6 +617,7 @@ fn status(engine: &Engine, info: &Info, path: &mut dyn PacketPath, events_droppe
         kernel_path: info.kernel_path.clone(),
         packets: PacketCounters::from(engine.counters()),
         queue: None,
+        observed: None,
         capture: Vec::new(),
         bans_active: engine.bans().len(),
         protected,

@@ -1,5 +1,9 @@
-//! The inline packet path: NFQUEUE batches -> engine -> batched verdicts,
-//! NXDOMAIN answers for blocked DNS queries, queue loss accounting.
+//! The inline packet path: packets the kernel decides are *observed*
+//! through NFLOG (copied, never held: the engine detects scans and logs,
+//! its verdict is not needed); packets only user space can decide (DNS
+//! queries, `queue_all` protocols, composite rules) are *held* in NFQUEUE:
+//! batches -> engine -> batched verdicts, NXDOMAIN answers for blocked DNS
+//! queries. Losses of both are counted and reported.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,17 +12,31 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use portcullis_engine::config::{BlockedDnsResponse, Config};
 use portcullis_engine::engine::{Engine, PacketIn};
-use portcullis_engine::events::{Body, Event, QueueEvent, QueueFate, QueueInfo};
+use portcullis_engine::events::{
+    Body, CaptureEvent, CaptureInfo, Event, QueueEvent, QueueFate, QueueInfo,
+};
 use portcullis_engine::{Action, Direction, Reason, Timestamp};
+use portcullis_nflog::{Hook as LogHook, Log, LogConfig};
 use portcullis_nfqueue::{Hook, Queue, QueueConfig, Responder, Verdict as NfVerdict};
 use portcullis_wire::LinkType;
 
 use crate::daemon::{now, PacketPath};
 use crate::kernel_thread::UNKNOWN;
-use crate::status::{QueueStatus, Status};
+use crate::status::{ObservedStatus, QueueStatus, Status};
 
-/// The queue, the DNS responder and what the queue lost so far.
+/// Logged packets handed to the engine per read, at most (one datagram
+/// more may come with the last read).
+const LOG_BATCH: usize = 1024;
+
+/// The NFLOG socket's flush timeout, in 1/100 s: an observed packet waits
+/// at most this long for its batch (the scan detector's ban latency).
+const LOG_FLUSH_CENTIS: u32 = 1;
+
+/// The queue, the NFLOG group, the DNS responder and what they lost so far.
 pub struct InlinePath {
+    log: Log,
+    /// Losses of the log already reported.
+    log_reported: (u64, u64),
     queue: Queue,
     qcfg: QueueConfig,
     responder: Responder,
@@ -32,6 +50,15 @@ impl InlinePath {
     /// Opens the queue of `cfg` and the raw sockets for DNS answers (marked
     /// `skip_mark`, so our own chains let them pass).
     pub fn open(cfg: &Config, skip_mark: u32, queue_hits: Arc<AtomicU64>) -> Result<Self> {
+        let mut lcfg = LogConfig::new(cfg.inline.log_group);
+        lcfg.qthresh = u32::from(portcullis_kernel::LOG_THRESHOLD);
+        lcfg.timeout = LOG_FLUSH_CENTIS;
+        let log = Log::open(&lcfg).with_context(|| {
+            format!(
+                "opening NFLOG group {} (inline.log_group)",
+                cfg.inline.log_group
+            )
+        })?;
         let mut qcfg = QueueConfig::new(cfg.inline.queue);
         qcfg.fail_open = !cfg.inline.fail_closed;
         qcfg.max_len = cfg.inline.queue_length;
@@ -42,6 +69,8 @@ impl InlinePath {
             .set_mark(skip_mark)
             .context("marking DNS answers")?;
         Ok(Self {
+            log,
+            log_reported: (0, 0),
             queue,
             qcfg,
             responder,
@@ -66,12 +95,108 @@ impl PacketPath for InlinePath {
     }
 
     fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<()> {
+        // Neither source may starve the other: read what each has without
+        // waiting, and wait on both only when both were empty.
+        let mut n = self.observe(engine)? + self.hold(engine, Duration::ZERO)?;
+        if n == 0 && self.wait_either(wait)? {
+            n = self.observe(engine)? + self.hold(engine, Duration::ZERO)?;
+        }
+        if n > 0 {
+            engine.flush_due();
+        }
+        Ok(())
+    }
+
+    fn losses(&mut self) -> Vec<Event> {
+        let mut out = self.queue_losses();
+        let st = self.log.stats();
+        let (lost, overruns) = (st.lost, st.overruns);
+        let (seen_lost, seen_overruns) = self.log_reported;
+        if lost > seen_lost || overruns > seen_overruns {
+            // Observed packets went on in the kernel: what was lost was
+            // not inspected, as a passive capture's losses.
+            out.push(Event::new(
+                now(),
+                Body::Capture(CaptureEvent {
+                    capture: CaptureInfo {
+                        interface: format!("nflog:{}", self.log.config().group),
+                        dropped: lost - seen_lost,
+                        if_dropped: 0,
+                    },
+                }),
+            ));
+            self.log_reported = (lost, overruns);
+        }
+        out
+    }
+
+    fn status(&mut self, s: &mut Status) {
+        self.queue_status(s);
+        let st = self.log.stats();
+        s.observed = Some(ObservedStatus {
+            group: self.log.config().group,
+            received: st.received,
+            lost: st.lost,
+            overruns: st.overruns,
+            malformed: st.malformed,
+        });
+    }
+
+    fn finish(&mut self) {
+        self.queue_finish();
+    }
+}
+
+impl InlinePath {
+    /// Waits up to `wait` for the log or the queue to have something;
+    /// false on timeout (or a signal).
+    fn wait_either(&self, wait: Duration) -> Result<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [
+            PollFd::new(self.log.raw_fd(), PollFlags::POLLIN),
+            PollFd::new(self.queue.raw_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(e).context("waiting for the NFLOG and NFQUEUE sockets"),
+        }
+    }
+
+    /// Hands the logged packets that have arrived to the engine: the kernel
+    /// already decided them, so the verdict is not used (detection and
+    /// logging only). Never waits.
+    fn observe(&mut self, engine: &mut Engine) -> Result<usize> {
+        let t = now();
+        self.log
+            .recv_batch(LOG_BATCH, Some(Duration::ZERO), |p| {
+                let dir = match p.hook {
+                    LogHook::Output | LogHook::Postrouting => Direction::Outbound,
+                    LogHook::Forward => Direction::Forwarded,
+                    _ => Direction::Inbound,
+                };
+                let ts = p.timestamp_micros.map_or(t, Timestamp::from_micros);
+                engine.process(&PacketIn {
+                    data: p.payload,
+                    link: LinkType::Raw,
+                    ts,
+                    dir: Some(dir),
+                    orig_len: p.original_len,
+                });
+            })
+            .context("reading the NFLOG group")
+    }
+
+    /// Decides the queued packets that have arrived (waiting at most
+    /// `wait` for the first), and sends the verdicts.
+    fn hold(&mut self, engine: &mut Engine, wait: Duration) -> Result<usize> {
         let n = self
             .queue
             .recv_batch(Some(wait))
             .context("reading the NFQUEUE")?;
         if n == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let t = now();
         let answer = engine.config().dns.blocked_response == BlockedDnsResponse::Nxdomain;
@@ -100,11 +225,10 @@ impl PacketPath for InlinePath {
             }
         });
         self.queue.flush().context("sending verdicts")?;
-        engine.flush_due();
-        Ok(())
+        Ok(n)
     }
 
-    fn losses(&mut self) -> Vec<Event> {
+    fn queue_losses(&mut self) -> Vec<Event> {
         let num = self.qcfg.num;
         let cur = QueueDrops::read(
             num,
@@ -125,7 +249,7 @@ impl PacketPath for InlinePath {
         ev.into_iter().collect()
     }
 
-    fn status(&mut self, s: &mut Status) {
+    fn queue_status(&mut self, s: &mut Status) {
         s.queue = Some(QueueStatus {
             number: self.qcfg.num,
             fail_open: self.qcfg.fail_open,
@@ -137,7 +261,7 @@ impl PacketPath for InlinePath {
         });
     }
 
-    fn finish(&mut self) {
+    fn queue_finish(&mut self) {
         // What is still queued passes (fail-open) or not.
         self.queue.verdict_outstanding(if self.qcfg.fail_open {
             NfVerdict::Accept

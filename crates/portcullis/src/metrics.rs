@@ -354,6 +354,21 @@ pub fn render(s: &Status) -> String {
         );
     }
 
+    if let Some(o) = &s.observed {
+        e.family(
+            "portcullis_observed_packets_total",
+            Kind::Counter,
+            "Packets the kernel decided and copied to portcullis through NFLOG (inline mode): seen, not held.",
+            [plain(o.received)],
+        );
+        e.family(
+            "portcullis_observed_lost_packets_total",
+            Kind::Counter,
+            "Packets the kernel logged for portcullis that never arrived (NFLOG sequence gaps): they went on uninspected.",
+            [plain(o.lost)],
+        );
+    }
+
     e.family(
         "portcullis_capture_received_packets_total",
         Kind::Counter,

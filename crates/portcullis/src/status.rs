@@ -37,6 +37,9 @@ pub struct Status {
     pub packets: PacketCounters,
     /// The NFQUEUE (inline mode).
     pub queue: Option<QueueStatus>,
+    /// The NFLOG group of observed packets (inline mode).
+    #[serde(default)]
+    pub observed: Option<ObservedStatus>,
     /// Capture interfaces (monitor mode).
     pub capture: Vec<CaptureStatus>,
     /// Bans in force now (gauge).
@@ -112,6 +115,22 @@ pub struct QueueStatus {
     pub uninspected: u64,
     /// Socket receive buffer overruns (ENOBUFS).
     pub overruns: u64,
+}
+
+/// The NFLOG group through which the daemon sees, without holding them,
+/// the packets the kernel decides (inline mode).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedStatus {
+    pub group: u16,
+    /// Packets read.
+    pub received: u64,
+    /// Logged by the kernel but never read (gaps in the sequence numbers):
+    /// they went on uninspected.
+    pub lost: u64,
+    /// Socket receive buffer overruns (ENOBUFS).
+    pub overruns: u64,
+    /// Messages that could not be decoded.
+    pub malformed: u64,
 }
 
 /// One capture interface (monitor mode).

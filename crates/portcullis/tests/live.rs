@@ -115,6 +115,10 @@ fn main() {
         }
     }
     tests.push(live(
+        "new_connections_are_observed_through_nflog_not_held",
+        observed_not_held,
+    ));
+    tests.push(live(
         "replies_of_accepted_connections_pass_whatever_the_block_lists_say",
         replies_pass,
     ));
@@ -1140,7 +1144,10 @@ fn metrics_scrape() -> Result<(), Failed> {
     };
     assert!(value("portcullis_packets_total") > 0, "{body}");
     assert_eq!(value("portcullis_bans_total"), 1);
-    assert!(value("portcullis_queue_received_packets_total") > 0);
+    // New connections and blocked packets are observed through NFLOG;
+    // nothing here needs the queue.
+    assert!(value("portcullis_observed_packets_total") > 0, "{body}");
+    assert_eq!(value("portcullis_observed_lost_packets_total"), 0, "{body}");
     assert_eq!(value("portcullis_enforcing"), 1);
     assert!(
         value("portcullis_verdicts_total{reason=\"blocked_port\"}") > 0,
@@ -1628,6 +1635,44 @@ fn ban_ends_flows() -> Result<(), Failed> {
             net.fw("nft", &["list", "table", "inet", "portcullis"])
         )
         .into());
+    }
+    net.stop()?;
+    net.assert_clean()
+}
+
+/// Issue 9, item 1: with the default policy the kernel decides new
+/// connections; the daemon sees every one of them through NFLOG (or counts
+/// what it lost) and holds none in the queue.
+fn observed_not_held() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.lab
+        .spawn("fw", "nc", &["-lk", "8080"], &net.path("nc.log"))?;
+    net.start(r#"{"events": {"dns_queries": false}}"#)?;
+    let n = 100;
+    net.lab.exec(
+        "b",
+        "sh",
+        &[
+            "-c",
+            &format!("for i in $(seq 1 {n}); do nc -z -w 1 {FW_B} 8080; done"),
+        ],
+    )?;
+    let status = wait_for(Duration::from_secs(3), || {
+        let (_, out) = net.ctl(&["status", "--json"]);
+        let v = json(&out);
+        (v["observed"]["received"].as_u64().unwrap_or(0) >= n).then_some(v)
+    });
+    let (_, out) = net.ctl(&["status", "--json"]);
+    let Some(v) = status else {
+        return Err(format!("fewer than {n} connections observed:\n{out}").into());
+    };
+    let o = &v["observed"];
+    eprintln!("observed {o}, queue {}", v["queue"]);
+    if o["lost"] != 0 || o["malformed"] != 0 {
+        return Err(format!("observed packets lost: {o}").into());
+    }
+    if v["queue"]["received"] != 0 {
+        return Err(format!("packets were held in the queue: {}", v["queue"]).into());
     }
     net.stop()?;
     net.assert_clean()

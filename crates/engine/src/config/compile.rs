@@ -147,6 +147,7 @@ impl Compiler<'_> {
             ),
             queue_length: self.positive(raw.queue_length, "inline.queue_length", d.queue_length),
             queue_all: self.entries(raw.queue_all, "inline.queue_all", parse_protocol),
+            log_group: raw.log_group.unwrap_or(d.log_group),
         }
     }
 

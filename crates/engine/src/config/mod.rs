@@ -296,11 +296,14 @@ pub struct InlineConfig {
     pub queue_length: u32,
     /// Protocol numbers whose every packet is queued. Default: none.
     pub queue_all: Vec<u8>,
+    /// NFLOG group for packets user space only observes. Default 9.
+    pub log_group: u16,
 }
 
 impl Default for InlineConfig {
     fn default() -> Self {
         Self {
+            log_group: 9,
             queue: 0,
             fail_closed: false,
             block_log_rate: 100,

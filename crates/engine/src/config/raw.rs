@@ -318,10 +318,15 @@ pub struct RawInline {
     /// none.
     #[schemars(with = "Option<Vec<ProtocolEntry>>")]
     pub queue_all: Option<Value>,
+    /// NFLOG group through which portcullis sees, without holding them,
+    /// the packets whose verdict the kernel gives (new connections to be
+    /// checked for scans, blocked packets to be logged). Default 9.
+    pub log_group: Option<u16>,
 }
 
 impl RawInline {
     pub(crate) const FIELDS: &'static [&'static str] = &[
+        "log_group",
         "queue",
         "danger_fail_closed",
         "block_log_rate",

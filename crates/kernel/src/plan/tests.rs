@@ -80,21 +80,24 @@ fn input_chain_follows_the_engine_precedence() {
             "tcp dport @block_tcp goto blocked",
             "udp dport @block_udp goto blocked",
             "meta l4proto @block_proto goto blocked",
-            "meta l4proto { tcp, udp } ct state new,invalid,untracked goto to_user",
+            "meta l4proto { tcp, udp } ct state new,invalid,untracked log group 9 queue-threshold 32",
             // Scan detection is on: the other probe shapes too.
-            "meta l4proto != { tcp, udp, icmp, ipv6-icmp } ct state new,invalid,untracked goto to_user",
-            "icmp type { echo-request, timestamp-request, address-mask-request } ct state new,invalid,untracked goto to_user",
-            "icmpv6 type echo-request ct state new,invalid,untracked goto to_user",
+            "meta l4proto != { tcp, udp, icmp, ipv6-icmp } ct state new,invalid,untracked log group 9 queue-threshold 32",
+            "icmp type { echo-request, timestamp-request, address-mask-request } ct state new,invalid,untracked log group 9 queue-threshold 32",
+            "icmpv6 type echo-request ct state new,invalid,untracked log group 9 queue-threshold 32",
         ]
     );
     assert_eq!(
         chain(&s, "allowed"),
-        ["ct state new,invalid,untracked goto to_user", "accept"]
+        [
+            "ct state new,invalid,untracked log group 9 queue-threshold 32",
+            "accept"
+        ]
     );
     assert_eq!(
         chain(&s, "blocked"),
         [
-            "ct state new,invalid,untracked limit rate 50/second burst 100 packets goto to_user",
+            "ct state new,invalid,untracked limit rate 50/second burst 100 packets log group 9 queue-threshold 32",
             "counter drop"
         ]
     );
@@ -119,7 +122,7 @@ fn forward_checks_both_ends_output_the_destination() {
         "ip6 daddr @ban6 counter drop",
         "ip saddr @block4 goto blocked",
         "ip daddr @block4 goto blocked",
-        "meta l4proto { tcp, udp } ct state new,invalid,untracked goto to_user",
+        "meta l4proto { tcp, udp } ct state new,invalid,untracked log group 9 queue-threshold 32",
     ] {
         assert!(
             fwd.contains(&want.to_string()),
@@ -237,11 +240,11 @@ fn empty_plan_has_no_elements_and_no_rules_on_empty_sets() {
             "ip saddr @ban4 counter drop",
             "ip6 saddr @ban6 counter drop",
             "meta l4proto { tcp, udp } th dport 53 goto to_user",
-            "meta l4proto { tcp, udp } ct state new,invalid,untracked goto to_user",
+            "meta l4proto { tcp, udp } ct state new,invalid,untracked log group 9 queue-threshold 32",
             // Scan detection is on: the other probe shapes too.
-            "meta l4proto != { tcp, udp, icmp, ipv6-icmp } ct state new,invalid,untracked goto to_user",
-            "icmp type { echo-request, timestamp-request, address-mask-request } ct state new,invalid,untracked goto to_user",
-            "icmpv6 type echo-request ct state new,invalid,untracked goto to_user",
+            "meta l4proto != { tcp, udp, icmp, ipv6-icmp } ct state new,invalid,untracked log group 9 queue-threshold 32",
+            "icmp type { echo-request, timestamp-request, address-mask-request } ct state new,invalid,untracked log group 9 queue-threshold 32",
+            "icmpv6 type echo-request ct state new,invalid,untracked log group 9 queue-threshold 32",
         ]
     );
     // Without scan detection, only new TCP and UDP flows.
@@ -249,7 +252,7 @@ fn empty_plan_has_no_elements_and_no_rules_on_empty_sets() {
     let s2 = p.ruleset_text(QueuePath::IptablesNfqueue);
     assert_eq!(
         chain(&s2, "input").last().map(|l| l.as_str()),
-        Some("meta l4proto { tcp, udp } ct state new,invalid,untracked goto to_user")
+        Some("meta l4proto { tcp, udp } ct state new,invalid,untracked log group 9 queue-threshold 32")
     );
     // Every set and chain is declared all the same, for `update` to fill.
     for set in LIST_SETS.iter().chain(&["ban4", "ban6"]) {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use portcullis_engine::Reason;
 
 use super::*;
-use crate::status::{CaptureStatus, DetectorStatus, PacketCounters, QueueStatus};
+use crate::status::{CaptureStatus, DetectorStatus, ObservedStatus, PacketCounters, QueueStatus};
 
 /// A snapshot in which every number is different, so a value reported
 /// under the wrong name cannot pass.
@@ -46,6 +46,13 @@ fn known() -> Status {
             user_dropped: 21,
             uninspected: 22,
             overruns: 23,
+        }),
+        observed: Some(ObservedStatus {
+            group: 9,
+            received: 41,
+            lost: 42,
+            overruns: 43,
+            malformed: 44,
         }),
         capture: vec![CaptureStatus {
             interface: "eth0".into(),
@@ -242,6 +249,8 @@ fn render_reports_every_value_of_the_snapshot_under_its_name() {
         ("portcullis_queue_dropped_packets_total{kind=queue_full}", 20),
         ("portcullis_queue_dropped_packets_total{kind=user}", 21),
         ("portcullis_queue_uninspected_packets_total", 22),
+        ("portcullis_observed_packets_total", 41),
+        ("portcullis_observed_lost_packets_total", 42),
         ("portcullis_queue_overruns_total", 23),
         ("portcullis_queue_fail_open", 1),
         ("portcullis_capture_received_packets_total{interface=eth0}", 24),
