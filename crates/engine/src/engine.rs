@@ -133,14 +133,60 @@ pub struct Ban {
 }
 
 /// Bans with per-entry expiry; lookups are one hash probe, expiry is a heap
-/// peek per tick.
-#[derive(Debug, Default)]
+/// peek per tick. At most `max` bans: when full, the ban that would end
+/// soonest yields to a new one ([`BanTable::insert`]).
+#[derive(Debug)]
 pub struct BanTable {
     bans: FxHashMap<IpAddr, Ban>,
     expiry: BinaryHeap<Reverse<(Timestamp, IpAddr)>>,
+    max: usize,
+}
+
+impl Default for BanTable {
+    fn default() -> Self {
+        Self::with_max(usize::MAX)
+    }
 }
 
 impl BanTable {
+    /// A table holding at most `max` bans (at least 1).
+    pub fn with_max(max: usize) -> Self {
+        Self {
+            bans: FxHashMap::default(),
+            expiry: BinaryHeap::new(),
+            max: max.max(1),
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Entries of the expiry heap (live and stale): bounded by about twice
+    /// the bans in force.
+    pub fn heap_len(&self) -> usize {
+        self.expiry.len()
+    }
+
+    /// Adds a ban to a full table: the ban ending soonest yields and is
+    /// returned (none yields to a ban that would end sooner than all of
+    /// them: then the new one is refused, `Err(())`).
+    fn make_room(&mut self, new_until: Timestamp) -> Result<Option<Ban>, ()> {
+        while let Some(Reverse((until, addr))) = self.expiry.peek().copied() {
+            // Stale heap entries (extended or lifted bans) are skipped.
+            if self.bans.get(&addr).is_none_or(|b| b.until != until) {
+                self.expiry.pop();
+                continue;
+            }
+            if until > new_until {
+                return Err(());
+            }
+            self.expiry.pop();
+            return Ok(self.bans.remove(&addr));
+        }
+        Ok(None)
+    }
+
     pub fn get(&self, addr: &IpAddr) -> Option<&Ban> {
         self.bans.get(addr)
     }
@@ -157,17 +203,31 @@ impl BanTable {
         self.bans.values()
     }
 
-    /// Adds or extends a ban. Returns false if an existing ban already lasts
-    /// at least as long (nothing changed).
-    pub fn insert(&mut self, ban: Ban) -> bool {
-        if let Some(old) = self.bans.get(&ban.addr) {
-            if old.until >= ban.until {
-                return false;
-            }
+    /// Adds or extends a ban. Returns what happened: nothing when an
+    /// existing ban already lasts at least as long; when the table is full,
+    /// the ban ending soonest yields (or the new one is refused when it
+    /// would end sooner than every ban in force).
+    pub fn insert(&mut self, ban: Ban) -> Inserted {
+        let mut evicted = None;
+        match self.bans.get(&ban.addr) {
+            Some(old) if old.until >= ban.until => return Inserted::Unchanged,
+            Some(_) => {}
+            None if self.bans.len() >= self.max => match self.make_room(ban.until) {
+                Ok(e) => evicted = e,
+                Err(()) => return Inserted::Refused,
+            },
+            None => {}
+        }
+        // The heap holds at most a few stale entries per live ban: rebuild
+        // it when stale ones dominate, so it stays bounded too.
+        if self.expiry.len() > 2 * self.bans.len() + 64 {
+            let live = &self.bans;
+            self.expiry
+                .retain(|Reverse((u, a))| live.get(a).is_some_and(|b| b.until == *u));
         }
         self.expiry.push(Reverse((ban.until, ban.addr)));
         self.bans.insert(ban.addr, ban);
-        true
+        Inserted::Added { evicted }
     }
 
     pub fn remove(&mut self, addr: &IpAddr) -> Option<Ban> {
@@ -193,6 +253,18 @@ impl BanTable {
     }
 }
 
+/// What [`BanTable::insert`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The ban is in force (new or extended); `evicted`: the ban that
+    /// yielded its place in a full table.
+    Added { evicted: Option<Ban> },
+    /// A ban at least as long was already in force.
+    Unchanged,
+    /// The table is full of bans that all last longer.
+    Refused,
+}
+
 /// Packet and decision counters (the daemon's metrics read these).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -214,6 +286,10 @@ pub struct Counters {
     pub scans: u64,
     pub bans: u64,
     pub unbans: u64,
+    /// Bans that yielded their place in a full ban table (`scan.max_bans`).
+    pub bans_evicted: u64,
+    /// Bans refused because the table was full of longer ones.
+    pub bans_refused: u64,
     pub events: u64,
     /// Drop and dns events held back by the rate limit.
     pub events_suppressed: u64,
@@ -276,8 +352,8 @@ impl Engine {
             mode,
             aggregator: DropAggregator::new(cfg.events.drop_window, cfg.events.max_drop_keys),
             bucket: TokenBucket::new(cfg.events.max_events_per_second),
+            bans: BanTable::with_max(cfg.scan.max_bans),
             cfg,
-            bans: BanTable::default(),
             detector,
             suppressed_drop: 0,
             suppressed_dns: 0,
@@ -924,8 +1000,20 @@ impl Engine {
             until,
             reason: reason.clone(),
         };
-        if !self.bans.insert(ban) {
-            return false;
+        match self.bans.insert(ban) {
+            Inserted::Unchanged => return false,
+            Inserted::Refused => {
+                self.counters.bans_refused += 1;
+                return false;
+            }
+            Inserted::Added { evicted } => {
+                if let Some(old) = evicted {
+                    // Its `unban` event takes it out of the kernel's set
+                    // before the new ban goes in.
+                    self.counters.bans_evicted += 1;
+                    self.unbanned(old, now, UnbanReason::Evicted);
+                }
+            }
         }
         self.counters.bans += 1;
         self.push(Event::new(
@@ -950,7 +1038,9 @@ impl Engine {
         if ban.until <= now || self.cfg.rules.is_allowlisted(ban.addr) {
             return false;
         }
-        self.bans.insert(ban)
+        // More saved bans than `scan.max_bans`: the ones ending soonest
+        // are not restored.
+        matches!(self.bans.insert(ban), Inserted::Added { .. })
     }
 
     /// Swaps in a new configuration (SIGHUP). Bans survive, except those on

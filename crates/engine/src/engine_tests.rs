@@ -47,12 +47,14 @@ fn ban(addr: &str, since: u64, until: u64) -> Ban {
 #[test]
 fn ban_table_expires_in_order_and_ignores_stale_heap_entries() {
     let mut t = BanTable::default();
-    assert!(t.insert(ban("198.18.0.1", 0, 10)));
-    assert!(t.insert(ban("198.18.0.2", 0, 20)));
+    let added = Inserted::Added { evicted: None };
+    assert_eq!(t.insert(ban("198.18.0.1", 0, 10)), added);
+    assert_eq!(t.insert(ban("198.18.0.2", 0, 20)), added);
     // Extending a ban leaves a stale heap entry at 10.
-    assert!(t.insert(ban("198.18.0.1", 5, 30)));
-    assert!(
-        !t.insert(ban("198.18.0.1", 6, 25)),
+    assert_eq!(t.insert(ban("198.18.0.1", 5, 30)), added);
+    assert_eq!(
+        t.insert(ban("198.18.0.1", 6, 25)),
+        Inserted::Unchanged,
         "a shorter ban changes nothing"
     );
     assert!(t.expire(Timestamp::from_secs(15)).is_empty());
@@ -479,4 +481,61 @@ fn a_data_segment_cut_by_the_snap_length_is_not_a_bare_ack() {
     );
     let bare = portcullis_wire::decode(LinkType::Ethernet, &bare).unwrap();
     assert_eq!(ProbeShape::classify(&bare), Some(ProbeShape::BareAck));
+}
+
+#[test]
+fn bans_are_bounded_and_the_soonest_ending_yields() {
+    let mut e = engine(r#"{"scan": {"max_bans": 3}}"#);
+    let t = Timestamp::from_secs(1_000);
+    for (i, secs) in [(1u8, 100u64), (2, 50), (3, 200)] {
+        assert!(e.ban(
+            IpAddr::from([198, 18, 0, i]),
+            t,
+            Duration::from_secs(secs),
+            "test".into()
+        ));
+    }
+    let _ = e.drain_events().count();
+    // Full: a fourth ban lasting longer takes the place of the one ending
+    // soonest (198.18.0.2, 50 s), with an `unban` event saying why.
+    assert!(e.ban(
+        IpAddr::from([198, 18, 0, 4]),
+        t,
+        Duration::from_secs(300),
+        "test".into()
+    ));
+    assert_eq!(e.bans().len(), 3);
+    assert!(e.bans().get(&IpAddr::from([198, 18, 0, 2])).is_none());
+    let evs: Vec<Event> = e.drain_events().collect();
+    assert!(
+        matches!(&evs[0].body, Body::Unban(u) if u.ban.reason == UnbanReason::Evicted
+            && u.source.src_ip == IpAddr::from([198, 18, 0, 2])),
+        "{evs:?}"
+    );
+    assert_eq!(evs[1].event_type(), EventType::Ban);
+    // A ban ending sooner than every ban in force is refused.
+    assert!(!e.ban(
+        IpAddr::from([198, 18, 0, 5]),
+        t,
+        Duration::from_secs(10),
+        "test".into()
+    ));
+    assert_eq!(e.bans().len(), 3);
+    let c = e.counters();
+    assert_eq!((c.bans_evicted, c.bans_refused, c.bans), (1, 1, 4));
+    // Under a flood of bans the table and its heap stay bounded.
+    for i in 0..10_000u32 {
+        e.ban(
+            IpAddr::from((0xc612_0000u32 + i).to_be_bytes()),
+            Timestamp::from_secs(2_000 + u64::from(i)),
+            Duration::from_secs(600),
+            "flood".into(),
+        );
+    }
+    assert_eq!(e.bans().len(), 3);
+    assert!(
+        e.bans().heap_len() <= 2 * 3 + 64 + 1,
+        "{}",
+        e.bans().heap_len()
+    );
 }

@@ -368,6 +368,9 @@ pub enum UnbanReason {
     Manual,
     /// A reload put the address on the allowlist.
     Allowlisted,
+    /// The ban table was full (`scan.max_bans`): the ban ending soonest
+    /// made room for a new one.
+    Evicted,
 }
 
 impl UnbanReason {
@@ -376,6 +379,7 @@ impl UnbanReason {
             Self::Expired => "expired",
             Self::Manual => "manual",
             Self::Allowlisted => "allowlisted",
+            Self::Evicted => "evicted",
         }
     }
 }

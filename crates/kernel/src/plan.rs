@@ -148,6 +148,9 @@ pub struct KernelPlan {
     /// (`inline.danger_fail_closed`, where new connections must wait for
     /// the daemon): those are queued and held.
     pub log_group: Option<u16>,
+    /// Elements the ban sets hold at most (`scan.max_bans`; the engine
+    /// makes room before it adds one).
+    pub max_bans: usize,
     /// Anything goes to user space. False for a passive daemon that only
     /// enforces bans ([`KernelPlan::bans_only`]): the chains stop after
     /// loopback, the allowlist and the ban sets, and no NFQUEUE rule exists.
@@ -174,6 +177,7 @@ impl KernelPlan {
         // Fail-closed means new connections wait for the daemon: they are
         // held, never only observed.
         plan.log_group = (!cfg.inline.fail_closed).then_some(cfg.inline.log_group);
+        plan.max_bans = cfg.scan.max_bans;
         plan
     }
 
@@ -224,6 +228,7 @@ impl KernelPlan {
             queue_new_all_protocols: export.rules > 0,
             queue_probes: false,
             log_group: None,
+            max_bans: portcullis_engine::config::ScanConfig::default().max_bans,
             user_space: true,
         }
     }
@@ -317,7 +322,11 @@ impl KernelPlan {
             } else {
                 "ipv6_addr"
             };
-            let _ = writeln!(s, "\tset {name} {{\n\t\ttype {ty}\n\t\tflags timeout");
+            let _ = writeln!(
+                s,
+                "\tset {name} {{\n\t\ttype {ty}\n\t\tflags timeout\n\t\tsize {}",
+                self.max_bans
+            );
             if ban_counters {
                 s.push_str("\t\tcounter\n");
             }

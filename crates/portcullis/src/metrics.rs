@@ -296,8 +296,17 @@ pub fn render(s: &Status) -> String {
     e.family(
         "portcullis_unbans_total",
         Kind::Counter,
-        "Bans lifted (expired or by hand).",
+        "Bans lifted (expired, by hand, allowlisted, or evicted from a full table).",
         [plain(p.unbans)],
+    );
+    e.family(
+        "portcullis_bans_limited_total",
+        Kind::Counter,
+        "Bans the full ban table (scan.max_bans) did not simply take: evicted (the ban ending soonest made room) or refused (all others last longer).",
+        [
+            labelled(&[("kind", "evicted")], p.bans_evicted),
+            labelled(&[("kind", "refused")], p.bans_refused),
+        ],
     );
     e.family(
         "portcullis_events_total",

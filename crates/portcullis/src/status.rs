@@ -72,6 +72,12 @@ pub struct PacketCounters {
     pub scans: u64,
     pub bans: u64,
     pub unbans: u64,
+    /// Bans that yielded their place in a full ban table (`scan.max_bans`).
+    #[serde(default)]
+    pub bans_evicted: u64,
+    /// Bans refused: the table was full of longer ones.
+    #[serde(default)]
+    pub bans_refused: u64,
     pub events: u64,
     /// Drop and dns events held back by the rate limit.
     pub events_suppressed: u64,
@@ -94,6 +100,8 @@ impl From<&Counters> for PacketCounters {
             scans: c.scans,
             bans: c.bans,
             unbans: c.unbans,
+            bans_evicted: c.bans_evicted,
+            bans_refused: c.bans_refused,
             events: c.events,
             events_suppressed: c.events_suppressed,
         }

@@ -406,6 +406,7 @@ impl Compiler<'_> {
             ban_duration: self.duration(raw.ban_duration, "scan.ban_duration", d.ban_duration),
             max_sources: self.positive(raw.max_sources, "scan.max_sources", d.max_sources),
             max_flows: self.positive(raw.max_flows, "scan.max_flows", d.max_flows),
+            max_bans: self.positive(raw.max_bans, "scan.max_bans", d.max_bans),
             flow_timeout: self.duration(raw.flow_timeout, "scan.flow_timeout", d.flow_timeout),
         }
     }

@@ -202,6 +202,9 @@ pub struct ScanConfig {
     /// Cap on flows remembered (to tell replies and established flows from
     /// probes). Default 262 144.
     pub max_flows: usize,
+    /// Bans in force at most; when full, the one ending soonest yields.
+    /// Default 16 384.
+    pub max_bans: usize,
     /// How long a remembered flow stays without packets. Default 120 s.
     pub flow_timeout: Duration,
 }
@@ -219,6 +222,7 @@ impl Default for ScanConfig {
             ban_duration: Duration::from_secs(600),
             max_sources: 65_536,
             max_flows: 262_144,
+            max_bans: 16_384,
             flow_timeout: Duration::from_secs(120),
         }
     }

@@ -200,6 +200,11 @@ pub struct RawScan {
     /// Flows remembered to tell replies from probes. Default: 262144.
     #[schemars(range(min = 1))]
     pub max_flows: Option<usize>,
+    /// Bans in force at most (in the engine, the kernel's ban sets and the
+    /// state file); when full, the ban that would end soonest yields.
+    /// Default: 16384.
+    #[schemars(range(min = 1))]
+    pub max_bans: Option<usize>,
     /// How long a remembered flow lasts without packets. Default: 2m.
     #[schemars(with = "Option<DurationEntry>")]
     pub flow_timeout: Option<Value>,
@@ -217,6 +222,7 @@ impl RawScan {
         "ban_duration",
         "max_sources",
         "max_flows",
+        "max_bans",
         "flow_timeout",
     ];
 }

@@ -98,6 +98,7 @@ fn full_format_compiles() {
             ban_duration: Duration::from_secs(3600),
             max_sources: 100,
             max_flows: 200,
+            max_bans: 16_384,
             flow_timeout: Duration::from_secs(90),
         }
     );
