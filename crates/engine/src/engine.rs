@@ -906,6 +906,8 @@ impl Engine {
             (ScanAction::Alert, Some(NotBanned::Allowlisted))
         } else if !self.cfg.scan.ban {
             (ScanAction::Alert, Some(NotBanned::BanDisabled))
+        } else if self.cfg.critical_peers.iter().any(|(a, _)| *a == src) {
+            (ScanAction::Alert, Some(NotBanned::CriticalPeer))
         } else if internal && self.cfg.scan.internal_action == ScanAction::Alert {
             (ScanAction::Alert, Some(NotBanned::Internal))
         } else {
@@ -1214,13 +1216,20 @@ impl Engine {
     /// as written to name *every* match): for the control socket, not the
     /// packet path. See [`crate::explain`].
     pub fn explain(&self, addr: IpAddr, now: Timestamp) -> Explanation {
-        crate::explain::explain(
+        let mut e = crate::explain::explain(
             &self.cfg.rules,
             self.cfg.policy.default,
             self.bans.get(&addr),
             addr,
             now,
-        )
+        );
+        e.critical_peer = self
+            .cfg
+            .critical_peers
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, why)| why.clone());
+        e
     }
 }
 

@@ -539,3 +539,37 @@ fn bans_are_bounded_and_the_soonest_ending_yields() {
         e.bans().heap_len()
     );
 }
+
+#[test]
+fn a_critical_peer_is_reported_never_banned_by_a_scan() {
+    let mut cfg = Config::from_json_str(r#"{"home_net": ["198.18.0.1/32"]}"#, &NoLists).unwrap();
+    cfg.critical_peers = vec![(ip("198.18.3.53"), "DNS resolver".into())];
+    let mut e = Engine::new(Arc::new(cfg), DetectorMode::Inline).unwrap();
+    let frames = traffic::port_scan(
+        ip("198.18.3.53"),
+        ip("198.18.0.1"),
+        &(1..=20).collect::<Vec<u16>>(),
+        traffic::ScanShape::Syn,
+        T0,
+        1_000,
+    );
+    feed(&mut e, &frames, None);
+    let evs: Vec<Event> = e.drain_events().collect();
+    let scan = evs
+        .iter()
+        .find_map(|ev| match &ev.body {
+            Body::Scan(s) => Some(s),
+            _ => None,
+        })
+        .expect("the scan is reported");
+    assert_eq!(scan.scan.action, ScanAction::Alert);
+    assert_eq!(scan.scan.note, Some(NotBanned::CriticalPeer));
+    assert!(e.bans().is_empty());
+    assert!(!evs.iter().any(|ev| ev.event_type() == EventType::Ban));
+    let x = e.explain(ip("198.18.3.53"), e.now());
+    assert_eq!(x.critical_peer.as_deref(), Some("DNS resolver"));
+    assert!(
+        x.to_string().contains("critical peer (DNS resolver)"),
+        "{x}"
+    );
+}

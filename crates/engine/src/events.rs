@@ -247,6 +247,10 @@ pub enum NotBanned {
     /// Inside `home_net` with `scan.internal_action` `alert`.
     #[serde(rename = "internal")]
     Internal,
+    /// A default gateway or DNS resolver of this host: a spoofed scan must
+    /// not cut us off.
+    #[serde(rename = "critical peer")]
+    CriticalPeer,
 }
 
 impl NotBanned {
@@ -255,6 +259,7 @@ impl NotBanned {
             Self::Allowlisted => "allowlisted",
             Self::BanDisabled => "ban disabled",
             Self::Internal => "internal",
+            Self::CriticalPeer => "critical peer",
         }
     }
 }

@@ -59,6 +59,10 @@ pub struct Explanation {
     /// The outcome in plain words, following the precedence of
     /// `Engine::process` (docs/rules.md, "Precedence").
     pub verdict: String,
+    /// A default gateway or DNS resolver of the daemon's host (why, in
+    /// words): a scan from it is reported, never banned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_peer: Option<String>,
 }
 
 /// One list entry or composite rule that applies to the address.
@@ -175,6 +179,7 @@ pub fn explain(
         blocked_by,
         allowed_by,
         verdict,
+        critical_peer: None,
     }
 }
 
@@ -471,6 +476,8 @@ impl fmt::Display for Explanation {
             write!(f, "\n  never banned: loopback")?;
         } else if let Some(m) = &self.allowlisted {
             write!(f, "\n  never banned: allowlisted by {}", m.text)?;
+        } else if let Some(why) = &self.critical_peer {
+            write!(f, "\n  never banned by a scan: critical peer ({why})")?;
         }
         match &self.ban {
             Some(b) => {

@@ -22,7 +22,7 @@ impl ListLoader for FsLoader {
 
 /// The config at `path`, or the default policy embedded in the binary.
 pub fn load(path: Option<&Path>) -> Result<Arc<Config>> {
-    load_for_daemon(path, &[], Home::Fallback(&[]))
+    load_for_daemon(path, &[], Home::Fallback(&[]), false)
 }
 
 /// Where `home_net` comes from besides the rules file.
@@ -47,11 +47,15 @@ impl<'a> Home<'a> {
 }
 
 /// [`load`], with `protect` added to what is never blocked nor banned (the
-/// SSH client that started the daemon) and `home_net` as `home` says.
+/// SSH client that started the daemon), `home_net` as `home` says and,
+/// with `peers`, this host's critical peers (default gateways, DNS
+/// resolvers: [`crate::peers`]) never banned by a scan, read now (at start
+/// and on every SIGHUP).
 pub fn load_for_daemon(
     path: Option<&Path>,
     protect: &[ipnet::IpNet],
     home: Home<'_>,
+    peers: bool,
 ) -> Result<Arc<Config>> {
     let (text, base, name) = match path {
         Some(p) => (
@@ -68,6 +72,12 @@ pub fn load_for_daemon(
     let mut cfg = Config::from_json_str(&text, &FsLoader { base })
         .map_err(|errs| anyhow::anyhow!("{name} is invalid:\n{errs}"))?;
     cfg.rules.protect(protect);
+    if peers {
+        cfg.critical_peers = crate::peers::critical_peers()
+            .into_iter()
+            .map(|(a, why)| (a, why.as_str().to_owned()))
+            .collect();
+    }
     match home {
         Home::Flag(nets) => cfg.home_net = nets.to_vec(),
         Home::Fallback(nets) if cfg.home_net.is_empty() => cfg.home_net = nets.to_vec(),

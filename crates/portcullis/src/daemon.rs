@@ -107,6 +107,11 @@ pub struct RunArgs {
     /// it) is never blocked nor banned, so a bad rule cannot lock you out.
     #[arg(long)]
     pub no_protect_ssh: bool,
+    /// Let scans get this host's default gateways and DNS resolvers banned.
+    /// By default they are reported but never banned: a scan is spoofed
+    /// easily, and banning the gateway or the resolver cuts the host off.
+    #[arg(long)]
+    pub no_protect_peers: bool,
     /// Never block nor ban this address either (repeat for more): your
     /// management hosts. Like an `allow.ip` entry that no rules file can
     /// take away.
@@ -221,7 +226,19 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         args.engine.config.as_deref(),
         &protect,
         config::Home::from_flag(&args.home_net, &home),
+        !args.no_protect_peers,
     )?;
+    if !cfg.critical_peers.is_empty() {
+        let list: Vec<String> = cfg
+            .critical_peers
+            .iter()
+            .map(|(a, why)| format!("{a} ({why})"))
+            .collect();
+        eprintln!(
+            "portcullis: never banned by a scan: {} (--no-protect-peers to turn off)",
+            list.join(", ")
+        );
+    }
     if passive && cfg.home_net.is_empty() {
         eprintln!(
             "portcullis: warning: no home_net and no address on this host yet: every captured packet counts as inbound (set --home-net CIDR or home_net in the rules file, or SIGHUP once the network is up)"
@@ -773,10 +790,11 @@ fn start_reload(args: &RunArgs, kernel: &Sender<KernelCmd>, info: &Info) -> Pend
         info.home.clone()
     };
     let flag = args.home_net.clone();
+    let peers = !args.no_protect_peers;
     let kernel = kernel.clone();
     let work = move || -> std::result::Result<Arc<Config>, String> {
         let home = config::Home::from_flag(&flag, &home);
-        let cfg = config::load_for_daemon(path.as_deref(), &protect, home)
+        let cfg = config::load_for_daemon(path.as_deref(), &protect, home, peers)
             .map_err(|e| format!("{e:#}"))?;
         let (done, result) = crossbeam_channel::bounded(1);
         kernel

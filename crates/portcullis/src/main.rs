@@ -20,6 +20,7 @@ mod metrics;
 mod monitor;
 mod notify;
 mod output;
+mod peers;
 mod replay;
 mod state;
 mod status;

@@ -187,6 +187,8 @@ fn load_config(common: &Common) -> Result<Arc<Config>> {
         common.engine.config.as_deref(),
         &[],
         config::Home::from_flag(&common.home_net, &[]),
+        // A capture's critical peers are not this host's.
+        false,
     )
 }
 

@@ -115,6 +115,10 @@ fn main() {
         }
     }
     tests.push(live(
+        "a_scan_spoofed_from_the_resolver_is_reported_not_banned",
+        resolver_protected,
+    ));
+    tests.push(live(
         "new_connections_are_observed_through_nflog_not_held",
         observed_not_held,
     ));
@@ -1674,6 +1678,110 @@ fn observed_not_held() -> Result<(), Failed> {
     if v["queue"]["received"] != 0 {
         return Err(format!("packets were held in the queue: {}", v["queue"]).into());
     }
+    net.stop()?;
+    net.assert_clean()
+}
+
+/// `ip netns exec` mounts `/etc/netns/NS/resolv.conf` over
+/// `/etc/resolv.conf`: a namespace's own resolver, removed on drop.
+struct NetnsResolvConf(PathBuf);
+
+impl NetnsResolvConf {
+    fn new(ns: &str, nameserver: &str) -> Result<Self, Failed> {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        if dir.exists() {
+            return Err(format!("{} exists already: not ours", dir.display()).into());
+        }
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\n"),
+        )?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Issue 11, item 2: a scan spoofed from the host's DNS resolver is
+/// reported but never banned (the host would lose DNS); `explain` names
+/// the resolver; DNS still works. A scan from the spoofer's own address
+/// is banned in the same run.
+fn resolver_protected() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    let _resolv = NetnsResolvConf::new(&net.lab.ns("fw"), DNS)?;
+    net.start_dnsmasq()?;
+    net.start(r#"{"events": {"dns_queries": false}}"#)?;
+    if !net.log().contains(&format!("{DNS} (DNS resolver)")) {
+        return Err(format!("the resolver is not protected:\n{}", net.log()).into());
+    }
+    // From b, spoofing the resolver's address (its answers go to dns). fw
+    // must not drop the spoofed packets by reverse-path filtering (as a
+    // host whose network does not filter spoofing): in its own namespace.
+    for conf in ["all", "default", "vfwb"] {
+        net.lab.exec(
+            "fw",
+            "sysctl",
+            &["-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")],
+        )?;
+    }
+    // nmap -S needs a route from the spoofed address: b holds it too (the
+    // packets are the same; fw's route to it still leads to dns).
+    net.lab.exec(
+        "b",
+        "ip",
+        &["addr", "add", &format!("{DNS}/32"), "dev", "vbfw"],
+    )?;
+    let nmap_out = net.lab.exec(
+        "b",
+        "nmap",
+        &[
+            "-sS",
+            "-n",
+            "-Pn",
+            "-S",
+            DNS,
+            "-e",
+            "vbfw",
+            "-p",
+            "1-100",
+            "--max-retries",
+            "0",
+            "--host-timeout",
+            "20s",
+            FW_B,
+        ],
+    );
+    let scan = net
+        .event("scan", |e| e["event_type"] == "scan" && e["src_ip"] == DNS)
+        .map_err(|e| format!("nmap: {nmap_out:?}\n{e:?}"))?;
+    if scan["scan"]["action"] != "alert" || scan["scan"]["note"] != "critical peer" {
+        return Err(format!("{scan:#}").into());
+    }
+    let (_, explain) = net.ctl(&["explain", DNS]);
+    if !explain.contains("critical peer (DNS resolver)") {
+        return Err(format!("explain does not name it: {explain}").into());
+    }
+    let set = net.fw("nft", &["list", "set", "inet", "portcullis", "ban4"]);
+    if set.contains(DNS)
+        || net
+            .events()
+            .iter()
+            .any(|e| e["event_type"] == "ban" && e["src_ip"] == DNS)
+    {
+        return Err(format!("the resolver was banned: {set}").into());
+    }
+    let (status, out) = net.dig("fw", "allowed.test", false);
+    if status != "NOERROR" {
+        return Err(format!("DNS from the host broke: {out}").into());
+    }
+    // The same scan from b's own address is banned.
+    net.nmap("b", "-sS", "1-100", FW_B, "20s");
+    net.event("ban", |e| e["event_type"] == "ban" && e["src_ip"] == B)?;
     net.stop()?;
     net.assert_clean()
 }

@@ -132,6 +132,7 @@ impl Compiler<'_> {
             },
             inline: self.inline(raw.inline.unwrap_or_default()),
             home_net,
+            critical_peers: Vec::new(),
         }
     }
 

@@ -121,6 +121,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             inline: InlineConfig::default(),
             home_net: Vec::new(),
+            critical_peers: Vec::new(),
         }
     }
 }
@@ -137,6 +138,10 @@ pub struct Config {
     /// Our own networks, used to tell direction in pcap replay and passive
     /// capture (Suricata's `HOME_NET`). Empty: every packet is inbound.
     pub home_net: Vec<IpNet>,
+    /// Addresses a scan never gets banned (a scan is spoofed easily): the
+    /// host's default gateways and DNS resolvers, with why. Not from the
+    /// rules file: the daemon finds them (`--no-protect-peers`).
+    pub critical_peers: Vec<(std::net::IpAddr, String)>,
 }
 
 /// Verdicts when nothing else decides.
