@@ -76,6 +76,11 @@ pub fn load_for_daemon(
         cfg.critical_peers = crate::peers::critical_peers()
             .into_iter()
             .map(|(a, why)| (a, why.as_str().to_owned()))
+            .chain(
+                local_addresses()
+                    .into_iter()
+                    .map(|n| (n.addr(), "this host's own address".to_owned())),
+            )
             .collect();
     }
     match home {

@@ -232,7 +232,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         let list: Vec<String> = cfg
             .critical_peers
             .iter()
+            .filter(|(_, why)| !why.starts_with("this host"))
             .map(|(a, why)| format!("{a} ({why})"))
+            .chain(std::iter::once("this host's own addresses".to_owned()))
             .collect();
         eprintln!(
             "portcullis: never banned by a scan: {} (--no-protect-peers to turn off)",
