@@ -13,7 +13,8 @@
 //! and effective uid 0 in `/proc/PID/status`) is our session's: with
 //! privilege separation, the `sshd: user [priv]` monitor, which holds the
 //! connection's TCP socket like the unprivileged `sshd: user@pts/0` child
-//! does. The client address is the remote end of that socket's established
+//! does; for a root login, the one `sshd: root@pts/0` (or `root@notty`)
+//! session process. The client address is the remote end of that socket's established
 //! connection, from the kernel (`/proc/PID/fd` and `/proc/PID/net/tcp{,6}`).
 //! Nothing an unprivileged process does changes it: a process that names
 //! itself `sshd` is not root, and a session's own environment is its
@@ -404,6 +405,35 @@ mod tests {
             &[(1111, "0.0.0.0", "0A"), (5555, "198.18.0.9", "06")],
         );
         assert_eq!(ssh_client_in(dir.path(), 600), None);
+    }
+
+    #[test]
+    fn a_root_login_runs_the_command_under_one_session_sshd() {
+        // What Debian 12's OpenSSH 9.2 showed in the sshd live test
+        // (crates/portcullis/tests/sshd.rs): `ssh root@host portcullis
+        // run`, key login, no pty: one root `sshd: root@notty` under the
+        // listener holds the connection, and root's shell exec'd us, so
+        // our parent is that sshd (no session program in between).
+        let dir = tempfile::tempdir().unwrap();
+        fake_proc(
+            dir.path(),
+            &[
+                Proc {
+                    sockets: &[1111],
+                    ..p(100, 1, "sshd", 0)
+                },
+                Proc {
+                    sockets: &[5555],
+                    ..p(200, 100, "sshd", 0)
+                },
+                p(600, 200, "portcullis", 0),
+            ],
+            &TCP,
+        );
+        assert_eq!(
+            ssh_client_in(dir.path(), 600),
+            Some(("198.18.0.7".parse().unwrap(), 200))
+        );
     }
 
     #[test]
