@@ -6,9 +6,10 @@
 //! records the calls.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use crate::error::{clip, package_of, KernelError};
 
@@ -24,16 +25,45 @@ pub trait Runner: fmt::Debug + Send + Sync {
 /// calling thread). Programs are looked up on `PATH`, then in `/usr/sbin`,
 /// `/sbin`, `/usr/bin` and `/bin` (a daemon's PATH may lack the sbin
 /// directories), unless [`SystemRunner::with_search_path`] says otherwise.
-#[derive(Debug, Clone, Default)]
+///
+/// Every run has a time limit ([`SystemRunner::DEFAULT_TIMEOUT`]): a
+/// program still running then (an `nft` stuck on a kernel lock, an
+/// `iptables` waiting for the xtables lock) is killed and the run fails with
+/// [`io::ErrorKind::TimedOut`], so that bans, reloads and the teardown never
+/// hang on it.
+#[derive(Debug, Clone)]
 pub struct SystemRunner {
     search: Option<Vec<PathBuf>>,
+    timeout: Duration,
+}
+
+impl Default for SystemRunner {
+    fn default() -> Self {
+        Self {
+            search: None,
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 impl SystemRunner {
+    /// How long one program may run: installing 100,000 prefixes takes
+    /// about a second here.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+
     /// Looks programs up in exactly these directories (tests: an empty or
     /// fake directory makes every program "not installed").
     pub fn with_search_path(dirs: Vec<PathBuf>) -> Self {
-        Self { search: Some(dirs) }
+        Self {
+            search: Some(dirs),
+            ..Self::default()
+        }
+    }
+
+    /// The same runner with another time limit per program.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     fn resolve(&self, program: &str) -> Option<PathBuf> {
@@ -73,9 +103,20 @@ impl Runner for SystemRunner {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
+        let pid = child.id();
         let input = child.stdin.take();
-        // Write the input on another thread so that a child writing a lot
-        // of output before it has read all its input cannot deadlock us.
+        let out_pipe = child.stdout.take();
+        let err_pipe = child.stderr.take();
+        let drain = |pipe: Option<std::process::ChildStdout>| -> io::Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                p.read_to_end(&mut buf)?;
+            }
+            Ok(buf)
+        };
+        // Input, output and error on their own threads so that a child
+        // writing a lot before it has read all its input cannot deadlock
+        // us; the wait on a fourth, so that it can time out.
         std::thread::scope(|s| {
             let writer = s.spawn(move || -> io::Result<()> {
                 if let (Some(mut pipe), Some(data)) = (input, stdin) {
@@ -83,11 +124,49 @@ impl Runner for SystemRunner {
                 }
                 Ok(())
             });
-            let out = child.wait_with_output();
+            let stdout = s.spawn(move || drain(out_pipe));
+            let stderr = s.spawn(move || -> io::Result<Vec<u8>> {
+                let mut buf = Vec::new();
+                if let Some(mut p) = err_pipe {
+                    p.read_to_end(&mut buf)?;
+                }
+                Ok(buf)
+            });
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                let _ = tx.send(child.wait());
+            });
+            let status = match rx.recv_timeout(self.timeout) {
+                Ok(status) => status?,
+                Err(_) => {
+                    // Ours, still unreaped (the waiter thread reaps it now).
+                    if let Ok(pid) = i32::try_from(pid) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    let _ = rx.recv();
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "{program} ran longer than {} s and was killed",
+                            self.timeout.as_secs_f64()
+                        ),
+                    ));
+                }
+            };
+            let join = |r: std::thread::Result<io::Result<Vec<u8>>>| {
+                r.unwrap_or_else(|_| Err(io::Error::other("pipe reader panicked")))
+            };
+            let out = Output {
+                status,
+                stdout: join(stdout.join())?,
+                stderr: join(stderr.join())?,
+            };
             let written = writer
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("stdin writer panicked")));
-            let out = out?;
             // A child that exits early closes the pipe (EPIPE); its exit
             // status and stderr then say why, which matters more.
             match written {
@@ -95,6 +174,36 @@ impl Runner for SystemRunner {
                 _ => Ok(out),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_hung_program_is_killed_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("nft");
+        std::fs::write(&prog, "#!/bin/sh\necho started\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let r = SystemRunner::with_search_path(vec![dir.path().to_path_buf()])
+            .with_timeout(Duration::from_millis(300));
+        let t = Instant::now();
+        let e = r.run("nft", &["list", "ruleset"], Some(b"x")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let k = run(&r, "nft", &["list"], None).unwrap_err();
+        assert!(k.to_string().contains("killed"), "{k}");
+        // A quick one still passes, output intact.
+        std::fs::write(&prog, "#!/bin/sh\ncat; echo done >&2\n").unwrap();
+        let out = r.run("nft", &[], Some(b"hello")).unwrap();
+        assert_eq!(out.stdout, b"hello");
+        assert_eq!(out.stderr, b"done\n");
     }
 }
 
