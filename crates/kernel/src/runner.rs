@@ -177,36 +177,6 @@ impl Runner for SystemRunner {
     }
 }
 
-#[cfg(test)]
-mod timeout_tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn a_hung_program_is_killed_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let prog = dir.path().join("nft");
-        std::fs::write(&prog, "#!/bin/sh\necho started\nexec sleep 30\n").unwrap();
-        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let r = SystemRunner::with_search_path(vec![dir.path().to_path_buf()])
-            .with_timeout(Duration::from_millis(300));
-        let t = Instant::now();
-        let e = r.run("nft", &["list", "ruleset"], Some(b"x")).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
-        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-        let k = run(&r, "nft", &["list"], None).unwrap_err();
-        assert!(k.to_string().contains("killed"), "{k}");
-        // A quick one still passes, output intact.
-        std::fs::write(&prog, "#!/bin/sh\ncat; echo done >&2\n").unwrap();
-        let out = r.run("nft", &[], Some(b"hello")).unwrap();
-        assert_eq!(out.stdout, b"hello");
-        assert_eq!(out.stderr, b"done\n");
-    }
-}
-
 /// Runs `program` through `runner`; its stdout, or a [`KernelError`] that
 /// names the missing package, the missing permission or the failure.
 pub(crate) fn run(
@@ -298,5 +268,35 @@ pub(crate) fn failure(program: &str, args: &[&str], status: &str, stderr: &str) 
             .join(" "),
         status: status.to_string(),
         stderr: clip(stderr),
+    }
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_hung_program_is_killed_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("nft");
+        std::fs::write(&prog, "#!/bin/sh\necho started\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let r = SystemRunner::with_search_path(vec![dir.path().to_path_buf()])
+            .with_timeout(Duration::from_millis(300));
+        let t = Instant::now();
+        let e = r.run("nft", &["list", "ruleset"], Some(b"x")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let k = run(&r, "nft", &["list"], None).unwrap_err();
+        assert!(k.to_string().contains("killed"), "{k}");
+        // A quick one still passes, output intact.
+        std::fs::write(&prog, "#!/bin/sh\ncat; echo done >&2\n").unwrap();
+        let out = r.run("nft", &[], Some(b"hello")).unwrap();
+        assert_eq!(out.stdout, b"hello");
+        assert_eq!(out.stderr, b"done\n");
     }
 }
