@@ -137,6 +137,21 @@ impl Capabilities {
 
 /// What [`Firewall::install`] or the last [`Firewall::update`] put in place
 /// that later calls depend on.
+/// What of ours [`Firewall::check`] found missing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// The table, or its chains' rules.
+    pub table: bool,
+    /// Our iptables chain, its NFQUEUE rule or a jump to it.
+    pub iptables: bool,
+}
+
+impl Damage {
+    pub fn any(self) -> bool {
+        self.table || self.iptables
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Applied {
     queue_num: u16,
@@ -257,6 +272,69 @@ impl Firewall {
             *created = missing;
         }
         result
+    }
+
+    /// Whether everything of ours is still in the kernel: the table with
+    /// its chains' rules, and on the iptables path our chain, its NFQUEUE
+    /// rule and the three jumps in both families. Something else (`nft
+    /// flush ruleset`, a firewall manager's reload, `iptables -t security
+    /// -F`) may have removed them; then [`Firewall::repair`] puts them
+    /// back. Two or three program runs (a few ms).
+    pub fn check(&self) -> Result<Damage, KernelError> {
+        let r = self.runner.as_ref();
+        let user_space = self.applied.lock().map_or(true, |a| a.user_space);
+        let table = match run(r, "nft", &["list", "chain", "inet", TABLE, "input"], None) {
+            // Our chain with its ban rules: not flushed.
+            Ok(listing) => !listing.contains("@ban4"),
+            Err(KernelError::Command { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                true
+            }
+            Err(e) => return Err(e),
+        };
+        let mut iptables = false;
+        if self.path == QueuePath::IptablesNfqueue && user_space {
+            for fam in Family::BOTH {
+                let listing = security_listing(r, fam)?;
+                let ours = iptables::parse(&listing);
+                let jumps: Vec<&str> = ours.jumps.iter().map(|(c, _)| c.as_str()).collect();
+                let whole = ours.chain
+                    && ["INPUT", "FORWARD", "OUTPUT"]
+                        .iter()
+                        .all(|c| jumps.contains(c))
+                    && listing.lines().any(|l| {
+                        l.starts_with(&format!("-A {} ", iptables::CHAIN)) && l.contains("NFQUEUE")
+                    });
+                iptables |= !whole;
+            }
+        }
+        Ok(Damage { table, iptables })
+    }
+
+    /// Puts back what [`Firewall::check`] found missing: the whole table
+    /// from `plan` (in one transaction, replacing any remains) with `bans`
+    /// (their remaining time), and our iptables objects.
+    pub fn repair(
+        &self,
+        plan: &KernelPlan,
+        damage: Damage,
+        bans: &[(IpAddr, Duration)],
+    ) -> Result<(), KernelError> {
+        let r = self.runner.as_ref();
+        if damage.table {
+            let script = nft::install_script(plan, self.path, self.caps.set_counters);
+            run(r, "nft", &["-f", "-"], Some(&script))?;
+            let live: Vec<(IpAddr, Duration)> =
+                bans.iter().copied().filter(|(_, d)| !d.is_zero()).collect();
+            if !live.is_empty() {
+                self.ban(&live)?;
+            }
+        }
+        if damage.iptables {
+            install_iptables(r, &Applied::of(plan))?;
+        }
+        Ok(())
     }
 
     /// How queued packets reach user space.

@@ -41,6 +41,10 @@ fn main() {
             fail_open_closed,
         ),
         live("load_100k_cidrs", load_100k),
+        live(
+            "a_flushed_ruleset_is_found_and_repaired_with_its_bans",
+            flushed_and_repaired,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -905,5 +909,65 @@ fn load_100k() -> Result<(), Failed> {
         || format!("too slow: install {install:?}, update {update:?}"),
     )?;
     fw.teardown()?;
+    Ok(())
+}
+
+/// Issue 11, item 3: `nft flush ruleset` (or a firewall manager's reload)
+/// takes our table, ban sets and iptables jumps away; `check` notices,
+/// `repair` puts them back with the bans' remaining time, once, and the
+/// teardown after it is still exact.
+fn flushed_and_repaired() -> Result<(), Failed> {
+    let lab = pair()?;
+    let r = runner(&lab, "b");
+    let p = plan(&["198.18.0.1"], &[]);
+    let fw = Firewall::install_with(&p, r.clone())?;
+    let ban = (ip(A4[3]), Duration::from_secs(600));
+    fw.ban(&[ban])?;
+    check(!fw.check()?.any(), || "damage right after install".into())?;
+    pings(&lab, &[("a", A4[3], B4, false), ("a", A4[1], B4, true)])?;
+
+    exec(&lab, "b", "nft", &["flush", "ruleset"])?;
+    // Nothing of ours left: the banned address gets through.
+    pings(&lab, &[("a", A4[3], B4, true)])?;
+    let damage = fw.check()?;
+    check(damage.table, || format!("{damage:?}"))?;
+    if fw.queue_path() == QueuePath::IptablesNfqueue {
+        check(damage.iptables, || format!("{damage:?}"))?;
+    }
+    let t = Instant::now();
+    fw.repair(&p, damage, &[(ban.0, Duration::from_secs(590))])?;
+    println!("  repair took {:?}", t.elapsed());
+    check(!fw.check()?.any(), || "still damaged after repair".into())?;
+    pings(
+        &lab,
+        &[
+            ("a", A4[3], B4, false),
+            ("a", A4[0], B4, false),
+            ("a", A4[1], B4, true),
+        ],
+    )?;
+    let bans = fw.bans()?;
+    check(bans.len() == 1 && bans[0].addr == ip(A4[3]), || {
+        format!("{bans:?}")
+    })?;
+    // Repaired once: one table, one jump per hook.
+    let tables = exec(&lab, "b", "nft", &["list", "tables"])?;
+    check(tables.matches("table inet portcullis").count() == 1, || {
+        tables.clone()
+    })?;
+    if fw.queue_path() == QueuePath::IptablesNfqueue {
+        let s = exec(&lab, "b", "iptables", &["-t", "security", "-S"])?;
+        for chain in ["INPUT", "FORWARD", "OUTPUT"] {
+            let n = s
+                .lines()
+                .filter(|l| l.starts_with(&format!("-A {chain} ")) && l.contains("PORTCULLIS"))
+                .count();
+            check(n == 1, || format!("{chain}: {n} jumps\n{s}"))?;
+        }
+    }
+    fw.teardown()?;
+    check(!present_with(r.as_ref())?, || {
+        "rules left after teardown".into()
+    })?;
     Ok(())
 }
