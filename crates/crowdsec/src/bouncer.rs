@@ -30,6 +30,11 @@ impl fmt::Debug for Bouncer {
 impl Bouncer {
     /// A bouncer for the LAPI in `config`. Checks the URL and reads the
     /// TLS files; does not connect.
+    ///
+    /// With a client certificate ([`TlsOptions`](crate::TlsOptions)) whose
+    /// OU the LAPI allows for bouncers (`api.server.tls.bouncers_allowed_ou`),
+    /// `api_key` may be empty: no key is sent and the LAPI registers the
+    /// bouncer from the certificate (`CN@address`).
     pub fn new(
         config: &ClientConfig,
         api_key: impl Into<String>,
@@ -55,7 +60,8 @@ impl Bouncer {
         } else {
             "/v1/decisions/stream?startup=false"
         };
-        let answer = self.http.get(path, Some(("X-Api-Key", &self.api_key)))?;
+        let key = (!self.api_key.is_empty()).then_some(("X-Api-Key", self.api_key.as_str()));
+        let answer = self.http.get(path, key)?;
         let url = self.http.url(path);
         match answer.status {
             200 => parse_stream(&answer.body, &self.limits)

@@ -190,6 +190,18 @@ fn transport_error(url: &str, e: ureq::Error) -> CrowdsecError {
             url,
             why: e.to_string(),
         },
+        // rustls' errors (untrusted certificate, ...) come wrapped in I/O
+        // errors.
+        ureq::Error::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            CrowdsecError::Tls {
+                url,
+                why: io.to_string(),
+            }
+        }
         other => CrowdsecError::Transport {
             url,
             source: Box::new(other),

@@ -33,6 +33,7 @@ fn main() {
         live("pushed_alert_becomes_a_streamed_decision", push_alert),
         live("wrong_credentials_are_explained", wrong_credentials),
         live("lapi_down_is_a_connection_error", lapi_down),
+        live_tls("tls_ca_file_and_client_certificate", tls),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -48,6 +49,15 @@ fn which(bin: &str) -> Option<PathBuf> {
 }
 
 fn live(name: &str, f: fn(&mut Lapi) -> Result<(), Failed>) -> Trial {
+    trial(name, false, f)
+}
+
+/// A test of a LAPI that serves HTTPS (certificates made with `openssl`).
+fn live_tls(name: &str, f: fn(&mut Lapi) -> Result<(), Failed>) -> Trial {
+    trial(name, true, f)
+}
+
+fn trial(name: &str, tls: bool, f: fn(&mut Lapi) -> Result<(), Failed>) -> Trial {
     Trial::ignorable_test(name, move || {
         for bin in ["crowdsec", "cscli"] {
             if which(bin).is_none() {
@@ -57,7 +67,12 @@ fn live(name: &str, f: fn(&mut Lapi) -> Result<(), Failed>) -> Trial {
                 )));
             }
         }
-        let mut lapi = Lapi::start()?;
+        if tls && which("openssl").is_none() {
+            return Ok(Completion::ignored_with(
+                "skipped: `openssl` (to make the test certificates) is missing: apt-get install openssl",
+            ));
+        }
+        let mut lapi = Lapi::start(tls)?;
         let result = f(&mut lapi);
         if let Err(e) = &result {
             lapi.stop();
@@ -88,7 +103,7 @@ struct Lapi {
 }
 
 impl Lapi {
-    fn start() -> Result<Lapi, Failed> {
+    fn start(tls: bool) -> Result<Lapi, Failed> {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-lapi.")
             .tempdir()
@@ -99,12 +114,25 @@ impl Lapi {
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("free port: {e}"))?
             .port();
+        let (scheme, tls_section) = if tls {
+            make_certificates(dir.path())?;
+            (
+                "https",
+                format!(
+                    "    tls:\n      cert_file: {d}/server.pem\n      key_file: {d}/server.key\n\
+                     \x20     ca_cert_path: {d}/ca.pem\n      client_verification: VerifyClientCertIfGiven\n\
+                     \x20     bouncers_allowed_ou: [bouncer-ou]\n      agents_allowed_ou: [agent-ou]\n"
+                ),
+            )
+        } else {
+            ("http", String::new())
+        };
         let config = format!(
             "common:\n  log_media: stdout\n  log_level: info\n\
              config_paths:\n  config_dir: {d}/\n  data_dir: {d}/\n\
              db_config:\n  type: sqlite\n  db_path: {d}/crowdsec.db\n  use_wal: true\n\
              api:\n  client:\n    credentials_path: {d}/local_api_credentials.yaml\n\
-             \x20 server:\n    listen_uri: 127.0.0.1:{port}\n    profiles_path: {d}/profiles.yaml\n"
+             \x20 server:\n    listen_uri: 127.0.0.1:{port}\n    profiles_path: {d}/profiles.yaml\n{tls_section}"
         );
         let profiles = "name: default_ip_remediation\nfilters:\n - Alert.Remediation == true && Alert.GetScope() == \"Ip\"\n\
                         decisions:\n - type: ban\n   duration: 4h\non_success: break\n";
@@ -114,7 +142,7 @@ impl Lapi {
         let mut lapi = Lapi {
             dir,
             child: None,
-            url: format!("http://127.0.0.1:{port}/"),
+            url: format!("{scheme}://127.0.0.1:{port}/"),
         };
         // Registrations go straight into SQLite, before the LAPI runs.
         lapi.cscli(&["machines", "add", "-a"])?;
@@ -173,6 +201,9 @@ impl Lapi {
     fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new(self.url.clone());
         c.timeout = Duration::from_secs(5);
+        if self.url.starts_with("https") {
+            c.tls.ca_file = Some(self.dir.path().join("ca.pem"));
+        }
         c
     }
 
@@ -233,6 +264,86 @@ impl Lapi {
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
+
+/// A test CA, the LAPI's certificate for 127.0.0.1 and a bouncer client
+/// certificate (OU `bouncer-ou`), all P-256, in `dir`.
+fn make_certificates(dir: &Path) -> Result<(), Failed> {
+    let openssl = |args: &[&str]| -> Result<(), Failed> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        check(out.status.success(), || {
+            format!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(key);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=portcullis test CA",
+    ]);
+    openssl(&ca)?;
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| format!("{e}"))?;
+    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")
+        .map_err(|e| format!("{e}"))?;
+    for (name, subject) in [
+        ("server", "/CN=127.0.0.1"),
+        ("client", "/OU=bouncer-ou/CN=portcullis-tls-bouncer"),
+    ] {
+        let (k, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let mut req = vec!["req"];
+        req.extend(key);
+        req.extend(["-keyout", &k, "-out", &csr, "-subj", subject]);
+        openssl(&req)?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ])?;
+    }
+    Ok(())
 }
 
 impl Drop for Lapi {
@@ -541,4 +652,69 @@ fn lapi_down(lapi: &mut Lapi) -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+fn tls(lapi: &mut Lapi) -> Result<(), Failed> {
+    // Login, alert and API key over HTTPS, the LAPI's certificate checked
+    // against our CA.
+    let b = lapi.bouncer()?;
+    let mut w = lapi.watcher()?;
+    let now = SystemTime::now();
+    let alert = ScanAlert {
+        source: "198.51.100.20".parse().map_err(|e| format!("{e}"))?,
+        kind: "tcp-syn".into(),
+        ports: vec![22],
+        probes: 5,
+        start: now,
+        stop: now,
+        ban: Some(Duration::from_secs(3600)),
+    };
+    w.push_alert(&alert)
+        .map_err(|e| format!("push_alert over https: {e}"))?;
+    let d = stream(&b, true)?;
+    check(
+        d.new.len() == 1 && d.new[0].value == net("198.51.100.20/32"),
+        || format!("{d:?}"),
+    )?;
+
+    // Without our CA (the public roots), the certificate is not trusted.
+    let mut config = lapi.config();
+    config.tls.ca_file = None;
+    match Bouncer::new(&config, KEY)
+        .map_err(|e| format!("{e}"))?
+        .stream(true)
+    {
+        Err(e @ CrowdsecError::Tls { .. }) => {
+            check(e.to_string().contains("CA file"), || e.to_string())?
+        }
+        other => return Err(format!("untrusted certificate gave {other:?}").into()),
+    }
+
+    // A client certificate instead of a key: the LAPI makes the bouncer.
+    let mut config = lapi.config();
+    config.tls.client_cert = Some(lapi.dir.path().join("client.pem"));
+    config.tls.client_key = Some(lapi.dir.path().join("client.key"));
+    let by_cert = Bouncer::new(&config, "").map_err(|e| format!("{e}"))?;
+    let d = stream(&by_cert, true)?;
+    check(
+        d.new.len() == 1 && d.new[0].value == net("198.51.100.20/32"),
+        || format!("{d:?}"),
+    )?;
+    let bouncers = lapi.cscli(&["bouncers", "list", "-o", "json"])?;
+    check(
+        bouncers.contains("portcullis-tls-bouncer@127.0.0.1")
+            && bouncers.contains(r#""auth_type": "tls""#),
+        || format!("no TLS bouncer: {bouncers}"),
+    )?;
+
+    // The same bouncer without certificate nor key is refused.
+    let mut config = lapi.config();
+    config.tls.client_cert = None;
+    match Bouncer::new(&config, "")
+        .map_err(|e| format!("{e}"))?
+        .stream(true)
+    {
+        Err(CrowdsecError::BadApiKey { .. }) => Ok(()),
+        other => Err(format!("no key and no certificate gave {other:?}").into()),
+    }
 }
