@@ -43,3 +43,8 @@ pub use decision::{
 pub use duration::{format_go_duration, parse_go_duration, GoDuration};
 pub use error::CrowdsecError;
 pub use watcher::{ScanAlert, Watcher, MAX_META_PORTS, ORIGIN, RENEW_BEFORE, SCENARIO};
+
+/// The README's example, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
