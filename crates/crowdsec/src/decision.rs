@@ -706,4 +706,26 @@ mod tests {
         );
         assert!(parse(&deep).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse(&String::from_utf8_lossy(&bytes));
+            let _ = parse_stream(&bytes, &Limits::default());
+        }
+
+        /// Real answers with one byte changed: an error or a delta, never a
+        /// panic; and a delta only holds well-formed decisions.
+        #[test]
+        fn mutated_real_answers(which in 0usize..3, at in 0usize..400, byte in proptest::num::u8::ANY) {
+            let mut doc = [AFTER_ADD, AFTER_DELETE, BOTH][which].as_bytes().to_vec();
+            let at = at % doc.len();
+            doc[at] = byte;
+            if let Ok(d) = parse_stream(&doc, &Limits::default()) {
+                for x in d.new.iter().chain(&d.deleted) {
+                    proptest::prop_assert!(x.scope != Scope::Ip || x.value.prefix_len() == x.value.max_prefix_len());
+                }
+            }
+        }
+    }
 }
