@@ -15,18 +15,16 @@ use crossbeam_channel::{Receiver, Sender};
 use portcullis_engine::config::Config;
 use portcullis_engine::engine::Ban;
 use portcullis_engine::Timestamp;
-use portcullis_kernel::{Firewall, KernelOptions, KernelPlan};
+use portcullis_kernel::Firewall;
 
-use crate::daemon::now;
+use crate::clock::now;
+use crate::plan::KernelRules;
 use crate::state::StateDir;
 
 /// How long the kernel thread gathers ban changes into one nft call.
 const BAN_BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// How often the queue rule's counter is read.
 const POLL_EVERY: Duration = Duration::from_secs(1);
-
-/// Marks "not known yet" in the shared queue-rule counter.
-pub const UNKNOWN: u64 = u64::MAX;
 
 /// Tells whoever asked for a kernel change whether it is done.
 pub type Ack = Sender<std::result::Result<(), String>>;
@@ -38,32 +36,15 @@ pub enum KernelCmd {
     Update(Arc<Config>, Sender<Result<()>>),
 }
 
-/// Which rules the daemon keeps in the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rules {
-    /// Inline: lists, bans, NFQUEUE ([`KernelPlan::from_config`]).
-    Full,
-    /// Passive with `--enforce-bans` ([`KernelPlan::bans_only`]).
-    BansOnly,
-}
-
-impl Rules {
-    pub fn plan(self, cfg: &Config) -> KernelPlan {
-        let opts = KernelOptions::default();
-        match self {
-            Self::Full => KernelPlan::from_config(cfg, &opts),
-            Self::BansOnly => KernelPlan::bans_only(cfg, &opts),
-        }
-    }
-}
-
 /// Starts the thread. It tears `fw` down when the channel closes and
-/// returns how that went. `queue_hits` receives the queue rule's packet
-/// counter every second (left at [`UNKNOWN`] where it is not counted).
+/// returns how that went. `fw` runs its programs through whatever
+/// [`portcullis_kernel::Runner`] it was installed with (a recording one in
+/// tests). `queue_hits` receives the queue rule's packet counter every
+/// second (left as it is where the rule is not counted).
 /// `state`: where bans are saved after each batch; none when nothing
 /// enforces them.
 pub fn spawn(
-    fw: Option<(Firewall, Rules)>,
+    fw: Option<(Firewall, KernelRules)>,
     rx: Receiver<KernelCmd>,
     state: Option<StateDir>,
     queue_hits: Arc<AtomicU64>,
@@ -177,3 +158,4 @@ pub fn spawn(
         })
         .context("starting the kernel thread")
 }
+
