@@ -144,6 +144,14 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// A request as the server thread hands it over, and where its answer
+    /// arrives (tests: the packet loop without a socket).
+    #[cfg(test)]
+    pub fn new(request: Request) -> (Self, Receiver<Answer>) {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        (Self { request, reply }, rx)
+    }
+
     pub fn answer(self, a: Answer) {
         // The client may have gone: nothing to do then.
         let _ = self.reply.send(a);

@@ -39,6 +39,8 @@ mod replay;
 mod requests;
 mod state;
 mod status;
+#[cfg(test)]
+mod testing;
 
 fn main() -> ExitCode {
     let args = Cli::parse();

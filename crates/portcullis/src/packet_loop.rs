@@ -319,3 +319,303 @@ fn forward(engine: &mut Engine, wiring: &Wiring<'_>, enforced: bool, dropped: &m
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::net::{IpAddr, SocketAddr};
+    use std::path::PathBuf;
+
+    use portcullis_engine::engine::DetectorMode;
+    use portcullis_engine::{Action, Reason, Timestamp, Verdict};
+
+    use super::*;
+    use crate::path::memory::MemoryPath;
+    use crate::plan::KernelRules;
+    use crate::testing::{after, syn, RecordingRunner};
+
+    const SCANNER: &str = "198.18.7.7";
+    const HOST: &str = "198.18.0.1";
+
+    /// The packet loop over a memory path, with the test holding every
+    /// other end.
+    struct Harness {
+        packets: PacketLoop<'static>,
+        path: MemoryPath,
+        kernel: Receiver<KernelCmd>,
+        events: Receiver<Event>,
+        requests: Sender<Pending>,
+    }
+
+    fn harness(config: Option<PathBuf>, bans_enforced: bool) -> Harness {
+        harness_with(config, bans_enforced, None)
+    }
+
+    /// `kernel`: the kernel thread's channel (else the test reads it).
+    fn harness_with(
+        config: Option<PathBuf>,
+        bans_enforced: bool,
+        kernel: Option<Sender<KernelCmd>>,
+    ) -> Harness {
+        let source = DaemonConfig {
+            path: config,
+            protect: Vec::new(),
+            home_flag: Vec::new(),
+            host_home: false,
+        };
+        // Detection inline: a ban is decided within the turn that saw the
+        // scan, so every turn's outcome is exact.
+        let mut engine = Engine::new(source.load().unwrap(), DetectorMode::Inline).unwrap();
+        engine.set_enforcing(true);
+        let (kernel_tx, kernel_rx) = crossbeam_channel::bounded(1024);
+        let (events_tx, events_rx) = crossbeam_channel::bounded(1024);
+        let (requests_tx, requests_rx) = crossbeam_channel::bounded(16);
+        let path = MemoryPath::default();
+        let wiring = Wiring {
+            kernel: kernel.unwrap_or(kernel_tx),
+            events: events_tx,
+            requests: requests_rx,
+            latest: Arc::new(Mutex::new(None)),
+            notify: Box::leak(Box::new(Notifier::disabled())),
+        };
+        let info = Info {
+            started: Instant::now(),
+            mode: "inline",
+            kernel_path: "memory".into(),
+            config: "test".into(),
+            protect: Vec::new(),
+            bans_enforced,
+        };
+        Harness {
+            packets: PacketLoop::new(engine, Box::new(path.clone()), wiring, info, source),
+            path,
+            kernel: kernel_rx,
+            events: events_rx,
+            requests: requests_tx,
+        }
+    }
+
+    impl Harness {
+        /// SYNs from the scanner to `ports` of the host, 1 ms apart.
+        fn scan(&self, t: Timestamp, ports: impl IntoIterator<Item = u16>) {
+            let src = SocketAddr::new(SCANNER.parse().unwrap(), 40_000);
+            for (i, port) in ports.into_iter().enumerate() {
+                let dst = SocketAddr::new(HOST.parse().unwrap(), port);
+                self.path.push(syn(src, dst, after(t, i as u64)));
+            }
+        }
+
+        fn events(&self) -> Vec<Event> {
+            self.events.try_iter().collect()
+        }
+
+        /// Turns until an event `pick` accepts arrives (5 s at most).
+        fn turn_until<T>(&mut self, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                self.packets.turn().unwrap();
+                if let Some(t) = self.events.try_iter().find_map(|e| pick(&e)) {
+                    return t;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            panic!("no such event within 5 s");
+        }
+
+        /// Asks what a control client would; the answer.
+        fn ask(&mut self, request: Request) -> Answer {
+            let (p, answer) = Pending::new(request);
+            self.requests.send(p).unwrap();
+            self.packets.turn().unwrap();
+            answer.try_recv().unwrap()
+        }
+    }
+
+    fn scanner() -> IpAddr {
+        SCANNER.parse().unwrap()
+    }
+
+    fn actions(v: &[Verdict]) -> Vec<(Action, Reason)> {
+        v.iter().map(|v| (v.action, v.reason)).collect()
+    }
+
+    #[test]
+    fn a_scan_in_the_loop_is_banned_in_the_kernel_and_its_next_packets_dropped() {
+        let mut h = harness(None, true);
+        h.scan(now(), 1..=10);
+        h.packets.turn().unwrap();
+
+        // The default policy (port_threshold 5): the sixth port makes a
+        // scan; the ban applies from the next packet on.
+        let v = actions(&h.path.verdicts());
+        assert_eq!(v.len(), 10);
+        assert_eq!(v[..6], [(Action::Accept, Reason::Default); 6]);
+        assert_eq!(v[6..], [(Action::Drop, Reason::Banned); 4]);
+
+        let cmds: Vec<KernelCmd> = h.kernel.try_iter().collect();
+        let [KernelCmd::Ban(ban, None)] = &cmds[..] else {
+            panic!("one ban for the kernel thread, got {} commands", cmds.len());
+        };
+        assert_eq!(ban.addr, scanner());
+
+        let events = h.events();
+        assert!(events
+            .iter()
+            .any(|e| matches!(&e.body, Body::Scan(s) if s.source.src_ip == scanner())));
+        let bans: Vec<bool> = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                Body::Ban(b) if b.source.src_ip == scanner() => Some(b.ban.enforced),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bans, [true]);
+    }
+
+    #[test]
+    fn control_requests_are_answered_between_batches() {
+        let mut h = harness(None, true);
+        h.scan(now(), 1..=6);
+        h.packets.turn().unwrap();
+        let _ = h.kernel.try_iter().count();
+
+        let Answer::Now(Ok(status)) = h.ask(Request::Status) else {
+            panic!("status");
+        };
+        assert_eq!(status["mode"], "inline");
+        assert_eq!(status["bans_active"], 1);
+        assert_eq!(status["packets"]["packets"], 6, "{status:#}");
+
+        let Answer::Now(Ok(bans)) = h.ask(Request::Bans) else {
+            panic!("bans");
+        };
+        assert_eq!(bans[0]["addr"], SCANNER);
+        assert_eq!(bans[0]["enforced"], true);
+
+        // An unban is answered once the kernel thread has it.
+        let Answer::AfterKernel(value, done) = h.ask(Request::Unban { addr: scanner() }) else {
+            panic!("unban waits for the kernel");
+        };
+        assert_eq!(value["unbanned"], true);
+        // The request's unban carries the ack; the `unban` event's copy
+        // (the kernel thread writes an address once per batch) does not.
+        let cmds: Vec<KernelCmd> = h.kernel.try_iter().collect();
+        let [KernelCmd::Unban(addr, Some(ack)), KernelCmd::Unban(again, None)] = &cmds[..] else {
+            panic!(
+                "the request's unban, then the event's; got {} commands",
+                cmds.len()
+            );
+        };
+        assert_eq!((*addr, *again), (scanner(), scanner()));
+        ack.send(Ok(())).unwrap();
+        assert_eq!(done.try_recv(), Ok(Ok(())));
+        assert!(h
+            .events()
+            .iter()
+            .any(|e| matches!(&e.body, Body::Unban(u) if u.source.src_ip == scanner())));
+
+        let Answer::Now(Err(e)) = h.ask(Request::Unban { addr: scanner() }) else {
+            panic!("a second unban is refused");
+        };
+        assert!(e.contains("is not banned"), "{e}");
+    }
+
+    #[test]
+    fn bans_nothing_enforces_are_logged_and_never_sent_to_the_kernel() {
+        let mut h = harness(None, false);
+        h.scan(now(), 1..=10);
+        h.packets.turn().unwrap();
+        assert_eq!(h.kernel.try_iter().count(), 0);
+        let enforced: Vec<bool> = h
+            .events()
+            .iter()
+            .filter_map(|e| match &e.body {
+                Body::Ban(b) => Some(b.ban.enforced),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(enforced, [false]);
+    }
+
+    #[test]
+    fn finishing_settles_the_path_and_closes_the_event_channel() {
+        let h = harness(None, true);
+        let (path, events) = (h.path.clone(), h.events.clone());
+        h.scan(now(), [22]);
+        assert_eq!(h.packets.finish(), 0);
+        assert!(path.finished());
+        // The event channel is closed once what is left was forwarded.
+        let _ = events.iter().count();
+        assert!(events.recv().is_err());
+    }
+
+    #[test]
+    fn a_reload_takes_new_rules_once_the_kernel_has_them_and_keeps_the_old_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.json");
+        std::fs::write(&rules, r#"{"policy": {"default": "accept"}}"#).unwrap();
+        let runner = RecordingRunner::new();
+        let cfg = DaemonConfig {
+            path: Some(rules.clone()),
+            protect: Vec::new(),
+            home_flag: Vec::new(),
+            host_home: false,
+        }
+        .load()
+        .unwrap();
+        let fw = runner.firewall(KernelRules::Full, &cfg);
+        let (kernel_tx, kernel_rx) = crossbeam_channel::bounded(1024);
+        let kernel = crate::kernel_thread::spawn(
+            Some((fw, KernelRules::Full)),
+            kernel_rx,
+            None,
+            Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        )
+        .unwrap();
+        let mut h = harness_with(Some(rules.clone()), true, Some(kernel_tx));
+        let telnet = |h: &Harness| {
+            let src = SocketAddr::new("198.18.9.9".parse().unwrap(), 40_000);
+            let dst = SocketAddr::new(HOST.parse().unwrap(), 23);
+            h.path.push(syn(src, dst, now()));
+        };
+        telnet(&h);
+        h.packets.turn().unwrap();
+
+        std::fs::write(&rules, r#"{"block": {"port": [23]}}"#).unwrap();
+        h.packets.start_reload();
+        let error = h.turn_until(|e| match &e.body {
+            Body::Reload(r) => Some(r.reload.error.clone()),
+            _ => None,
+        });
+        assert_eq!(error, None);
+        // The kernel thread wrote the new sets before the engine took them.
+        let calls = runner.calls();
+        assert!(calls.iter().any(|c| c.stdin.contains("23")), "{calls:#?}");
+        telnet(&h);
+        h.packets.turn().unwrap();
+
+        std::fs::write(&rules, "{ not json").unwrap();
+        h.packets.start_reload();
+        let error = h.turn_until(|e| match &e.body {
+            Body::Reload(r) => Some(r.reload.error.clone()),
+            _ => None,
+        });
+        assert!(error.unwrap().contains("rules.json is invalid"));
+        telnet(&h);
+        h.packets.turn().unwrap();
+
+        assert_eq!(
+            actions(&h.path.verdicts()),
+            [
+                (Action::Accept, Reason::Default),
+                (Action::Drop, Reason::BlockedPort),
+                (Action::Drop, Reason::BlockedPort),
+            ]
+        );
+        // The loop's end closes the kernel channel: the thread tears down.
+        h.packets.finish();
+        kernel.join().unwrap().unwrap();
+        let last = runner.calls().pop().unwrap();
+        assert!(last.stdin.contains("table inet portcullis"), "{last:?}");
+    }
+}

@@ -4,6 +4,8 @@
 //! - [`inline::InlinePath`]: NFQUEUE (held packets, verdicts, NXDOMAIN
 //!   answers) and NFLOG (observed packets) in one `step`;
 //! - [`monitor::MonitorPath`]: libpcap on one or more interfaces;
+//! - `memory::MemoryPath` (tests): packets pushed by the test, verdicts
+//!   recorded, so the packet loop runs without root.
 //!
 //! A path hands packets to the engine and nothing else: it knows nothing
 //! of the kernel thread, the control socket or the event writer.
@@ -17,6 +19,8 @@ use portcullis_engine::Engine;
 use crate::status::Status;
 
 pub mod inline;
+#[cfg(test)]
+pub mod memory;
 pub mod monitor;
 
 /// Where packets come from and go.
