@@ -216,7 +216,7 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PORTCULLIS=${PORTCULLIS:-$TARGET/release/portcullis}
 CONNRATE=${CONNRATE:-$TARGET/release/examples/connrate}
 NFQ_ACCEPT=${NFQ_ACCEPT:-$TARGET/release/examples/nfq_accept}
-# --spin 50: the queue settings portcullis uses (crates/portcullis/src/inline.rs).
+# --spin 50: the queue settings portcullis uses (crates/portcullis/src/path/inline.rs).
 NFQ_READER=${NFQ_READER:-$NFQ_ACCEPT --quiet --spin 50 @QUEUE@ 86400}
 build() { # build BINARY CARGO-ARGS...: build when missing
     local bin=$1

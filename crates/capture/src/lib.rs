@@ -17,8 +17,8 @@ use std::path::Path;
 use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
 use pcap_file::pcapng::{Block, PcapNgReader};
-use portcullis_engine::Timestamp;
 use portcullis_wire::LinkType;
+use portcullis_wire::Timestamp;
 
 /// One packet from a source, borrowed until the next call.
 #[derive(Debug, Clone, Copy)]

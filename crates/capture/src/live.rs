@@ -34,8 +34,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use pcap::{Active, Capture, Linktype};
-use portcullis_engine::{Direction, Timestamp};
 use portcullis_wire::LinkType;
+use portcullis_wire::{Direction, Timestamp};
 
 use crate::{CaptureError, RawPacket};
 

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libtest_mimic::{Arguments, Failed, Trial};
 use portcullis_capture::live::{CaptureDirection, IfaceStats, LiveCapture, LiveOptions, ANY};
 use portcullis_capture::CaptureError;
-use portcullis_engine::Direction;
 use portcullis_testnet::{enter, join, Lab};
+use portcullis_wire::Direction;
 use portcullis_wire::{decode, IpProto, LinkType, PacketSummary};
 
 /// Set in the environment of this binary run as a child without

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_wire::dns;
-use portcullis_wire::{decode_partial, DecodeError, IpProto, LinkType, PacketSummary, Undecodable};
+use portcullis_wire::{decode_partial, DecodeError, IpProto, PacketSummary, Undecodable};
 use rustc_hash::FxHashMap;
 
 use crate::community_id::community_id;
@@ -44,22 +44,7 @@ use crate::types::{
     Action, Answer, CountOn, Direction, Observation, Probe, ProbeShape, Reason, Timestamp, Verdict,
 };
 
-/// One packet handed to the engine.
-#[derive(Debug, Clone, Copy)]
-pub struct PacketIn<'a> {
-    pub data: &'a [u8],
-    pub link: LinkType,
-    pub ts: Timestamp,
-    /// The netfilter hook's direction; `None` (replay, passive capture):
-    /// inferred from the config's `home_net`.
-    pub dir: Option<Direction>,
-    /// The packet's length on the wire when the source knows it (capture
-    /// files, libpcap); more than `data.len()` when a snap length cut it.
-    /// A packet cut inside its headers is then counted as
-    /// [`Counters::truncated`], not reported as `malformed`. `None`: `data`
-    /// is the whole packet (NFQUEUE, tests).
-    pub orig_len: Option<u32>,
-}
+pub use portcullis_wire::PacketIn;
 
 /// A decoded packet's context inside the engine.
 struct Pkt<'a> {

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use portcullis_traffic as traffic;
+use portcullis_wire::LinkType;
 
 use super::*;
 use crate::config::NoLists;

@@ -33,61 +33,9 @@ use crate::config::ScanAction;
 use crate::detector::{ScanKind, ScanPattern};
 use crate::types::{Direction, Reason, RuleRef, Timestamp};
 
-/// RFC 3339 UTC with microseconds: `2026-11-22T03:01:00.123456Z`.
-pub fn rfc3339(ts: Timestamp) -> String {
-    rfc3339_with(ts, chrono::SecondsFormat::Micros)
-}
-
-/// RFC 3339 UTC, fractional seconds only when there are some:
-/// `2026-11-22T03:01:00Z`, `2026-11-22T03:01:00.5Z` (for people).
-pub fn rfc3339_short(ts: Timestamp) -> String {
-    rfc3339_with(ts, chrono::SecondsFormat::AutoSi)
-}
-
-fn rfc3339_with(ts: Timestamp, format: chrono::SecondsFormat) -> String {
-    let us = ts.as_micros();
-    let secs = i64::try_from(us / 1_000_000).unwrap_or(i64::MAX);
-    let nanos = ((us % 1_000_000) * 1000) as u32;
-    match chrono::DateTime::from_timestamp(secs, nanos) {
-        Some(t) => t.to_rfc3339_opts(format, true),
-        None => "9999-12-31T23:59:59.999999Z".to_owned(),
-    }
-}
-
-/// Reads what [`rfc3339`] writes (any RFC 3339 time with an offset);
-/// `None` for text that is not one or a time before 1970.
-pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
-    let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
-    let secs = u64::try_from(t.timestamp()).ok()?;
-    let us = secs
-        .checked_mul(1_000_000)?
-        .checked_add(u64::from(t.timestamp_subsec_micros()))?;
-    Some(Timestamp::from_micros(us))
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&rfc3339(*self))
-    }
-}
-
-/// The inverse of the `Serialize` impl: an RFC 3339 string.
-impl<'de> serde::Deserialize<'de> for Timestamp {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_rfc3339(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time after 1970"))
-        })
-    }
-}
+pub use portcullis_wire::{parse_rfc3339, rfc3339, rfc3339_short};
 
 impl Serialize for Reason {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl Serialize for Direction {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }

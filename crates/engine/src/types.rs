@@ -3,85 +3,11 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use portcullis_wire::{IpProto, PacketSummary};
 
-/// Time as it arrives with a packet: microseconds since the Unix epoch, UTC.
-/// The engine never reads a clock; live sources stamp packets, replay uses
-/// the capture's stamps, tests make them up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Timestamp(u64);
-
-impl Timestamp {
-    pub const fn from_micros(us: u64) -> Self {
-        Self(us)
-    }
-
-    pub const fn from_secs(s: u64) -> Self {
-        Self(s.saturating_mul(1_000_000))
-    }
-
-    pub const fn as_micros(self) -> u64 {
-        self.0
-    }
-
-    pub fn saturating_add(self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        )
-    }
-
-    pub fn saturating_sub(self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_sub(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        )
-    }
-
-    /// `self - earlier`, zero if `earlier` is later.
-    pub fn since(self, earlier: Timestamp) -> Duration {
-        Duration::from_micros(self.0.saturating_sub(earlier.0))
-    }
-}
-
-/// Which way a packet crosses the host, as the netfilter hook (or, in
-/// replay, the configured `home_net`) says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// To this host (netfilter input).
-    Inbound,
-    /// From this host (netfilter output).
-    Outbound,
-    /// Through this host (netfilter forward).
-    Forwarded,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Inbound => "inbound",
-            Self::Outbound => "outbound",
-            Self::Forwarded => "forwarded",
-        }
-    }
-
-    /// The peer's address: the source of inbound and forwarded packets, the
-    /// destination of outbound ones.
-    pub fn remote(self, p: &PacketSummary) -> IpAddr {
-        match self {
-            Self::Outbound => p.dst,
-            Self::Inbound | Self::Forwarded => p.src,
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Shared with the packet sources, which do not depend on the engine.
+pub use portcullis_wire::{Direction, Timestamp};
 
 /// What happens to a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

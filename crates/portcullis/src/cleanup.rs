@@ -6,7 +6,7 @@
 //!
 //! Guarantee: it never touches the rules of a running daemon. It takes the
 //! same per-network-namespace lock `run` holds while its rules are in
-//! place (`daemon::lock_namespace`), and refuses when it cannot. Where the
+//! place (`lock::lock_namespace`), and refuses when it cannot. Where the
 //! lock folder does not exist, no daemon with kernel rules has run since
 //! boot, and nothing is created.
 
@@ -15,11 +15,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use portcullis_kernel::Firewall;
 
-use crate::daemon;
+use crate::lock;
 
 pub fn run() -> Result<ExitCode> {
-    let _lock = if std::path::Path::new(daemon::LOCK_DIR).is_dir() {
-        match daemon::lock_namespace() {
+    let _lock = if std::path::Path::new(lock::LOCK_DIR).is_dir() {
+        match lock::lock_namespace() {
             Ok(lock) => Some(lock),
             Err(e) => {
                 eprintln!("portcullis: {e:#}; its kernel rules are left alone");

@@ -1,14 +1,14 @@
-//! Command line.
+//! The command line as clap parses it, and nothing else: what the flags
+//! mean together is decided once, in [`crate::plan`] (ripgrep's lowargs ->
+//! hiargs); `main` dispatches.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::client::{self, ClientArgs};
-use crate::control::Request;
-use crate::{config, daemon, replay};
+use crate::control;
 
 /// Linux host firewall and port-scan detector.
 ///
@@ -29,7 +29,7 @@ pub enum Command {
     /// queries, ban scanners. Needs root. SIGINT/SIGTERM remove exactly
     /// our rules; SIGHUP re-reads the config (a broken file keeps the old
     /// rules).
-    Run(daemon::RunArgs),
+    Run(RunArgs),
     /// Show the running daemon: mode, uptime, kernel path, packets and
     /// verdicts by reason, queue losses, bans, detector memory.
     Status {
@@ -163,87 +163,75 @@ pub struct Common {
     pub no_progress: bool,
 }
 
-pub fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Command::Check { config: path } => {
-            let cfg = match config::load(path.as_deref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e:#}");
-                    return Ok(ExitCode::from(1));
-                }
-            };
-            print!("{}", config::summary(&cfg));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Run(args) => daemon::run(&args),
-        Command::Cleanup => crate::cleanup::run(),
-        Command::Status { client } => client::run(&client, Request::Status),
-        Command::Bans { client } => client::run(&client, Request::Bans),
-        Command::Ban {
-            addr,
-            duration,
-            reason,
-            client,
-        } => client::run(
-            &client,
-            Request::Ban {
-                addr,
-                seconds: duration.map(|d| d.as_secs()),
-                reason,
-            },
-        ),
-        Command::Unban { addr, client } => client::run(&client, Request::Unban { addr }),
-        Command::Explain {
-            addr,
-            config: Some(path),
-            client,
-        } => {
-            let cfg = config::load(Some(&path))?;
-            let now = crate::daemon::now();
-            let x = portcullis_engine::explain::explain(
-                &cfg.rules,
-                cfg.policy.default,
-                None,
-                addr,
-                now,
-            );
-            if client.json {
-                println!("{}", serde_json::to_string_pretty(&x)?);
-            } else {
-                println!("{x}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Explain {
-            addr,
-            config: None,
-            client,
-        } => client::run(&client, Request::Explain { addr }),
-        Command::Schema => {
-            let schema = portcullis_engine::config::schema();
-            println!("{}", serde_json::to_string_pretty(&schema)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "portcullis", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Man { dir: None } => {
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .context("writing the manual page")?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Man { dir: Some(dir) } => {
-            clap_mangen::generate_to(Cli::command(), &dir)
-                .with_context(|| format!("writing manual pages to {}", dir.display()))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Replay { file, common } => replay::replay_file(&file, &common),
-        Command::Demo { save_pcap, common } => replay::demo(save_pcap.as_deref(), &common),
-    }
+/// How the daemon sees packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// In the packet path (nftables + NFQUEUE): drops are enforced.
+    Inline,
+    /// Passive capture (libpcap): nothing is dropped inline; would-be drops
+    /// are logged, scans detected (and banned with --enforce-bans).
+    Monitor,
+}
+
+/// Options of `portcullis run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// inline: decide in the packet path; monitor: capture passively.
+    #[arg(long, value_enum, default_value_t = Mode::Inline)]
+    pub mode: Mode,
+    /// Monitor mode: an interface to capture on (repeat for more; `any`
+    /// for all). Default: any.
+    #[arg(long = "interface", short = 'i', value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// Monitor mode: a capture filter in tcpdump syntax.
+    #[arg(long, value_name = "FILTER")]
+    pub bpf: Option<String>,
+    /// Monitor mode: this host's network, an address or CIDR prefix
+    /// (repeat for more; IPv4 and IPv6), where the capture cannot tell
+    /// direction. Replaces the rules file's `home_net` when given; without
+    /// either, this host's own addresses.
+    #[arg(long = "home-net", value_name = "CIDR", value_parser = portcullis_engine::config::parse_net)]
+    pub home_net: Vec<ipnet::IpNet>,
+    /// Monitor mode: ban detected scanners in the kernel (a table with the
+    /// ban sets only; nothing else is enforced).
+    #[arg(long)]
+    pub enforce_bans: bool,
+    /// Enforce nothing: no kernel rules at all; every would-be drop and ban
+    /// is logged (`would_block`, `"enforced": false`). Runs as a passive
+    /// monitor (on `any` unless --interface is given).
+    #[arg(long, conflicts_with = "enforce_bans")]
+    pub dry_run: bool,
+    /// Where bans are kept across restarts.
+    #[arg(long, default_value = "/var/lib/portcullis")]
+    pub state_dir: PathBuf,
+    /// The control socket (`portcullis status`, `bans`, `ban`, `unban`,
+    /// `explain`), root only.
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (no
+    /// authentication: bind to loopback or a management network; in inline
+    /// mode a remote scraper needs an allow rule).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+    /// Do not protect the SSH client that started the daemon. By default
+    /// its address (from SSH_CONNECTION, ours or an ancestor's: sudo drops
+    /// it) is never blocked nor banned, so a bad rule cannot lock you out.
+    #[arg(long)]
+    pub no_protect_ssh: bool,
+    /// Let scans get this host's default gateways, DNS resolvers and own
+    /// addresses banned. By default they are reported but never banned: a
+    /// scan is spoofed easily, and banning the gateway or the resolver cuts
+    /// the host off.
+    #[arg(long)]
+    pub no_protect_peers: bool,
+    /// Never block nor ban this address either (repeat for more): your
+    /// management hosts. Like an `allow.ip` entry that no rules file can
+    /// take away.
+    /// Also takes an SSH_CONNECTION value: `--protect "$SSH_CONNECTION"`.
+    #[arg(long = "protect", value_name = "ADDR", value_parser = crate::lockout::parse_protect)]
+    pub protect: Vec<IpAddr>,
 }
 
 #[cfg(test)]

@@ -8,8 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use crate::control::{self, Request};
-use crate::daemon::BanView;
+use crate::control::{self, BanView, Request};
 use crate::status::Status;
 
 /// Where the daemon is and how to print its answer.

@@ -91,6 +91,42 @@ pub fn load_for_daemon(
     Ok(Arc::new(cfg))
 }
 
+/// Where the daemon's config comes from, at start and at every SIGHUP:
+/// the rules file, the protected addresses, `--home-net`, and (passive)
+/// this host's addresses as they are at that moment.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The rules file; `None`: the embedded default policy.
+    pub path: Option<PathBuf>,
+    /// Never blocked nor banned (`--protect`, the SSH client).
+    pub protect: Vec<ipnet::IpNet>,
+    /// `--home-net`.
+    pub home_flag: Vec<ipnet::IpNet>,
+    /// This host's addresses stand in for a missing `home_net` (passive
+    /// captures, which cannot tell direction).
+    pub host_home: bool,
+    /// This host's critical peers are never banned by a scan (read at
+    /// every load: start and SIGHUP).
+    pub peers: bool,
+}
+
+impl DaemonConfig {
+    /// Reads and compiles the config now.
+    pub fn load(&self) -> Result<Arc<Config>> {
+        let host = if self.host_home {
+            local_addresses()
+        } else {
+            Vec::new()
+        };
+        load_for_daemon(
+            self.path.as_deref(),
+            &self.protect,
+            Home::from_flag(&self.home_flag, &host),
+            self.peers,
+        )
+    }
+}
+
 /// What `portcullis check` prints about a valid config.
 pub fn summary(cfg: &Config) -> String {
     use std::fmt::Write as _;

@@ -45,6 +45,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
+use portcullis_engine::engine::Ban;
+use portcullis_engine::events::rfc3339;
+use portcullis_engine::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// Where the daemon listens unless told otherwise.
@@ -86,6 +89,34 @@ pub enum Request {
 /// otherwise.
 pub type Reply = std::result::Result<serde_json::Value, String>;
 
+/// One active ban as `portcullis bans` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanView {
+    pub addr: IpAddr,
+    pub reason: String,
+    /// RFC 3339, UTC.
+    pub since: String,
+    pub until: String,
+    pub seconds_left: u64,
+    /// In the kernel's ban set (false: passive mode without
+    /// `--enforce-bans`, or a dry run; the ban is only logged).
+    pub enforced: bool,
+}
+
+impl BanView {
+    /// `b` as seen at `now`.
+    pub fn new(b: &Ban, now: Timestamp, enforced: bool) -> Self {
+        Self {
+            addr: b.addr,
+            reason: b.reason.clone(),
+            since: rfc3339(b.since),
+            until: rfc3339(b.until),
+            seconds_left: b.until.since(now).as_secs(),
+            enforced,
+        }
+    }
+}
+
 /// What travels on the wire for a [`Reply`].
 #[derive(Debug, Serialize, Deserialize)]
 struct WireReply {
@@ -113,6 +144,14 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// A request as the server thread hands it over, and where its answer
+    /// arrives (tests: the packet loop without a socket).
+    #[cfg(test)]
+    pub fn new(request: Request) -> (Self, Receiver<Answer>) {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        (Self { request, reply }, rx)
+    }
+
     pub fn answer(self, a: Answer) {
         // The client may have gone: nothing to do then.
         let _ = self.reply.send(a);

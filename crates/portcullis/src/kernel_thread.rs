@@ -15,18 +15,16 @@ use crossbeam_channel::{Receiver, Sender};
 use portcullis_engine::config::Config;
 use portcullis_engine::engine::Ban;
 use portcullis_engine::Timestamp;
-use portcullis_kernel::{Firewall, KernelOptions, KernelPlan};
+use portcullis_kernel::Firewall;
 
-use crate::daemon::now;
+use crate::clock::now;
+use crate::plan::KernelRules;
 use crate::state::StateDir;
 
 /// How long the kernel thread gathers ban changes into one nft call.
 const BAN_BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// How often the queue rule's counter is read.
 const POLL_EVERY: Duration = Duration::from_secs(1);
-
-/// Marks "not known yet" in the shared queue-rule counter.
-pub const UNKNOWN: u64 = u64::MAX;
 
 /// Tells whoever asked for a kernel change whether it is done.
 pub type Ack = Sender<std::result::Result<(), String>>;
@@ -38,32 +36,15 @@ pub enum KernelCmd {
     Update(Arc<Config>, Sender<Result<()>>),
 }
 
-/// Which rules the daemon keeps in the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rules {
-    /// Inline: lists, bans, NFQUEUE ([`KernelPlan::from_config`]).
-    Full,
-    /// Passive with `--enforce-bans` ([`KernelPlan::bans_only`]).
-    BansOnly,
-}
-
-impl Rules {
-    pub fn plan(self, cfg: &Config) -> KernelPlan {
-        let opts = KernelOptions::default();
-        match self {
-            Self::Full => KernelPlan::from_config(cfg, &opts),
-            Self::BansOnly => KernelPlan::bans_only(cfg, &opts),
-        }
-    }
-}
-
 /// Starts the thread. It tears `fw` down when the channel closes and
-/// returns how that went. `queue_hits` receives the queue rule's packet
-/// counter every second (left at [`UNKNOWN`] where it is not counted).
+/// returns how that went. `fw` runs its programs through whatever
+/// [`portcullis_kernel::Runner`] it was installed with (a recording one in
+/// tests). `queue_hits` receives the queue rule's packet counter every
+/// second (left as it is where the rule is not counted).
 /// `state`: where bans are saved after each batch; none when nothing
 /// enforces them.
 pub fn spawn(
-    fw: Option<(Firewall, Rules)>,
+    fw: Option<(Firewall, KernelRules)>,
     rx: Receiver<KernelCmd>,
     state: Option<StateDir>,
     queue_hits: Arc<AtomicU64>,
@@ -176,4 +157,138 @@ pub fn spawn(
             }
         })
         .context("starting the kernel thread")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::testing::RecordingRunner;
+
+    fn ban(addr: &str) -> Ban {
+        let t = now();
+        Ban {
+            addr: addr.parse().unwrap(),
+            since: t,
+            until: t.saturating_add(Duration::from_secs(600)),
+            reason: "scan:syn".into(),
+        }
+    }
+
+    /// The `nft` calls whose script names `addr`.
+    fn naming(calls: &[crate::testing::Call], addr: &str) -> usize {
+        calls.iter().filter(|c| c.stdin.contains(addr)).count()
+    }
+
+    #[test]
+    fn changes_arriving_together_go_to_the_kernel_in_one_call_each_way() {
+        let runner = RecordingRunner::new();
+        let cfg = Arc::new(Config::default_policy().unwrap());
+        let fw = runner.firewall(KernelRules::Full, &cfg);
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        // Queued before the thread starts: its first receive finds them all.
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let (ack, done) = crossbeam_channel::bounded(1);
+        for cmd in [
+            KernelCmd::Ban(ban("198.18.0.1"), None),
+            KernelCmd::Ban(ban("198.18.0.2"), Some(ack)),
+            KernelCmd::Ban(ban("2001:2::5"), None),
+            KernelCmd::Unban("198.18.0.9".parse().unwrap(), None),
+            // The last word on an address wins.
+            KernelCmd::Ban(ban("198.18.0.3"), None),
+            KernelCmd::Unban("198.18.0.3".parse().unwrap(), None),
+        ] {
+            tx.send(cmd).unwrap();
+        }
+        let hits = Arc::new(AtomicU64::new(0));
+        let thread = spawn(Some((fw, KernelRules::Full)), rx, Some(state.clone()), hits).unwrap();
+        assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
+        drop(tx);
+        thread.join().unwrap().unwrap();
+
+        let calls = runner.calls();
+        let commands: Vec<&str> = calls.iter().map(|c| c.command.as_str()).collect();
+        // Bans, unbans, teardown.
+        assert_eq!(commands, ["nft -f -"; 3], "{calls:#?}");
+        let (bans, unbans) = (&calls[0].stdin, &calls[1].stdin);
+        for a in [
+            "198.18.0.1 timeout",
+            "198.18.0.2 timeout",
+            "2001:2::5 timeout",
+        ] {
+            assert!(bans.contains(a), "{a} not in {bans}");
+        }
+        assert!(!bans.contains("198.18.0.3") && !bans.contains("198.18.0.9"));
+        for a in ["198.18.0.3", "198.18.0.9"] {
+            assert!(unbans.contains(a), "{a} not in {unbans}");
+            assert_eq!(naming(&calls, a), 1);
+        }
+        // The state file holds what is banned now.
+        let mut saved: Vec<String> = state
+            .load_bans()
+            .unwrap()
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        saved.sort();
+        assert_eq!(saved, ["198.18.0.1", "198.18.0.2", "2001:2::5"]);
+    }
+
+    #[test]
+    fn reload_updates_the_kernel_and_a_failed_ban_is_reported_to_who_asked() {
+        let runner = RecordingRunner::new();
+        let cfg = Arc::new(Config::default_policy().unwrap());
+        let fw = runner.firewall(KernelRules::Full, &cfg);
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let thread = spawn(
+            Some((fw, KernelRules::Full)),
+            rx,
+            None,
+            Arc::new(AtomicU64::new(0)),
+        )
+        .unwrap();
+        let (reply, result) = crossbeam_channel::bounded(1);
+        tx.send(KernelCmd::Update(Arc::clone(&cfg), reply)).unwrap();
+        result
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        let calls = runner.calls();
+        assert!(!calls.is_empty());
+        assert!(
+            calls.iter().all(|c| c.command.starts_with("nft ")),
+            "{calls:#?}"
+        );
+        // A ban that is over before it reaches the kernel is not written;
+        // the asker still hears back.
+        let mut over = ban("198.18.0.4");
+        over.until = over.since;
+        let (ack, done) = crossbeam_channel::bounded(1);
+        tx.send(KernelCmd::Ban(over, Some(ack))).unwrap();
+        assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
+        assert_eq!(naming(&runner.calls(), "198.18.0.4"), 0);
+        drop(tx);
+        thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn without_kernel_rules_nothing_runs_and_updates_succeed() {
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let thread = spawn(None, rx, None, Arc::new(AtomicU64::new(0))).unwrap();
+        let (reply, result) = crossbeam_channel::bounded(1);
+        let cfg = Arc::new(Config::default_policy().unwrap());
+        tx.send(KernelCmd::Update(cfg, reply)).unwrap();
+        result
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        let (ack, done) = crossbeam_channel::bounded(1);
+        tx.send(KernelCmd::Ban(ban("198.18.0.1"), Some(ack)))
+            .unwrap();
+        assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
+        drop(tx);
+        thread.join().unwrap().unwrap();
+    }
 }

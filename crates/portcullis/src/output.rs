@@ -4,8 +4,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use crossbeam_channel::Sender;
 use indicatif::ProgressBar;
 use portcullis_engine::events::Event;
 
@@ -95,6 +100,48 @@ impl Output {
         }
         Ok(())
     }
+}
+
+/// Events waiting for the writer before new ones are dropped (and counted).
+const EVENT_QUEUE: usize = 65_536;
+/// How often the writer checks for a reopen request when idle.
+const REOPEN_CHECK: Duration = Duration::from_millis(100);
+
+/// The event writer. `reopen` (SIGUSR1, logrotate) makes it reopen the
+/// event log at its path; it checks at least every [`REOPEN_CHECK`].
+pub fn spawn_writer(
+    events: Option<&Path>,
+    console: bool,
+    reopen: Arc<AtomicBool>,
+) -> Result<(Sender<Event>, JoinHandle<()>)> {
+    let mut out = Output::new(events, console)?;
+    let (tx, rx) = crossbeam_channel::bounded::<Event>(EVENT_QUEUE);
+    let handle = std::thread::Builder::new()
+        .name("portcullis-events".into())
+        .spawn(move || loop {
+            match rx.recv_timeout(REOPEN_CHECK) {
+                Ok(ev) => {
+                    let _ = out.write(&ev);
+                    for ev in rx.try_iter().take(1024) {
+                        let _ = out.write(&ev);
+                    }
+                    // Written promptly: a SIEM tails this file.
+                    let _ = out.flush();
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    let _ = out.flush();
+                    break;
+                }
+            }
+            if reopen.swap(false, Ordering::Relaxed) {
+                if let Err(e) = out.reopen() {
+                    eprintln!("portcullis: warning: {e:#}; events still go to the old file");
+                }
+            }
+        })
+        .context("starting the event writer")?;
+    Ok((tx, handle))
 }
 
 #[cfg(test)]

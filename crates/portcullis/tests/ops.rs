@@ -19,7 +19,7 @@ use portcullis_testnet::{live_trial, wait_for, Lab};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
-/// Whether `daemon.rs` sends sd_notify messages and reopens the event log
+/// Whether the daemon sends sd_notify messages and reopens the event log
 /// on SIGUSR1. Set to true in the change that wires them; until then the
 /// live check reports itself ignored with this reason.
 const DAEMON_SPEAKS_NOTIFY: bool = true;
@@ -49,7 +49,7 @@ fn main() {
         } else {
             Trial::ignorable_test(NOTIFY_TEST, || {
                 Ok(Completion::ignored_with(
-                    "skipped: daemon.rs does not call notify/reopen yet (DAEMON_SPEAKS_NOTIFY)",
+                    "skipped: the daemon does not call notify/reopen yet (DAEMON_SPEAKS_NOTIFY)",
                 ))
             })
         },

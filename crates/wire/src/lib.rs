@@ -24,9 +24,13 @@
 
 pub mod dns;
 mod packet;
+mod vocab;
 
 pub use packet::{
     decode, decode_partial, unreachable_quote, DecodeError, Fragment, IpProto, LinkType,
     PacketSummary, Partial, Quote, Sctp, TcpFlags, Undecodable, MAX_IPV6_EXT_HEADERS,
     MAX_VLAN_TAGS,
 };
+#[cfg(feature = "serde")]
+pub use vocab::{parse_rfc3339, rfc3339, rfc3339_short};
+pub use vocab::{Direction, PacketIn, Timestamp};

@@ -11,18 +11,23 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use portcullis_engine::config::{BlockedDnsResponse, Config};
-use portcullis_engine::engine::{Engine, PacketIn};
 use portcullis_engine::events::{
     Body, CaptureEvent, CaptureInfo, Event, QueueEvent, QueueFate, QueueInfo,
 };
-use portcullis_engine::{Action, Direction, Reason, Timestamp};
+use portcullis_engine::Engine;
+use portcullis_engine::{Action, Reason};
 use portcullis_nflog::{Hook as LogHook, Log, LogConfig};
 use portcullis_nfqueue::{Hook, Queue, QueueConfig, Responder, Verdict as NfVerdict};
-use portcullis_wire::LinkType;
+use portcullis_wire::{Direction, LinkType, PacketIn, Timestamp};
 
-use crate::daemon::{now, PacketPath};
-use crate::kernel_thread::UNKNOWN;
+use crate::clock::now;
+use crate::path::PacketPath;
 use crate::status::{ObservedStatus, QueueStatus, Status};
+
+/// Marks "not known yet" in the shared queue-rule counter (the kernel
+/// thread reads the rule's counter where the path counts it, the iptables
+/// fallback).
+pub const UNKNOWN: u64 = u64::MAX;
 
 /// Logged packets handed to the engine per read, at most (one datagram
 /// more may come with the last read).

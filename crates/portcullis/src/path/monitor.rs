@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use portcullis_capture::live::{LiveCapture, LiveOptions};
-use portcullis_engine::engine::{Engine, PacketIn};
 use portcullis_engine::events::{Body, CaptureEvent, CaptureInfo, Event};
+use portcullis_engine::Engine;
+use portcullis_wire::PacketIn;
 
-use crate::daemon::{now, PacketPath};
+use crate::clock::now;
+use crate::path::PacketPath;
 use crate::status::{CaptureStatus, Status};
 
 /// The capture and the losses already reported.
