@@ -391,3 +391,34 @@ fn many_elements_are_split_over_lines() {
     assert_eq!(lines[3].matches(", ").count(), 3, "{}", lines[3]);
     assert!(!lines[3].ends_with(','));
 }
+
+/// Found by the differential test (crates/portcullis/tests/differential.rs):
+/// allow rules come before the block lists (tier 4 before tier 5), so a new
+/// packet a block list matches is held for user space, which may accept it;
+/// the kernel used to drop it.
+#[test]
+fn with_an_allow_rule_new_packets_the_block_lists_match_are_held() {
+    let p = plan(
+        r#"{"block": {"protocol": ["TCP"], "ip": ["198.18.1.0/24"]},
+            "rules": [{"action": "allow", "direction": "inbound", "protocol": ["TCP"], "port": [8080]}]}"#,
+    );
+    assert!(p.hold_blocked_new);
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert_eq!(
+        chain(&s, "blocked"),
+        ["ct state new,invalid,untracked goto to_user", "counter drop"]
+    );
+    // Block rules come after the lists: blocked stays blocked in the kernel.
+    let p = plan(
+        r#"{"block": {"protocol": ["TCP"]}, "rules": [{"action": "block", "port": [8080]}]}"#,
+    );
+    assert!(!p.hold_blocked_new);
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert_eq!(
+        chain(&s, "blocked"),
+        [
+            "ct state new,invalid,untracked limit rate 100/second burst 200 packets log group 9 queue-threshold 32",
+            "counter drop"
+        ]
+    );
+}
