@@ -503,7 +503,9 @@ fn update_keeps_bans() -> Result<(), Failed> {
         "nft",
         &["list", "chain", "inet", "portcullis", "input"],
     )?;
-    check(input.matches("@ban4 counter").count() == 1, || input.clone())?;
+    check(input.matches("@ban4 counter").count() == 1, || {
+        input.clone()
+    })?;
     fw.teardown()?;
     Ok(())
 }

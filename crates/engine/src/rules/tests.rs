@@ -723,7 +723,11 @@ fn export_gives_the_plain_lists_for_the_kernel() {
         let json =
             format!(r#"{{"rules": [{{"action": "allow", "direction": "{dir}", "port": [22]}}]}}"#);
         let e = compile(&json).export();
-        assert_eq!((e.rules, e.allow_rules, e.outbound_rules), (1, 1, true), "{dir}");
+        assert_eq!(
+            (e.rules, e.allow_rules, e.outbound_rules),
+            (1, 1, true),
+            "{dir}"
+        );
     }
 }
 
