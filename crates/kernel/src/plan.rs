@@ -410,7 +410,10 @@ impl KernelPlan {
         if self.user_space {
             let mut keep = String::new();
             if self.queue_dns {
-                keep.push_str(" th dport != 53");
+                // `th dport` alone reads bytes 2-3 of any transport header
+                // (nft shows it on ICMP as `icmp checksum`): only TCP and
+                // UDP have ports.
+                keep.push_str(" meta l4proto . th dport != { tcp . 53, udp . 53 }");
             }
             if !self.queue_all.is_empty() {
                 keep.push_str(" meta l4proto != @queue_proto");
