@@ -138,6 +138,12 @@ pub struct KernelPlan {
     /// rest anyway, so ICMP, IPv6 neighbour discovery and the like stay in
     /// the kernel.
     pub queue_new_all_protocols: bool,
+    /// Hold new packets a block list matches for user space to decide
+    /// instead of dropping them in the kernel: composite allow rules come
+    /// before the block lists (docs/rules.md, "Precedence": tier 4 before
+    /// tier 5), so one of them may accept such a packet, and only user
+    /// space evaluates them. Set when the rules have an allow rule.
+    pub hold_blocked_new: bool,
     /// Scan detection is on: besides new TCP and UDP flows, user space sees
     /// the other shapes of scan probes (ICMP echo, timestamp and
     /// address-mask requests, SCTP INITs, datagrams of other IP protocols),
@@ -197,6 +203,7 @@ impl KernelPlan {
         plan.queue_dns = false;
         plan.queue_output_new = false;
         plan.queue_new_all_protocols = false;
+        plan.hold_blocked_new = false;
         plan.queue_probes = false;
         plan.log_group = None;
         plan.block_log_rate = 0;
@@ -226,6 +233,7 @@ impl KernelPlan {
             queue_dns: true,
             queue_output_new: export.outbound_rules,
             queue_new_all_protocols: export.rules > 0,
+            hold_blocked_new: export.allow_rules > 0,
             queue_probes: false,
             log_group: None,
             max_bans: portcullis_engine::config::ScanConfig::default().max_bans,
@@ -411,7 +419,10 @@ impl KernelPlan {
         if self.user_space {
             let mut keep = String::new();
             if self.queue_dns {
-                keep.push_str(" th dport != 53");
+                // `th dport` alone reads bytes 2-3 of any transport header
+                // (nft shows it on ICMP as `icmp checksum`): only TCP and
+                // UDP have ports.
+                keep.push_str(" meta l4proto . th dport != { tcp . 53, udp . 53 }");
             }
             if !self.queue_all.is_empty() {
                 keep.push_str(" meta l4proto != @queue_proto");
@@ -551,7 +562,11 @@ impl KernelPlan {
 
     fn blocked_rules(&self) -> Vec<String> {
         let mut r = Vec::new();
-        if self.block_log_rate > 0 {
+        if self.hold_blocked_new {
+            // An allow rule may still accept it: user space decides (its
+            // drop events aggregate what the rate limit would bound).
+            r.push(format!("ct state {NEW} goto to_user"));
+        } else if self.block_log_rate > 0 {
             let n = self.block_log_rate;
             r.push(format!(
                 "ct state {NEW} limit rate {n}/second burst {} packets {}",

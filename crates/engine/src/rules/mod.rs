@@ -487,6 +487,7 @@ impl RuleSet {
             allow_protocols: protocols(list_id::ALLOW_PROTOCOL),
             block_protocols: protocols(list_id::BLOCK_PROTOCOL),
             rules: self.allow_rules.len() + self.block_rules.len(),
+            allow_rules: self.allow_rules.len(),
             outbound_rules: self
                 .allow_rules
                 .iter()
@@ -600,6 +601,10 @@ pub struct RuleExport {
     pub block_protocols: Vec<u8>,
     /// Number of composite `rules` (allow and block).
     pub rules: usize,
+    /// Number of composite allow rules. They come before the block lists
+    /// (tier 4 before tier 5): a packet a block list matches may still be
+    /// accepted by one.
+    pub allow_rules: usize,
     /// Whether some composite rule can match outbound packets (direction
     /// `outbound` or `any`).
     pub outbound_rules: bool,

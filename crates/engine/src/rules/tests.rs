@@ -718,11 +718,16 @@ fn export_gives_the_plain_lists_for_the_kernel() {
     );
     let e = r.export();
     assert_eq!((e.rules, e.outbound_rules, e.has_domains), (1, false, true));
+    assert_eq!(e.allow_rules, 0);
     for dir in ["outbound", "any"] {
         let json =
             format!(r#"{{"rules": [{{"action": "allow", "direction": "{dir}", "port": [22]}}]}}"#);
         let e = compile(&json).export();
-        assert_eq!((e.rules, e.outbound_rules), (1, true), "{dir}");
+        assert_eq!(
+            (e.rules, e.allow_rules, e.outbound_rules),
+            (1, 1, true),
+            "{dir}"
+        );
     }
 }
 

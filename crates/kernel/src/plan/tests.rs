@@ -63,8 +63,8 @@ fn input_chain_follows_the_engine_precedence() {
     assert_eq!(
         chain(&s, "input"),
         [
-            "ct state established,related ip saddr != @ban4 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
-            "ct state established,related ip6 saddr != @ban6 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip saddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip6 saddr != @ban6 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
             "meta mark set meta mark & 0xcfffffff",
             "iif \"lo\" meta mark set meta mark | 0x10000000 accept",
             "ip saddr @allow4 meta mark set meta mark | 0x10000000 accept",
@@ -113,7 +113,7 @@ fn forward_checks_both_ends_output_the_destination() {
     let fwd = chain(&s, "forward");
     assert!(!fwd.iter().any(|r| r.contains("\"lo\"")));
     for want in [
-        "ct state established,related ip saddr != @ban4 ip daddr != @ban4 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
+        "ct state established,related ip saddr != @ban4 ip daddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
         "ip saddr @allow4 meta mark set meta mark | 0x10000000 accept",
         "ip daddr @allow4 meta mark set meta mark | 0x10000000 accept",
         "ip saddr @ban4 counter drop",
@@ -146,8 +146,8 @@ fn forward_checks_both_ends_output_the_destination() {
     assert_eq!(
         chain(&s, "output"),
         [
-            "ct state established,related ip daddr != @ban4 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
-            "ct state established,related ip6 daddr != @ban6 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip daddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip6 daddr != @ban6 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
             "meta mark & 0x10000000 == 0x10000000 accept",
             "meta mark set meta mark & 0xcfffffff",
             "oif \"lo\" meta mark set meta mark | 0x10000000 accept",
@@ -239,8 +239,8 @@ fn empty_plan_has_no_elements_and_no_rules_on_empty_sets() {
     assert_eq!(
         chain(&s, "input"),
         [
-            "ct state established,related ip saddr != @ban4 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
-            "ct state established,related ip6 saddr != @ban6 th dport != 53 meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip saddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip6 saddr != @ban6 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
             "meta mark set meta mark & 0xcfffffff",
             "iif \"lo\" meta mark set meta mark | 0x10000000 accept",
             "ip saddr @ban4 counter drop",
@@ -345,7 +345,7 @@ fn marks_are_configurable_and_checked() {
     let s = p.ruleset_text(QueuePath::IptablesNfqueue);
     assert_eq!(
         chain(&s, "input")[0],
-        "ct state established,related ip saddr != @ban4 th dport != 53 meta mark set meta mark & 0xfffffffc accept"
+        "ct state established,related ip saddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xfffffffc accept"
     );
     assert_eq!(
         chain(&s, "input")[2],
@@ -396,4 +396,55 @@ fn many_elements_are_split_over_lines() {
     );
     assert_eq!(lines[3].matches(", ").count(), 3, "{}", lines[3]);
     assert!(!lines[3].ends_with(','));
+}
+
+/// Found by the differential test (crates/portcullis/tests/differential.rs):
+/// allow rules come before the block lists (tier 4 before tier 5), so a new
+/// packet a block list matches is held for user space, which may accept it;
+/// the kernel used to drop it.
+#[test]
+fn with_an_allow_rule_new_packets_the_block_lists_match_are_held() {
+    let p = plan(
+        r#"{"block": {"protocol": ["TCP"], "ip": ["198.18.1.0/24"]},
+            "rules": [{"action": "allow", "direction": "inbound", "protocol": ["TCP"], "port": [8080]}]}"#,
+    );
+    assert!(p.hold_blocked_new);
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert_eq!(
+        chain(&s, "blocked"),
+        [
+            "ct state new,invalid,untracked goto to_user",
+            "counter drop"
+        ]
+    );
+    // Block rules come after the lists: blocked stays blocked in the kernel.
+    let p =
+        plan(r#"{"block": {"protocol": ["TCP"]}, "rules": [{"action": "block", "port": [8080]}]}"#);
+    assert!(!p.hold_blocked_new);
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert_eq!(
+        chain(&s, "blocked"),
+        [
+            "ct state new,invalid,untracked limit rate 100/second burst 200 packets log group 9 queue-threshold 32",
+            "counter drop"
+        ]
+    );
+}
+
+/// `th dport` reads bytes 2-3 of whatever transport header follows (an
+/// ICMP checksum, GRE's protocol type): the established rule's exception
+/// for DNS must look at TCP and UDP only, or an ICMP reply whose checksum
+/// happens to be 53 falls through to the block lists.
+#[test]
+fn the_established_rule_excepts_dns_of_tcp_and_udp_only() {
+    let s = plan("{}").ruleset_text(QueuePath::IptablesNfqueue);
+    for hook in ["input", "forward", "output"] {
+        for first in &chain(&s, hook)[..2] {
+            assert!(first.starts_with("ct state established,related"), "{first}");
+            assert!(
+                first.contains(" meta l4proto . th dport != { tcp . 53, udp . 53 } "),
+                "{first}"
+            );
+        }
+    }
 }
