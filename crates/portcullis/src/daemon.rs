@@ -154,6 +154,7 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
     // become real ones at the next inline start.
     let kernel = match kernel_thread::spawn(
         firewall,
+        Arc::clone(&cfg),
         kernel_rx,
         rules.is_some().then(|| state.clone()),
         Arc::clone(&queue_hits),

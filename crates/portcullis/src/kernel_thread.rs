@@ -42,9 +42,15 @@ pub enum KernelCmd {
 /// tests). `queue_hits` receives the queue rule's packet counter every
 /// second (left as it is where the rule is not counted).
 /// `state`: where bans are saved after each batch; none when nothing
-/// enforces them.
+/// enforces them. `cfg`: the configuration `fw` was installed with.
+///
+/// Every second it also checks that our kernel objects are all there
+/// ([`Firewall::check`]): when something else removed them (`nft flush
+/// ruleset`, a firewall manager's reload), it puts them back with the bans'
+/// remaining time ([`Firewall::repair`]) and says so.
 pub fn spawn(
     fw: Option<(Firewall, KernelRules)>,
+    cfg: Arc<Config>,
     rx: Receiver<KernelCmd>,
     state: Option<StateDir>,
     queue_hits: Arc<AtomicU64>,
@@ -57,11 +63,15 @@ pub fn spawn(
             let mut worst_latency = Duration::ZERO;
             let mut committed = 0u64;
             let mut last_poll = Instant::now();
+            let mut cfg = cfg;
             loop {
                 if last_poll.elapsed() >= POLL_EVERY {
                     last_poll = Instant::now();
                     if let Some(Ok(Some(n))) = fw.as_ref().map(|(f, _)| f.queue_rule_packets()) {
                         queue_hits.store(n, Ordering::Relaxed);
+                    }
+                    if let Some((f, rules)) = &fw {
+                        heal(f, *rules, &cfg, &bans);
                     }
                 }
                 let first = match rx.recv_timeout(POLL_EVERY) {
@@ -102,19 +112,32 @@ pub fn spawn(
                             bans.remove(&a);
                             acks.extend(ack);
                         }
-                        KernelCmd::Update(cfg, reply) => {
+                        KernelCmd::Update(new, reply) => {
                             let r = match &fw {
                                 Some((f, rules)) => {
-                                    f.update(&rules.plan(&cfg)).map_err(anyhow::Error::from)
+                                    f.update(&rules.plan(&new)).map_err(anyhow::Error::from)
                                 }
                                 None => Ok(()),
                             };
+                            if r.is_ok() {
+                                cfg = new;
+                            }
                             let _ = reply.send(r);
                         }
                     }
                 }
                 let mut outcome = Ok(());
                 if let Some((f, _)) = &fw {
+                    // Removals first: a ban evicted from a full table
+                    // (`scan.max_bans`) leaves the kernel's set before the
+                    // one that took its place goes in.
+                    if !del.is_empty() {
+                        let del: Vec<IpAddr> = del.into_iter().collect();
+                        if let Err(e) = f.unban(&del) {
+                            eprintln!("portcullis: warning: removing bans from the kernel: {e}");
+                            outcome = Err(e.to_string());
+                        }
+                    }
                     if !add.is_empty() {
                         let add: Vec<(IpAddr, Duration)> = add.into_iter().collect();
                         match f.ban(&add) {
@@ -126,15 +149,8 @@ pub fn spawn(
                             }
                             Err(e) => {
                                 eprintln!("portcullis: error: adding bans to the kernel: {e}");
-                                outcome = Err(e.to_string());
+                                outcome = outcome.and(Err(e.to_string()));
                             }
-                        }
-                    }
-                    if !del.is_empty() {
-                        let del: Vec<IpAddr> = del.into_iter().collect();
-                        if let Err(e) = f.unban(&del) {
-                            eprintln!("portcullis: warning: removing bans from the kernel: {e}");
-                            outcome = outcome.and(Err(e.to_string()));
                         }
                     }
                 }
@@ -159,9 +175,48 @@ pub fn spawn(
         .context("starting the kernel thread")
 }
 
+/// Puts our kernel objects back if something else removed them.
+fn heal(f: &Firewall, rules: KernelRules, cfg: &Config, bans: &HashMap<IpAddr, Ban>) {
+    let damage = match f.check() {
+        Ok(d) if d.any() => d,
+        Ok(_) => return,
+        Err(e) => {
+            eprintln!("portcullis: warning: checking our kernel rules: {e}");
+            return;
+        }
+    };
+    let t = now();
+    let left: Vec<(IpAddr, Duration)> = bans
+        .values()
+        .map(|b| {
+            (
+                b.addr,
+                Duration::from_micros(b.until.as_micros().saturating_sub(t.as_micros())),
+            )
+        })
+        .filter(|(_, d)| !d.is_zero())
+        .collect();
+    let what = match (damage.table, damage.iptables) {
+        (true, true) => "the table and the iptables jumps",
+        (true, false) => "the table",
+        _ => "the iptables jumps",
+    };
+    match f.repair(&rules.plan(cfg), damage, &left) {
+        Ok(()) => eprintln!(
+            "portcullis: warning: something removed our kernel rules ({what}); put back with {} bans",
+            left.len()
+        ),
+        Err(e) => eprintln!("portcullis: error: putting back our kernel rules ({what}): {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    fn cfg_default() -> portcullis_engine::config::Config {
+        portcullis_engine::config::Config::default()
+    }
 
     use super::*;
     use crate::testing::RecordingRunner;
@@ -203,16 +258,24 @@ mod tests {
             tx.send(cmd).unwrap();
         }
         let hits = Arc::new(AtomicU64::new(0));
-        let thread = spawn(Some((fw, KernelRules::Full)), rx, Some(state.clone()), hits).unwrap();
+        let thread = spawn(
+            Some((fw, KernelRules::Full)),
+            Arc::new(cfg_default()),
+            rx,
+            Some(state.clone()),
+            hits,
+        )
+        .unwrap();
         assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
         drop(tx);
         thread.join().unwrap().unwrap();
 
         let calls = runner.calls();
         let commands: Vec<&str> = calls.iter().map(|c| c.command.as_str()).collect();
-        // Bans, unbans, teardown.
+        // Unbans first (a full set's evicted ban leaves before its
+        // replacement comes), bans, teardown.
         assert_eq!(commands, ["nft -f -"; 3], "{calls:#?}");
-        let (bans, unbans) = (&calls[0].stdin, &calls[1].stdin);
+        let (unbans, bans) = (&calls[0].stdin, &calls[1].stdin);
         for a in [
             "198.18.0.1 timeout",
             "198.18.0.2 timeout",
@@ -244,6 +307,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(16);
         let thread = spawn(
             Some((fw, KernelRules::Full)),
+            Arc::new(cfg_default()),
             rx,
             None,
             Arc::new(AtomicU64::new(0)),
@@ -276,7 +340,14 @@ mod tests {
     #[test]
     fn without_kernel_rules_nothing_runs_and_updates_succeed() {
         let (tx, rx) = crossbeam_channel::bounded(16);
-        let thread = spawn(None, rx, None, Arc::new(AtomicU64::new(0))).unwrap();
+        let thread = spawn(
+            None,
+            Arc::new(cfg_default()),
+            rx,
+            None,
+            Arc::new(AtomicU64::new(0)),
+        )
+        .unwrap();
         let (reply, result) = crossbeam_channel::bounded(1);
         let cfg = Arc::new(Config::default_policy().unwrap());
         tx.send(KernelCmd::Update(cfg, reply)).unwrap();

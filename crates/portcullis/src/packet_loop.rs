@@ -569,6 +569,7 @@ mod tests {
         let (kernel_tx, kernel_rx) = crossbeam_channel::bounded(1024);
         let kernel = crate::kernel_thread::spawn(
             Some((fw, KernelRules::Full)),
+            Arc::clone(&cfg),
             kernel_rx,
             None,
             Arc::new(std::sync::atomic::AtomicU64::new(0)),

@@ -115,6 +115,10 @@ fn main() {
         }
     }
     tests.push(live(
+        "rules_removed_by_nft_flush_ruleset_come_back_within_a_second",
+        self_healing,
+    ));
+    tests.push(live(
         "a_scan_spoofed_from_the_resolver_is_reported_not_banned",
         resolver_protected,
     ));
@@ -1782,6 +1786,54 @@ fn resolver_protected() -> Result<(), Failed> {
     // The same scan from b's own address is banned.
     net.nmap("b", "-sS", "1-100", FW_B, "20s");
     net.event("ban", |e| e["event_type"] == "ban" && e["src_ip"] == B)?;
+    net.stop()?;
+    net.assert_clean()
+}
+
+/// Issue 11, item 3: `nft flush ruleset` (a firewall manager's reload, a
+/// careless admin) removes our table and iptables jumps mid-run; within
+/// about a second everything is back, the banned address dropped again,
+/// one copy only; `iptables -F` (the filter table, not ours) changes
+/// nothing; the teardown after it is exact.
+fn self_healing() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start(r#"{"events": {"dns_queries": false}, "scan": {"enabled": false}}"#)?;
+    let (code, out) = net.ctl(&["ban", A, "--for", "10m"]);
+    if code != 0 {
+        return Err(format!("ban: {out}").into());
+    }
+    if net.ping("a", FW_A) {
+        return Err("the ban is not enforced".into());
+    }
+    net.fw("iptables", &["-F"]);
+    net.fw("nft", &["flush", "ruleset"]);
+    let t = std::time::Instant::now();
+    let back = wait_for(Duration::from_secs(3), || {
+        net.fw("nft", &["list", "set", "inet", "portcullis", "ban4"])
+            .contains(A)
+            .then_some(())
+    });
+    let took = t.elapsed();
+    eprintln!("rules back {took:?} after nft flush ruleset");
+    if back.is_none() {
+        return Err(format!("our rules did not come back:\n{}", net.log()).into());
+    }
+    if took > Duration::from_millis(1500) {
+        return Err(format!("our rules came back only after {took:?}").into());
+    }
+    if net.ping("a", FW_A) {
+        return Err("the banned address gets through after the repair".into());
+    }
+    if !net.ping("b", FW_B) {
+        return Err("another host is cut off after the repair".into());
+    }
+    let tables = net.fw("nft", &["list", "tables"]);
+    if tables.matches("table inet portcullis").count() != 1 {
+        return Err(format!("tables: {tables}").into());
+    }
+    if !net.log().contains("something removed our kernel rules") {
+        return Err(format!("the repair was not reported:\n{}", net.log()).into());
+    }
     net.stop()?;
     net.assert_clean()
 }
