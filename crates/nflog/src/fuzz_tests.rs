@@ -123,7 +123,8 @@ fn target(data: &[u8]) -> u64 {
             )));
         }
     }
-    features.truncate(16);
+    features.sort_unstable();
+    features.dedup();
     signature(&features)
 }
 
