@@ -320,6 +320,9 @@ fn fail(name: &str, settings: &Settings, bytes: &[u8], panic: &(dyn std::any::An
         settings.seed,
         hex(bytes)
     );
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        eprintln!("fuzz {name}: the same input as text:\n{text}");
+    }
     panic!(
         "fuzz target {name} failed: {msg}\ninput saved to {saved}\n\
          replay: PORTCULLIS_FUZZ_REPLAY={saved} cargo test <package> {name}"
