@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_engine::config::{schema, Config, ConfigError, ConfigErrors, DEFAULT_POLICY};
+use portcullis_engine::config::{schema, Config, ConfigErrors, DEFAULT_POLICY};
 use portcullis_engine::{DetectorMode, Direction, Engine, PacketIn, Timestamp};
 use portcullis_fuzzkit::{bucket, fuzz, signature, Input, Mutator, Rng};
 use portcullis_traffic::{dns_udp, flags, icmp_echo, port_scan, tcp, udp, ScanShape};
@@ -585,20 +585,15 @@ fn target(case: &Case) -> u64 {
                 );
                 let _ = e.to_string();
             }
-            if let Some(text) = reformatted {
+            // Duplicate keys are reported, and lost by reformatting (the
+            // last one stays): compare only files without them.
+            let dup = errs.iter().any(|e| e.message.starts_with("duplicate key"));
+            if let (Some(text), false) = (reformatted, dup) {
                 let again =
                     Config::from_json_str(&text, &case.lists).expect_err("fails once reformatted");
-                // Duplicate keys are reported, and lost by reformatting.
-                let dup = |e: &ConfigError| e.message.starts_with("duplicate key");
-                let paths = |e: &ConfigErrors| {
-                    e.iter()
-                        .filter(|e| !dup(e))
-                        .map(|e| e.path.clone())
-                        .collect::<BTreeSet<_>>()
-                };
-                if !errs.iter().any(dup) {
-                    assert_eq!(paths(&errs), paths(&again), "other errors once reformatted");
-                }
+                let paths =
+                    |e: &ConfigErrors| e.iter().map(|e| e.path.clone()).collect::<BTreeSet<_>>();
+                assert_eq!(paths(&errs), paths(&again), "other errors once reformatted");
             }
             signature(&(bucket(errs.len()), error_shape(&errs)))
         }
@@ -633,11 +628,10 @@ fn fuzz_config() {
             netlink: false,
         },
     };
-    let report = fuzz(
+    fuzz(
         "config",
         seeds.clone(),
         |c, rng, corpus| m.apply(c, rng, corpus),
         target,
     );
-    assert!(report.execs >= seeds.len() as u64);
 }

@@ -135,6 +135,5 @@ fn fuzz_nflog_datagram() {
         dict: Vec::new(),
         netlink: true,
     };
-    let report = fuzz_bytes("nflog_datagram", seeds(), mutator, target);
-    assert!(report.execs >= seeds().len() as u64);
+    fuzz_bytes("nflog_datagram", seeds(), mutator, target);
 }

@@ -289,6 +289,5 @@ fn fuzz_inject_answer() {
         // answered (link-local included).
         assert_eq!(r.is_ok(), s[0] != 0x04, "{r:?}");
     }
-    let report = fuzz_bytes("inject_answer", seeds(), mutator, target);
-    assert!(report.execs >= seeds().len() as u64);
+    fuzz_bytes("inject_answer", seeds(), mutator, target);
 }

@@ -191,6 +191,5 @@ fn fuzz_nfqueue_datagram() {
         dict: Vec::new(),
         netlink: true,
     };
-    let report = fuzz_bytes("nfqueue_datagram", seeds(), mutator, target);
-    assert!(report.execs >= seeds().len() as u64);
+    fuzz_bytes("nfqueue_datagram", seeds(), mutator, target);
 }
