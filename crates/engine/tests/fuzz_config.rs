@@ -472,7 +472,7 @@ fn mentioned(v: &Value, ips: &mut Vec<IpAddr>, ports: &mut Vec<u16>, names: &mut
 
 /// Runs a loaded config: packets to and from what it names (a scan
 /// among them), verdicts described, explanations and events written.
-fn exercise(cfg: Config, text: &str) -> u64 {
+fn exercise(cfg: Config, text: &str) -> Vec<u64> {
     let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let (mut ips, mut ports, mut names) = (Vec::new(), Vec::new(), Vec::new());
     mentioned(&v, &mut ips, &mut ports, &mut names);
@@ -563,13 +563,19 @@ fn exercise(cfg: Config, text: &str) -> u64 {
         let _ = ev.to_string();
     }
     let _ = cfg.rules.export();
-    signature(&(outcomes, kinds, banned))
+    let mut features: Vec<u64> = outcomes
+        .iter()
+        .map(|o| signature(&("verdict", o)))
+        .collect();
+    features.extend(kinds.iter().map(|k| signature(&("event", k))));
+    features.push(signature(&("banned", banned)));
+    features
 }
 
 /// No panic; every error has a message and a path or a line; a file that
 /// loads loads the same rules however it is formatted, and runs; one that
 /// fails fails at the same paths however it is formatted.
-fn target(case: &Case) -> u64 {
+fn target(case: &Case) -> Vec<u64> {
     let r = Config::from_json_str(&case.rules, &case.lists);
     let reformatted = serde_json::from_str::<Value>(&case.rules)
         .ok()
@@ -595,7 +601,12 @@ fn target(case: &Case) -> u64 {
                     |e: &ConfigErrors| e.iter().map(|e| e.path.clone()).collect::<BTreeSet<_>>();
                 assert_eq!(paths(&errs), paths(&again), "other errors once reformatted");
             }
-            signature(&(bucket(errs.len()), error_shape(&errs)))
+            let mut features: Vec<u64> = error_shape(&errs)
+                .iter()
+                .map(|e| signature(&("error", e)))
+                .collect();
+            features.push(signature(&("errors", bucket(errs.len()))));
+            features
         }
         Ok(cfg) => {
             let stats = cfg.rules.stats();
@@ -604,7 +615,9 @@ fn target(case: &Case) -> u64 {
                     Config::from_json_str(text, &case.lists).expect("loads once reformatted");
                 assert_eq!(again.rules.stats(), stats, "other rules once reformatted");
             }
-            signature(&(exercise(cfg, &case.rules), format!("{stats:?}").len() / 8))
+            let mut features = exercise(cfg, &case.rules);
+            features.push(signature(&("stats", format!("{stats:?}").len() / 8)));
+            features
         }
     }
 }

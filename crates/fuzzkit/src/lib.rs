@@ -5,11 +5,11 @@
 //! stable, inside `cargo test`: start from real seed inputs, mutate them
 //! (bit flips, interesting values, length-field edits, truncations,
 //! insertions, splices, dictionary tokens, netlink-aware edits), and keep
-//! every input whose *behaviour signature* is new as a parent for further
-//! mutation. The signature is whatever the target returns: a hash of what
-//! the code under test did (which error, how many packets, which optional
-//! fields were present). It is a cheap stand-in for coverage: inputs that
-//! reach new outcomes are kept, the rest thrown away.
+//! every input that shows a *feature* not seen before as a parent for
+//! further mutation. Features are what the target returns: hashes of
+//! what the code under test did (which error, how many packets, which
+//! optional fields were present). They are a cheap stand-in for coverage:
+//! inputs that reach new outcomes are kept, the rest thrown away.
 //!
 //! ```no_run
 //! use portcullis_fuzzkit::{fuzz_bytes, signature, Mutator};
@@ -17,7 +17,7 @@
 //! let seeds = vec![b"hello".to_vec()];
 //! fuzz_bytes("example", seeds, Mutator::default(), |data| {
 //!     // Check properties with assert!; a panic is a failure.
-//!     signature(&data.len().min(8))
+//!     vec![signature(&data.len().min(8))]
 //! });
 //! ```
 //!
@@ -100,8 +100,7 @@ impl Rng {
     }
 }
 
-/// Hash of anything hashable: build a target's behaviour signature from
-/// what it observed.
+/// Hash of anything hashable: one feature of what a target observed.
 pub fn signature<T: Hash + ?Sized>(what: &T) -> u64 {
     let mut h = DefaultHasher::new();
     what.hash(&mut h);
@@ -109,7 +108,7 @@ pub fn signature<T: Hash + ?Sized>(what: &T) -> u64 {
 }
 
 /// `n` rounded to a power-of-two bucket (0, 1, 2-3, 4-7, 8-15, ...), so that a
-/// length in a signature does not make every input look new.
+/// length in a feature does not make every input look new.
 pub fn bucket(n: usize) -> u32 {
     usize::BITS - n.leading_zeros()
 }
@@ -196,8 +195,8 @@ pub struct Report {
     pub execs: u64,
     /// Inputs kept as parents at the end.
     pub corpus: usize,
-    /// Distinct behaviour signatures seen.
-    pub signatures: usize,
+    /// Distinct features seen.
+    pub features: usize,
 }
 
 /// Fuzzes `target` over inputs of type `I` for the budget of
@@ -206,14 +205,14 @@ pub struct Report {
 /// and is given the corpus for splicing).
 ///
 /// `target` checks its properties with `assert!` and returns the
-/// input's behaviour signature. A panic is a failure: the input is
+/// input's features; an input with a feature not seen before is kept. A panic is a failure: the input is
 /// printed in hex and saved, and this function panics with the path and
 /// the replay command. Prints executions, rate and corpus size.
 pub fn fuzz<I, M, T>(name: &str, seeds: Vec<I>, mut mutate: M, target: T) -> Report
 where
     I: Input,
     M: FnMut(&mut I, &mut Rng, &[I]),
-    T: Fn(&I) -> u64,
+    T: Fn(&I) -> Vec<u64>,
 {
     let settings = Settings::from_env();
     if let Some(path) = &settings.replay {
@@ -229,7 +228,9 @@ where
     let mut run = |input: &I, seen: &mut HashSet<u64>| -> bool {
         execs += 1;
         match catch_unwind(AssertUnwindSafe(|| target(input))) {
-            Ok(sig) => seen.insert(sig),
+            Ok(features) => features
+                .into_iter()
+                .fold(false, |new, f| seen.insert(f) | new),
             Err(panic) => fail(name, &settings, &input.to_bytes(), &*panic),
         }
     };
@@ -255,13 +256,13 @@ where
     let report = Report {
         execs,
         corpus: corpus.len(),
-        signatures: seen.len(),
+        features: seen.len(),
     };
     println!(
-        "fuzz {name}: {} execs in {secs:.1} s ({:.0}/s), {} signatures, corpus {} ({n_seeds} seeds), seed {:#x}",
+        "fuzz {name}: {} execs in {secs:.1} s ({:.0}/s), {} features, corpus {} ({n_seeds} seeds), seed {:#x}",
         report.execs,
         report.execs as f64 / secs.max(1e-9),
-        report.signatures,
+        report.features,
         report.corpus,
         settings.seed,
     );
@@ -271,7 +272,7 @@ where
 /// [`fuzz`] over plain byte strings with a [`Mutator`].
 pub fn fuzz_bytes<T>(name: &str, seeds: Vec<Vec<u8>>, mutator: Mutator, target: T) -> Report
 where
-    T: Fn(&[u8]) -> u64,
+    T: Fn(&[u8]) -> Vec<u64>,
 {
     fuzz(
         name,
@@ -331,7 +332,7 @@ fn fail(name: &str, settings: &Settings, bytes: &[u8], panic: &(dyn std::any::An
 
 /// Runs the saved inputs named after `name` under `path` once each,
 /// letting a panic through.
-fn replay<I: Input, T: Fn(&I) -> u64>(name: &str, path: &Path, target: &T) -> Report {
+fn replay<I: Input, T: Fn(&I) -> Vec<u64>>(name: &str, path: &Path, target: &T) -> Report {
     let prefix = format!("{name}-");
     let files: Vec<PathBuf> = if path.is_dir() {
         std::fs::read_dir(path)
@@ -365,7 +366,7 @@ fn replay<I: Input, T: Fn(&I) -> u64>(name: &str, path: &Path, target: &T) -> Re
     Report {
         execs,
         corpus: 0,
-        signatures: 0,
+        features: 0,
     }
 }
 

@@ -46,8 +46,8 @@ fn error_kind(e: &DecodeError) -> u16 {
     }
 }
 
-/// Checks one decoded packet; returns its features for the signature.
-fn check_packet(datagram: &[u8], p: &LoggedPacket<'_>) -> u64 {
+/// Checks one decoded packet; returns its features.
+fn check_packet(datagram: &[u8], p: &LoggedPacket<'_>) -> Vec<u64> {
     assert!(within(datagram, p.payload), "payload outside the datagram");
     if let Some(prefix) = p.prefix {
         assert!(within(datagram, prefix), "prefix outside the datagram");
@@ -59,21 +59,30 @@ fn check_packet(datagram: &[u8], p: &LoggedPacket<'_>) -> u64 {
         // The IP header's own length: at least a header's worth.
         assert!(len >= 20, "original_len {len}");
     }
-    signature(&(
-        bucket(p.payload.len()),
-        p.prefix.map(<[u8]>::len).map(bucket),
-        p.timestamp_micros.is_some(),
-        p.seq.is_some(),
-        p.seq_global.is_some(),
-        [p.indev, p.outdev, p.phys_indev, p.phys_outdev, p.uid, p.gid].map(|v| v.is_some()),
-        hw,
-        p.original_len.map(|l| l as usize >= p.payload.len()),
-    ))
+    vec![
+        signature(&(
+            "payload",
+            bucket(p.payload.len()),
+            p.original_len.map(|l| l as usize >= p.payload.len()),
+        )),
+        signature(&("prefix", p.prefix.map(<[u8]>::len).map(bucket))),
+        signature(&(
+            "fields",
+            [p.indev, p.outdev, p.phys_indev, p.phys_outdev, p.uid, p.gid].map(|v| v.is_some()),
+        )),
+        signature(&(
+            "meta",
+            p.timestamp_micros.is_some(),
+            p.seq.is_some(),
+            p.seq_global.is_some(),
+            hw,
+        )),
+    ]
 }
 
 /// `decode_datagram`, `LoggedPacket::decode` and the counting `State`
 /// agree, never panic, and never point outside the datagram.
-fn target(data: &[u8]) -> u64 {
+fn target(data: &[u8]) -> Vec<u64> {
     let mut features = Vec::new();
     let mut oks = 0u64;
     let mut errs = 0u64;
@@ -82,7 +91,7 @@ fn target(data: &[u8]) -> u64 {
         match &item {
             Ok(p) => {
                 oks += 1;
-                features.push(check_packet(data, p));
+                features.extend(check_packet(data, p));
             }
             Err(e) => {
                 errs += 1;
@@ -123,9 +132,7 @@ fn target(data: &[u8]) -> u64 {
             )));
         }
     }
-    features.sort_unstable();
-    features.dedup();
-    signature(&features)
+    features
 }
 
 #[test]

@@ -150,9 +150,9 @@ fn checksum_ok(s: &SlicedPacket<'_>) -> bool {
 /// NXDOMAIN with the query's id and questions (`check_nxdomain`); TCP
 /// gets the answer with the flow's numbers and a reset to the resolver,
 /// a SYN only a RST|ACK. On error nothing is built.
-fn target(input: &[u8]) -> u64 {
+fn target(input: &[u8]) -> Vec<u64> {
     let Some(l3) = packet(input) else {
-        return 0;
+        return Vec::new();
     };
     let mut answer = Answer::default();
     let r = build_answer(&l3, &mut answer);
@@ -216,17 +216,18 @@ fn target(input: &[u8]) -> u64 {
             }
         }
     }
-    signature(&(
-        input.first().map(|b| b & (RAW | TCP | V6 | 0x0c)),
-        input.get(1).filter(|_| input[0] & (RAW | TCP) == TCP),
-        r.as_ref().map_err(|e| match e {
-            InjectError::Dns(d) => Some(*d),
-            _ => None,
-        }),
-        r.as_ref().map_err(std::mem::discriminant),
-        shape,
-        bucket(l3.len()),
-    ))
+    let kind = input.first().map(|b| b & (RAW | TCP | V6 | 0x0c));
+    let tcp_flags = input.get(1).filter(|_| input[0] & (RAW | TCP) == TCP);
+    let dns = r.as_ref().map_err(|e| match e {
+        InjectError::Dns(d) => Some(*d),
+        _ => None,
+    });
+    let err = r.as_ref().map_err(std::mem::discriminant);
+    vec![
+        signature(&("result", kind, err, dns, shape)),
+        signature(&("tcp", tcp_flags, err, shape)),
+        signature(&("len", kind, err, bucket(l3.len()))),
+    ]
 }
 
 fn addr(s: &str) -> SocketAddr {

@@ -119,7 +119,7 @@ fn dict() -> Vec<Vec<u8>> {
 /// No panic; an answer exactly when `parse_query` reads the message, with
 /// the properties of `check_nxdomain`; the TCP variant agrees with the
 /// UDP one and prefixes the length; on error nothing is written.
-fn target(m: &[u8]) -> u64 {
+fn target(m: &[u8]) -> Vec<u64> {
     let mut out = vec![0xaa; 3];
     let r = nxdomain_response(m, &mut out);
     let mut tcp = (m.len().min(0xffff) as u16).to_be_bytes().to_vec();
@@ -152,16 +152,18 @@ fn target(m: &[u8]) -> u64 {
         }
     }
     let q = parsed.as_ref().ok();
-    signature(&(
-        r.err(),
-        q.map(|q| q.questions().count()),
-        q.map(|q| q.header.qdcount.min(8)),
-        bucket(out.len()),
-        out.get(11).copied(), // ARCOUNT low byte: OPT found or not
-        // Which record sections the query claims to have.
-        m.get(6..12)
-            .map(|c| c.chunks(2).map(|n| n != [0, 0]).collect::<Vec<_>>()),
-    ))
+    let questions = q.map(|q| (q.questions().count(), q.header.qdcount.min(8)));
+    // Which record sections the query claims to have.
+    let sections = m
+        .get(6..12)
+        .map(|c| c.chunks(2).map(|n| n != [0, 0]).collect::<Vec<_>>());
+    let opt = out.get(11).copied(); // ARCOUNT low byte: OPT found or not
+    vec![
+        signature(&("result", r.err(), questions)),
+        signature(&("sections", r.is_ok(), &sections, opt)),
+        signature(&("len", r.err(), bucket(m.len()), bucket(out.len()))),
+        signature(&("opt", r.is_ok(), opt, questions)),
+    ]
 }
 
 #[test]
