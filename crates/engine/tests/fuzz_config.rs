@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -256,6 +257,10 @@ const LIST_LINES: &[&str] = &[
 ];
 
 struct Mutate {
+    /// The seeds that load: half the donors, and a fresh start now and
+    /// then (without it the corpus fills with files that fail, whose
+    /// mutants fail too).
+    loading: Vec<Case>,
     values: Vec<Value>,
     keys: Vec<String>,
     bytes: Mutator,
@@ -287,7 +292,8 @@ impl Mutate {
         let ptr = rng.pick(&ptrs).clone();
         let choice = rng.below(7);
         let donated = if choice == 1 {
-            Self::donor(&ptr, rng, corpus)
+            let from = if rng.one_in(2) { &self.loading } else { corpus };
+            Self::donor(&ptr, rng, from)
         } else {
             None
         };
@@ -386,6 +392,9 @@ impl Mutate {
     }
 
     fn apply(&self, case: &mut Case, rng: &mut Rng, corpus: &[Case]) {
+        if rng.one_in(4) {
+            *case = rng.pick(&self.loading).clone();
+        }
         match rng.below(10) {
             0 => {
                 let mut b = case.rules.as_bytes().to_vec();
@@ -572,6 +581,10 @@ fn exercise(cfg: Config, text: &str) -> Vec<u64> {
     features
 }
 
+/// Inputs that loaded (printed at the end: how much of the run got past
+/// the loader).
+static LOADED: AtomicU64 = AtomicU64::new(0);
+
 /// No panic; every error has a message and a path or a line; a file that
 /// loads loads the same rules however it is formatted, and runs; one that
 /// fails fails at the same paths however it is formatted.
@@ -609,6 +622,7 @@ fn target(case: &Case) -> Vec<u64> {
             features
         }
         Ok(cfg) => {
+            LOADED.fetch_add(1, Ordering::Relaxed);
             let stats = cfg.rules.stats();
             if let Some(text) = &reformatted {
                 let again =
@@ -631,6 +645,7 @@ fn fuzz_config() {
         }
     }
     let m = Mutate {
+        loading: seeds[..seeds.len() - 1].to_vec(),
         values: edge_values(),
         keys: keys(&seeds),
         bytes: Mutator {
@@ -641,10 +656,15 @@ fn fuzz_config() {
             netlink: false,
         },
     };
-    fuzz(
+    let report = fuzz(
         "config",
         seeds.clone(),
         |c, rng, corpus| m.apply(c, rng, corpus),
         target,
+    );
+    println!(
+        "fuzz config: {} of {} inputs loaded",
+        LOADED.load(Ordering::Relaxed),
+        report.execs
     );
 }
