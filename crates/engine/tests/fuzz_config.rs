@@ -392,7 +392,10 @@ impl Mutate {
     }
 
     fn apply(&self, case: &mut Case, rng: &mut Rng, corpus: &[Case]) {
-        if rng.one_in(4) {
+        // Fresh starts, and a bound on growth (duplicated elements and
+        // lines add up over generations).
+        let size = case.rules.len() + case.lists.values().map(String::len).sum::<usize>();
+        if rng.one_in(4) || size > 64 * 1024 {
             *case = rng.pick(&self.loading).clone();
         }
         match rng.below(10) {
