@@ -70,6 +70,8 @@
 mod error;
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod fuzz_tests;
 mod log;
 mod msg;
 mod proc;

@@ -570,4 +570,4 @@ pub(crate) fn encode_verdict(
 pub(crate) const MAX_VERDICT_MSG_LEN: usize = NLMSG_HDRLEN + NFGENMSG_LEN + 12 + 8;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

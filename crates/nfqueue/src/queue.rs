@@ -964,4 +964,6 @@ fn plan_verdicts(
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -47,7 +47,7 @@ static CONFIG_BIND: [u8; 64] = [
 /// packet header, indev, mark, hw address, timestamp, skb info, and the
 /// payload last and unpadded (a 29-byte IPv4/UDP packet 198.18.0.1 ->
 /// 198.18.0.2, port 12345 -> 9999).
-static PACKET_MSG: [u8; 125] = [
+pub(crate) static PACKET_MSG: [u8; 125] = [
     0x7d, 0x00, 0x00, 0x00, // len 125
     0x00, 0x03, 0x00, 0x00, // type: subsys 3, msg 0 (packet); flags 0
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // seq, pid
@@ -154,7 +154,7 @@ fn decodes_packet_message() {
 }
 
 /// A packet message built from attributes, for the cases not in `PACKET_MSG`.
-fn packet_msg(attrs: &[(u16, &[u8])]) -> Vec<u8> {
+pub(crate) fn packet_msg(attrs: &[(u16, &[u8])]) -> Vec<u8> {
     let mut buf = Vec::new();
     let mut w = MsgWriter::begin(&mut buf, NFQNL_MSG_PACKET, 0, 0, 3);
     for (ty, v) in attrs {
@@ -270,7 +270,7 @@ fn nlmsg_length_out_of_range_is_an_error() {
 
 /// `NLMSG_ERROR` acknowledging seq 1 (error 0) and one answering seq 9 with
 /// -EPERM, in one datagram.
-static ACK_AND_ERROR: [u8; 72] = [
+pub(crate) static ACK_AND_ERROR: [u8; 72] = [
     0x24, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x01, 0x01, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00,
     0x00, 0x00, 0x00, 0x00, // error 0: ack
     0x40, 0x00, 0x00, 0x00, 0x02, 0x03, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00,
