@@ -1038,21 +1038,7 @@ impl Engine {
         let now = self.now;
         self.flush();
         if cfg.scan != self.cfg.scan {
-            if let DetectorLink::Thread(t) =
-                std::mem::replace(&mut self.detector, DetectorLink::Off)
-            {
-                let (_, reports) = t.shutdown();
-                for r in reports {
-                    self.on_report(r, now);
-                }
-            }
-            if let DetectorLink::Inline(d) = &mut self.detector {
-                d.finish();
-                let ends: Vec<ScanSummary> = d.drain_ends().collect();
-                for e in ends {
-                    self.on_summary(e, now);
-                }
-            }
+            self.close_detector(now);
             self.detector = DetectorLink::new(&cfg, self.mode)?;
         }
         let mut out = Vec::new();
@@ -1153,11 +1139,10 @@ impl Engine {
         }
     }
 
-    /// End of input (replay end, shutdown): closes every drop window and
-    /// reports what is pending, at the last packet time seen. Bans stay.
-    pub fn finish(&mut self) {
-        let now = self.now;
-        self.flush();
+    /// Ends every open scan episode (their summaries written at `now`): a
+    /// detector thread is shut down (left `Off`), an inline detector is
+    /// kept.
+    fn close_detector(&mut self, now: Timestamp) {
         if matches!(self.detector, DetectorLink::Thread(_)) {
             if let DetectorLink::Thread(t) =
                 std::mem::replace(&mut self.detector, DetectorLink::Off)
@@ -1175,6 +1160,14 @@ impl Engine {
                 self.on_summary(e, now);
             }
         }
+    }
+
+    /// End of input (replay end, shutdown): closes every drop window and
+    /// reports what is pending, at the last packet time seen. Bans stay.
+    pub fn finish(&mut self) {
+        let now = self.now;
+        self.flush();
+        self.close_detector(now);
         for b in self.bans.expire(now) {
             let at = b.until;
             self.unbanned(b, at, UnbanReason::Expired);

@@ -574,3 +574,32 @@ fn a_critical_peer_is_reported_never_banned_by_a_scan() {
         "{x}"
     );
 }
+
+/// Regression: a reload that changes the scan settings ends the open scan
+/// episodes with their summaries (it used to drop the inline detector and
+/// lose them).
+#[test]
+fn a_reload_that_restarts_the_detector_writes_the_open_summaries() {
+    let mut e = engine(r#"{"home_net": ["198.18.0.1/32"]}"#);
+    let frames = traffic::port_scan(
+        ip("198.18.0.66"),
+        ip("198.18.0.1"),
+        &(1..=20).collect::<Vec<u16>>(),
+        traffic::ScanShape::Syn,
+        T0,
+        1_000,
+    );
+    feed(&mut e, &frames, None);
+    let _ = e.drain_events().count();
+    let cfg = Config::from_json_str(
+        r#"{"home_net": ["198.18.0.1/32"], "scan": {"port_threshold": 7}}"#,
+        &NoLists,
+    )
+    .unwrap();
+    e.reload(Arc::new(cfg)).unwrap();
+    let ends: Vec<Event> = e
+        .drain_events()
+        .filter(|ev| matches!(&ev.body, Body::Scan(s) if s.scan.phase == ScanPhase::End))
+        .collect();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+}
