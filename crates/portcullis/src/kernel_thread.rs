@@ -25,6 +25,9 @@ use crate::state::StateDir;
 const BAN_BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// How often the queue rule's counter is read.
 const POLL_EVERY: Duration = Duration::from_secs(1);
+/// The bans file is written at most this often (and at exit): a flood of
+/// bans costs one write a second, not one per batch.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Tells whoever asked for a kernel change whether it is done.
 pub type Ack = Sender<std::result::Result<(), String>>;
@@ -64,7 +67,20 @@ pub fn spawn(
             let mut committed = 0u64;
             let mut last_poll = Instant::now();
             let mut cfg = cfg;
+            // Bans changed since the file was last written.
+            let mut dirty = false;
+            let mut last_save: Option<Instant> = None;
+            let save = |bans: &HashMap<IpAddr, Ban>| {
+                if let Some(Err(e)) = state.as_ref().map(|s| s.save_bans(bans.values())) {
+                    eprintln!("portcullis: warning: {e:#}");
+                }
+            };
             loop {
+                if dirty && last_save.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+                    save(&bans);
+                    dirty = false;
+                    last_save = Some(Instant::now());
+                }
                 if last_poll.elapsed() >= POLL_EVERY {
                     last_poll = Instant::now();
                     if let Some(Ok(Some(n))) = fw.as_ref().map(|(f, _)| f.queue_rule_packets()) {
@@ -74,7 +90,9 @@ pub fn spawn(
                         heal(f, *rules, &cfg, &bans);
                     }
                 }
-                let first = match rx.recv_timeout(POLL_EVERY) {
+                // Wake in time for a deferred write of the bans file.
+                let wait = if dirty { SAVE_EVERY / 4 } else { POLL_EVERY };
+                let first = match rx.recv_timeout(wait) {
                     Ok(c) => c,
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -157,9 +175,15 @@ pub fn spawn(
                 for ack in acks {
                     let _ = ack.send(outcome.clone());
                 }
-                if let Some(Err(e)) = state.as_ref().map(|s| s.save_bans(bans.values())) {
-                    eprintln!("portcullis: warning: {e:#}");
+                dirty = true;
+                if last_save.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+                    save(&bans);
+                    dirty = false;
+                    last_save = Some(Instant::now());
                 }
+            }
+            if dirty {
+                save(&bans);
             }
             if committed > 0 {
                 eprintln!(
@@ -361,5 +385,65 @@ mod tests {
         assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
         drop(tx);
         thread.join().unwrap().unwrap();
+    }
+
+    /// Issue 11, item 1: under a stream of bans the state file is written
+    /// at most once a second (each write renames a new file into place: a
+    /// new inode), and what was deferred is written within the second.
+    #[test]
+    fn the_bans_file_is_written_at_most_once_a_second() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let file = state.bans_path();
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let thread = spawn(
+            None,
+            Arc::new(cfg_default()),
+            rx,
+            Some(state.clone()),
+            Arc::new(AtomicU64::new(0)),
+        )
+        .unwrap();
+        let ban_one = |i: u8| {
+            let (ack, done) = crossbeam_channel::bounded(1);
+            tx.send(KernelCmd::Ban(ban(&format!("198.18.0.{i}")), Some(ack)))
+                .unwrap();
+            assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
+        };
+        ban_one(1);
+        // The first change is written at once (the ack comes just before).
+        let first = wait(|| std::fs::metadata(&file).ok().map(|m| m.ino()));
+        let t = Instant::now();
+        for i in 2..=10 {
+            ban_one(i);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if t.elapsed() < Duration::from_millis(800) {
+            assert_eq!(
+                std::fs::metadata(&file).unwrap().ino(),
+                first,
+                "written again within the second"
+            );
+        }
+        let later = wait(|| {
+            let ino = std::fs::metadata(&file).ok()?.ino();
+            (ino != first).then_some(ino)
+        });
+        assert_ne!(later, first);
+        assert_eq!(state.load_bans().unwrap().len(), 10);
+        drop(tx);
+        thread.join().unwrap().unwrap();
+    }
+
+    fn wait<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
