@@ -107,13 +107,7 @@ impl Runner for SystemRunner {
         let input = child.stdin.take();
         let out_pipe = child.stdout.take();
         let err_pipe = child.stderr.take();
-        let drain = |pipe: Option<std::process::ChildStdout>| -> io::Result<Vec<u8>> {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                p.read_to_end(&mut buf)?;
-            }
-            Ok(buf)
-        };
+
         // Input, output and error on their own threads so that a child
         // writing a lot before it has read all its input cannot deadlock
         // us; the wait on a fourth, so that it can time out.
@@ -125,13 +119,7 @@ impl Runner for SystemRunner {
                 Ok(())
             });
             let stdout = s.spawn(move || drain(out_pipe));
-            let stderr = s.spawn(move || -> io::Result<Vec<u8>> {
-                let mut buf = Vec::new();
-                if let Some(mut p) = err_pipe {
-                    p.read_to_end(&mut buf)?;
-                }
-                Ok(buf)
-            });
+            let stderr = s.spawn(move || drain(err_pipe));
             let (tx, rx) = std::sync::mpsc::channel();
             s.spawn(move || {
                 let _ = tx.send(child.wait());
@@ -175,6 +163,15 @@ impl Runner for SystemRunner {
             }
         })
     }
+}
+
+/// Everything a child's pipe (if any) gives until it closes.
+fn drain(pipe: Option<impl Read>) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if let Some(mut p) = pipe {
+        p.read_to_end(&mut buf)?;
+    }
+    Ok(buf)
 }
 
 /// Runs `program` through `runner`; its stdout, or a [`KernelError`] that

@@ -79,7 +79,7 @@ pub fn load_for_daemon(
             .chain(
                 local_addresses()
                     .into_iter()
-                    .map(|n| (n.addr(), "this host's own address".to_owned())),
+                    .map(|n| (n.addr(), crate::peers::Why::OwnAddress.as_str().to_owned())),
             )
             .collect();
     }

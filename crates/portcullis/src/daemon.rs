@@ -81,7 +81,7 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
         let list: Vec<String> = cfg
             .critical_peers
             .iter()
-            .filter(|(_, why)| !why.starts_with("this host"))
+            .filter(|(_, why)| why != crate::peers::Why::OwnAddress.as_str())
             .map(|(a, why)| format!("{a} ({why})"))
             .chain(std::iter::once("this host's own addresses".to_owned()))
             .collect();

@@ -20,6 +20,8 @@ use std::path::Path;
 pub enum Why {
     Gateway,
     Resolver,
+    /// One of this host's own addresses.
+    OwnAddress,
 }
 
 impl Why {
@@ -27,6 +29,7 @@ impl Why {
         match self {
             Self::Gateway => "default gateway",
             Self::Resolver => "DNS resolver",
+            Self::OwnAddress => "this host's own address",
         }
     }
 }
