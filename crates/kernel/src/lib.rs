@@ -157,7 +157,9 @@ struct Applied {
     queue_num: u16,
     fail_open: bool,
     queue_mark: u32,
-    user_space: bool,
+    /// Something is held ([`KernelPlan::holds`]): on the iptables path,
+    /// our iptables chain and jumps exist.
+    holds: bool,
 }
 
 impl Applied {
@@ -166,7 +168,7 @@ impl Applied {
             queue_num: plan.queue_num,
             fail_open: plan.fail_open,
             queue_mark: plan.queue_mark,
-            user_space: plan.user_space,
+            holds: plan.holds(),
         }
     }
 }
@@ -241,9 +243,7 @@ impl Firewall {
         };
         let r = fw.runner.as_ref();
         let iptables = match path {
-            QueuePath::IptablesNfqueue if plan.user_space => {
-                fw.install_iptables_noting_tables(plan)
-            }
+            QueuePath::IptablesNfqueue if plan.holds() => fw.install_iptables_noting_tables(plan),
             // Leftovers of an earlier fallback run (before a kernel upgrade).
             _ if fw.caps.iptables => remove_iptables(r).map(drop),
             _ => Ok(()),
@@ -274,6 +274,31 @@ impl Firewall {
         result
     }
 
+    /// iptables-nft leaves the `security` table it created for our jumps
+    /// behind, with empty built-in chains that every packet still crosses.
+    /// Removes each one our install created, if nobody has put anything in
+    /// it since.
+    fn drop_created_tables(&self) {
+        let created = self
+            .created_tables
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        let r = self.runner.as_ref();
+        for fam in created {
+            let listing = security_listing(r, fam);
+            if listing.is_ok_and(|l| iptables::is_bare(&l)) {
+                // Best effort: a table we cannot remove is only a cost.
+                let _ = run(
+                    r,
+                    "nft",
+                    &["delete", "table", fam.nft_family(), iptables::TABLE],
+                    None,
+                );
+            }
+        }
+    }
+
     /// Whether everything of ours is still in the kernel: the table with
     /// its chains' rules, and on the iptables path our chain, its NFQUEUE
     /// rule and the three jumps in both families. Something else (`nft
@@ -282,7 +307,7 @@ impl Firewall {
     /// back. Two or three program runs (a few ms).
     pub fn check(&self) -> Result<Damage, KernelError> {
         let r = self.runner.as_ref();
-        let user_space = self.applied.lock().map_or(true, |a| a.user_space);
+        let holds = self.applied.lock().map_or(true, |a| a.holds);
         let table = match run(r, "nft", &["list", "chain", "inet", TABLE, "input"], None) {
             // Our chain with its ban rules: not flushed.
             Ok(listing) => !listing.contains("@ban4"),
@@ -294,7 +319,7 @@ impl Firewall {
             Err(e) => return Err(e),
         };
         let mut iptables = false;
-        if self.path == QueuePath::IptablesNfqueue && user_space {
+        if self.path == QueuePath::IptablesNfqueue && holds {
             for fam in Family::BOTH {
                 let listing = security_listing(r, fam)?;
                 let ours = iptables::parse(&listing);
@@ -348,8 +373,8 @@ impl Firewall {
     /// queue counter: this minus what the daemon received is what passed
     /// uninspected. `None` on the nft `queue` path (not counted there yet).
     pub fn queue_rule_packets(&self) -> Result<Option<u64>, KernelError> {
-        let user_space = self.applied.lock().map_or(true, |a| a.user_space);
-        if self.path != QueuePath::IptablesNfqueue || !user_space {
+        let holds = self.applied.lock().map_or(true, |a| a.holds);
+        if self.path != QueuePath::IptablesNfqueue || !holds {
             return Ok(None);
         }
         let mut total = 0;
@@ -389,10 +414,13 @@ impl Firewall {
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         self.nft_script(&script)?;
         if self.path == QueuePath::IptablesNfqueue && *applied != new {
-            if new.user_space {
+            if new.holds && !applied.holds {
+                self.install_iptables_noting_tables(plan)?;
+            } else if new.holds {
                 install_iptables(self.runner.as_ref(), &new)?;
-            } else {
+            } else if applied.holds {
                 remove_iptables(self.runner.as_ref())?;
+                self.drop_created_tables();
             }
         }
         *applied = new;
@@ -470,27 +498,8 @@ impl Firewall {
         } else {
             Ok(())
         };
-        // iptables-nft leaves the `security` table it created for our jumps
-        // behind, with empty built-in chains. Remove it only if our install
-        // created it and nobody has put anything in it since.
         if iptables.is_ok() {
-            let created = self
-                .created_tables
-                .lock()
-                .map(|c| c.clone())
-                .unwrap_or_default();
-            for fam in created {
-                let r = self.runner.as_ref();
-                let listing = security_listing(r, fam);
-                if listing.is_ok_and(|l| iptables::is_bare(&l)) {
-                    let _ = run(
-                        r,
-                        "nft",
-                        &["delete", "table", fam.nft_family(), iptables::TABLE],
-                        None,
-                    );
-                }
-            }
+            self.drop_created_tables();
         }
         let table = self.nft_script(&nft::remove_table());
         iptables.and(table)

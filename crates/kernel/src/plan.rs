@@ -124,9 +124,15 @@ pub struct KernelPlan {
     /// user space per second (to be logged), burst twice that; the rest are
     /// dropped in the kernel. 0: none are, all are dropped in the kernel.
     pub block_log_rate: u32,
-    /// Queue DNS queries (UDP and TCP destination port 53, every packet):
-    /// needed for domain rules and `dns` events.
+    /// User space sees DNS queries (UDP and TCP destination port 53, every
+    /// packet): needed for domain rules and `dns` events. Held when
+    /// [`KernelPlan::hold_dns`] is set (or no NFLOG group exists), otherwise
+    /// copied to the NFLOG group while the kernel's rules decide.
     pub queue_dns: bool,
+    /// DNS queries wait for user space's verdict: domain rules exist (a
+    /// blocked name is dropped and answered NXDOMAIN by user space). Without
+    /// domain rules, `dns` events need only a copy of each query.
+    pub hold_dns: bool,
     /// Queue new outbound connections (composite rules that can match
     /// outbound packets, or a default policy of drop). Without it the
     /// `output` chain queues only DNS and rate-limited blocked packets.
@@ -177,6 +183,7 @@ impl KernelPlan {
         plan.block_log_rate = cfg.inline.block_log_rate;
         plan.queue_all = distinct(&cfg.inline.queue_all);
         plan.queue_dns = export.has_domains || cfg.events.dns_queries;
+        plan.hold_dns = export.has_domains;
         plan.queue_output_new = export.outbound_rules || default_drop;
         plan.queue_new_all_protocols = export.rules > 0 || default_drop;
         plan.queue_probes = cfg.scan.enabled;
@@ -201,6 +208,7 @@ impl KernelPlan {
         plan.allow_protocols.clear();
         plan.queue_all.clear();
         plan.queue_dns = false;
+        plan.hold_dns = false;
         plan.queue_output_new = false;
         plan.queue_new_all_protocols = false;
         plan.hold_blocked_new = false;
@@ -231,6 +239,7 @@ impl KernelPlan {
             queue_mark: opts.queue_mark,
             block_log_rate: 100,
             queue_dns: true,
+            hold_dns: export.has_domains,
             queue_output_new: export.outbound_rules,
             queue_new_all_protocols: export.rules > 0,
             hold_blocked_new: export.allow_rules > 0,
@@ -478,9 +487,19 @@ impl KernelPlan {
             return r;
         }
         // 4. DNS queries, every packet (a reused socket is ESTABLISHED;
-        //    TCP DNS data too); protocols queued whole.
+        //    TCP DNS data too): held when user space decides them (domain
+        //    rules), else copied while the rules below decide (the copies
+        //    further down then leave DNS out, so each query is seen once);
+        //    protocols queued whole.
         if self.queue_dns {
-            r.push("meta l4proto { tcp, udp } th dport 53 goto to_user".into());
+            if self.dns_observed() {
+                r.push(format!(
+                    "meta l4proto {{ tcp, udp }} th dport 53 {}",
+                    self.see()
+                ));
+            } else {
+                r.push("meta l4proto { tcp, udp } th dport 53 goto to_user".into());
+            }
         }
         if !self.queue_all.is_empty() {
             r.push("meta l4proto @queue_proto goto to_user".into());
@@ -529,7 +548,14 @@ impl KernelPlan {
                 // The verdict is the chain's policy (accept): user space
                 // only needs to see the packet (scan detection, logging).
                 let see = self.see();
-                r.push(format!("meta l4proto {{ tcp, udp }} ct state {NEW} {see}"));
+                let not_dns = if self.dns_observed() {
+                    " th dport != 53"
+                } else {
+                    ""
+                };
+                r.push(format!(
+                    "meta l4proto {{ tcp, udp }}{not_dns} ct state {NEW} {see}"
+                ));
                 if self.queue_probes {
                     r.push(format!(
                         "meta l4proto != {{ tcp, udp, icmp, ipv6-icmp }} ct state {NEW} {see}"
@@ -542,6 +568,39 @@ impl KernelPlan {
             }
         }
         r
+    }
+
+    /// DNS queries are copied to the NFLOG group, not held: no domain rule
+    /// needs user space's verdict.
+    pub fn dns_observed(&self) -> bool {
+        self.queue_dns && !self.hold_dns && self.log_group.is_some()
+    }
+
+    /// Some packet waits in NFQUEUE for user space's verdict: DNS queries
+    /// with domain rules, `queue_all` protocols, new connections under
+    /// composite rules or a default of drop, blocked new packets an allow
+    /// rule may still accept, or anything user space must see when no
+    /// NFLOG group exists (fail-closed). When nothing is held, the iptables
+    /// fallback's chain and jumps are not installed: packets then cross
+    /// our nft chains only.
+    pub fn holds(&self) -> bool {
+        self.user_space
+            && ((self.queue_dns && !self.dns_observed())
+                || !self.queue_all.is_empty()
+                || self.queue_new_all_protocols
+                || self.hold_blocked_new
+                || self.log_group.is_none())
+    }
+
+    /// The match that leaves out DNS queries where step 4 of the base
+    /// chains already copied them (empty where it did not), so that the
+    /// `allowed` and `blocked` chains' copies do not copy them again.
+    fn not_observed_dns(&self) -> &'static str {
+        if self.dns_observed() {
+            " meta l4proto . th dport != { tcp . 53, udp . 53 }"
+        } else {
+            ""
+        }
     }
 
     /// How a packet whose verdict the kernel gives reaches user space:
@@ -557,7 +616,10 @@ impl KernelPlan {
     fn allowed_rules(&self) -> Vec<String> {
         // Allowed ports and protocols are accepted whatever the composite
         // rules say (docs/rules.md, "Precedence"): seen, not held.
-        vec![format!("ct state {NEW} {}", self.see()), "accept".into()]
+        vec![
+            format!("ct state {NEW}{} {}", self.not_observed_dns(), self.see()),
+            "accept".into(),
+        ]
     }
 
     fn blocked_rules(&self) -> Vec<String> {
@@ -569,7 +631,8 @@ impl KernelPlan {
         } else if self.block_log_rate > 0 {
             let n = self.block_log_rate;
             r.push(format!(
-                "ct state {NEW} limit rate {n}/second burst {} packets {}",
+                "ct state {NEW}{} limit rate {n}/second burst {} packets {}",
+                self.not_observed_dns(),
                 2 * n,
                 self.see()
             ));

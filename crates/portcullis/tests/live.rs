@@ -127,6 +127,10 @@ fn main() {
         observed_not_held,
     ));
     tests.push(live(
+        "without_domain_rules_dns_queries_are_logged_not_held",
+        dns_observed_not_held,
+    ));
+    tests.push(live(
         "replies_of_accepted_connections_pass_whatever_the_block_lists_say",
         replies_pass,
     ));
@@ -1679,6 +1683,66 @@ fn observed_not_held() -> Result<(), Failed> {
     if o["lost"] != 0 || o["malformed"] != 0 {
         return Err(format!("observed packets lost: {o}").into());
     }
+    if v["queue"]["received"] != 0 {
+        return Err(format!("packets were held in the queue: {}", v["queue"]).into());
+    }
+    net.stop()?;
+    net.assert_clean()
+}
+
+/// Issue 9: without domain rules, `dns` events need only a copy of each
+/// query. With the default policy nothing at all is held, so the iptables
+/// fallback (whose hooks every packet would cross) is not installed: every
+/// query, UDP and TCP, from the host and forwarded, is answered and logged
+/// once, and the queue stays empty.
+fn dns_observed_not_held() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.start_dnsmasq()?;
+    let default = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../policy/default.json"
+    ))?;
+    net.start(&default)?;
+    let jumps = net
+        .lab
+        .exec("fw", "iptables", &["-w", "-t", "security", "-S"])
+        .unwrap_or_default();
+    if jumps.contains("PORTCULLIS") {
+        return Err(format!("iptables fallback installed though nothing is held:\n{jumps}").into());
+    }
+    let mut names = Vec::new();
+    for (i, (from, tcp)) in [("fw", false), ("fw", true), ("a", false), ("a", true)]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("q{i}.allowed.test");
+        let (st, out) = net.dig(from, &name, tcp);
+        assert_eq!(st, "NOERROR", "from {from} tcp={tcp}:\n{out}");
+        names.push((name, tcp));
+    }
+    for (name, tcp) in &names {
+        let transport = if *tcp { "tcp" } else { "udp" };
+        net.event(&format!("dns {name}"), |e| {
+            e["event_type"] == "dns"
+                && e["dns"]["rrname"] == name.as_str()
+                && e["dns"]["transport"] == transport
+        })?;
+    }
+    // Each query once: not copied again by the new-connection rule.
+    let dns: Vec<Value> = net
+        .events()
+        .into_iter()
+        .filter(|e| e["event_type"] == "dns")
+        .collect();
+    for (name, _) in &names {
+        let n = dns
+            .iter()
+            .filter(|e| e["dns"]["rrname"] == name.as_str())
+            .count();
+        assert_eq!(n, 1, "{name} logged {n} times: {dns:#?}");
+    }
+    let (_, out) = net.ctl(&["status", "--json"]);
+    let v = json(&out);
     if v["queue"]["received"] != 0 {
         return Err(format!("packets were held in the queue: {}", v["queue"]).into());
     }

@@ -71,7 +71,8 @@ fn input_chain_follows_the_engine_precedence() {
             "ip6 saddr @allow6 meta mark set meta mark | 0x10000000 accept",
             "ip saddr @ban4 counter drop",
             "ip6 saddr @ban6 counter drop",
-            "meta l4proto { tcp, udp } th dport 53 goto to_user",
+            // No domain rule: DNS queries are copied, not held.
+            "meta l4proto { tcp, udp } th dport 53 log group 9 queue-threshold 32",
             "tcp dport @allow_tcp goto allowed",
             "udp dport @allow_udp goto allowed",
             "meta l4proto @allow_proto goto allowed",
@@ -80,7 +81,8 @@ fn input_chain_follows_the_engine_precedence() {
             "tcp dport @block_tcp goto blocked",
             "udp dport @block_udp goto blocked",
             "meta l4proto @block_proto goto blocked",
-            "meta l4proto { tcp, udp } ct state new,invalid,untracked log group 9 queue-threshold 32",
+            // DNS queries were copied above already.
+            "meta l4proto { tcp, udp } th dport != 53 ct state new,invalid,untracked log group 9 queue-threshold 32",
             // Scan detection is on: the other probe shapes too.
             "meta l4proto != { tcp, udp, icmp, ipv6-icmp } ct state new,invalid,untracked log group 9 queue-threshold 32",
             "icmp type { echo-request, timestamp-request, address-mask-request } ct state new,invalid,untracked log group 9 queue-threshold 32",
@@ -90,14 +92,14 @@ fn input_chain_follows_the_engine_precedence() {
     assert_eq!(
         chain(&s, "allowed"),
         [
-            "ct state new,invalid,untracked log group 9 queue-threshold 32",
+            "ct state new,invalid,untracked meta l4proto . th dport != { tcp . 53, udp . 53 } log group 9 queue-threshold 32",
             "accept"
         ]
     );
     assert_eq!(
         chain(&s, "blocked"),
         [
-            "ct state new,invalid,untracked limit rate 50/second burst 100 packets log group 9 queue-threshold 32",
+            "ct state new,invalid,untracked meta l4proto . th dport != { tcp . 53, udp . 53 } limit rate 50/second burst 100 packets log group 9 queue-threshold 32",
             "counter drop"
         ]
     );
@@ -122,7 +124,7 @@ fn forward_checks_both_ends_output_the_destination() {
         "ip6 daddr @ban6 counter drop",
         "ip saddr @block4 goto blocked",
         "ip daddr @block4 goto blocked",
-        "meta l4proto { tcp, udp } ct state new,invalid,untracked log group 9 queue-threshold 32",
+        "meta l4proto { tcp, udp } th dport != 53 ct state new,invalid,untracked log group 9 queue-threshold 32",
     ] {
         assert!(
             fwd.contains(&want.to_string()),
@@ -155,7 +157,7 @@ fn forward_checks_both_ends_output_the_destination() {
             "ip6 daddr @allow6 meta mark set meta mark | 0x10000000 accept",
             "ip daddr @ban4 counter drop",
             "ip6 daddr @ban6 counter drop",
-            "meta l4proto { tcp, udp } th dport 53 goto to_user",
+            "meta l4proto { tcp, udp } th dport 53 log group 9 queue-threshold 32",
             "tcp dport @allow_tcp accept",
             "udp dport @allow_udp accept",
             "meta l4proto @allow_proto accept",
@@ -245,8 +247,8 @@ fn empty_plan_has_no_elements_and_no_rules_on_empty_sets() {
             "iif \"lo\" meta mark set meta mark | 0x10000000 accept",
             "ip saddr @ban4 counter drop",
             "ip6 saddr @ban6 counter drop",
-            "meta l4proto { tcp, udp } th dport 53 goto to_user",
-            "meta l4proto { tcp, udp } ct state new,invalid,untracked log group 9 queue-threshold 32",
+            "meta l4proto { tcp, udp } th dport 53 log group 9 queue-threshold 32",
+            "meta l4proto { tcp, udp } th dport != 53 ct state new,invalid,untracked log group 9 queue-threshold 32",
             // Scan detection is on: the other probe shapes too.
             "meta l4proto != { tcp, udp, icmp, ipv6-icmp } ct state new,invalid,untracked log group 9 queue-threshold 32",
             "icmp type { echo-request, timestamp-request, address-mask-request } ct state new,invalid,untracked log group 9 queue-threshold 32",
@@ -258,7 +260,7 @@ fn empty_plan_has_no_elements_and_no_rules_on_empty_sets() {
     let s2 = p.ruleset_text(QueuePath::IptablesNfqueue);
     assert_eq!(
         chain(&s2, "input").last().map(|l| l.as_str()),
-        Some("meta l4proto { tcp, udp } ct state new,invalid,untracked log group 9 queue-threshold 32")
+        Some("meta l4proto { tcp, udp } th dport != 53 ct state new,invalid,untracked log group 9 queue-threshold 32")
     );
     // Every set and chain is declared all the same, for `update` to fill.
     for set in LIST_SETS.iter().chain(&["ban4", "ban6"]) {
@@ -279,6 +281,42 @@ fn what_user_space_needs_shapes_the_chains() {
     // A blocked domain needs the queries even without dns events.
     let p = plan(r#"{"events": {"dns_queries": false}, "block": {"domain": ["ads.example"]}}"#);
     assert!(p.queue_dns);
+    // ... and holds them: user space gives their verdict.
+    assert!(p.hold_dns && !p.dns_observed() && p.holds());
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert!(
+        chain(&s, "input").contains(&"meta l4proto { tcp, udp } th dport 53 goto to_user".into()),
+        "{s}"
+    );
+    assert!(!s.contains("th dport != 53"), "{s}");
+
+    // The default policy (dns events, no domain rule, no composite rule):
+    // DNS queries and new connections are copied, nothing is held, so the
+    // iptables fallback is not installed at all.
+    let p = plan(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../policy/default.json"
+        ))
+        .unwrap(),
+    );
+    assert!(p.dns_observed() && !p.holds());
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    assert!(!s.contains("goto to_user"), "{s}");
+    // Each of these holds something.
+    for json in [
+        r#"{"inline": {"danger_fail_closed": true}}"#,
+        r#"{"inline": {"queue_all": ["UDP"]}}"#,
+        r#"{"block": {"domain": ["ads.example"]}}"#,
+        r#"{"rules": [{"action": "block", "port": [8080]}]}"#,
+        r#"{"policy": {"default": "drop"}}"#,
+        r#"{"allow": {"port": [22]}, "rules": [{"action": "allow", "port": [8080]}]}"#,
+    ] {
+        let p = plan(json);
+        let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+        assert!(p.holds(), "{json}");
+        assert!(s.contains("goto to_user"), "{json}: {s}");
+    }
 
     // An inbound composite rule: every protocol's new packets are queued
     // (the rule might match them), but outbound stays in the kernel.
@@ -425,7 +463,7 @@ fn with_an_allow_rule_new_packets_the_block_lists_match_are_held() {
     assert_eq!(
         chain(&s, "blocked"),
         [
-            "ct state new,invalid,untracked limit rate 100/second burst 200 packets log group 9 queue-threshold 32",
+            "ct state new,invalid,untracked meta l4proto . th dport != { tcp . 53, udp . 53 } limit rate 100/second burst 200 packets log group 9 queue-threshold 32",
             "counter drop"
         ]
     );

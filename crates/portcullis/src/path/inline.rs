@@ -33,6 +33,10 @@ pub const UNKNOWN: u64 = u64::MAX;
 /// more may come with the last read).
 const LOG_BATCH: usize = 1024;
 
+/// Bytes of each observed packet copied to us (headers of new
+/// connections, whole DNS queries).
+const LOG_COPY_RANGE: u32 = 512;
+
 /// The NFLOG socket's flush timeout, in 1/100 s: an observed packet waits
 /// at most this long for its batch (the scan detector's ban latency).
 const LOG_FLUSH_CENTIS: u32 = 1;
@@ -58,6 +62,9 @@ impl InlinePath {
         let mut lcfg = LogConfig::new(cfg.inline.log_group);
         lcfg.qthresh = u32::from(portcullis_kernel::LOG_THRESHOLD);
         lcfg.timeout = LOG_FLUSH_CENTIS;
+        // Observed DNS queries (no domain rule) are decoded whole: a query
+        // with a 255-byte name and EDNS fits in 512 bytes of IPv6.
+        lcfg.copy_range = LOG_COPY_RANGE;
         let log = Log::open(&lcfg).with_context(|| {
             format!(
                 "opening NFLOG group {} (inline.log_group)",
