@@ -420,7 +420,8 @@ impl KernelPlan {
         //    are accepted at once: one rule for IPv4 (two for IPv6) before
         //    anything else, so a flow's packets cost one conntrack state
         //    check and one ban set lookup (with our mark bits cleared on
-        //    the way, as step 1 does for the rest). Replies of connections
+        //    the way, as step 1 does for the rest, where a queue rule might
+        //    see them). Replies of connections
         //    we accepted never meet a block entry. What must still be seen
         //    goes on down the chain: a banned peer's packets (dropped at
         //    step 3, so a ban also ends its open connections), DNS queries
@@ -436,13 +437,20 @@ impl KernelPlan {
             if !self.queue_all.is_empty() {
                 keep.push_str(" meta l4proto != @queue_proto");
             }
+            // Our mark bits only matter to a queue rule that matches them:
+            // when nothing is held, none exists, and the write is saved.
+            let clear = if self.holds() {
+                format!(" meta mark set meta mark & {ours:#010x}")
+            } else {
+                String::new()
+            };
             for (fam, set) in [("ip", "ban4"), ("ip6", "ban6")] {
                 let not_banned: String = peers
                     .iter()
                     .map(|p| format!(" {fam} {p} != @{set}"))
                     .collect();
                 r.push(format!(
-                    "ct state established,related{not_banned}{keep} meta mark set meta mark & {ours:#010x} accept"
+                    "ct state established,related{not_banned}{keep}{clear} accept"
                 ));
             }
         }

@@ -63,8 +63,8 @@ fn input_chain_follows_the_engine_precedence() {
     assert_eq!(
         chain(&s, "input"),
         [
-            "ct state established,related ip saddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
-            "ct state established,related ip6 saddr != @ban6 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip saddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } accept",
+            "ct state established,related ip6 saddr != @ban6 meta l4proto . th dport != { tcp . 53, udp . 53 } accept",
             "meta mark set meta mark & 0xcfffffff",
             "iif \"lo\" meta mark set meta mark | 0x10000000 accept",
             "ip saddr @allow4 meta mark set meta mark | 0x10000000 accept",
@@ -115,7 +115,7 @@ fn forward_checks_both_ends_output_the_destination() {
     let fwd = chain(&s, "forward");
     assert!(!fwd.iter().any(|r| r.contains("\"lo\"")));
     for want in [
-        "ct state established,related ip saddr != @ban4 ip daddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
+        "ct state established,related ip saddr != @ban4 ip daddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } accept",
         "ip saddr @allow4 meta mark set meta mark | 0x10000000 accept",
         "ip daddr @allow4 meta mark set meta mark | 0x10000000 accept",
         "ip saddr @ban4 counter drop",
@@ -148,8 +148,8 @@ fn forward_checks_both_ends_output_the_destination() {
     assert_eq!(
         chain(&s, "output"),
         [
-            "ct state established,related ip daddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
-            "ct state established,related ip6 daddr != @ban6 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip daddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } accept",
+            "ct state established,related ip6 daddr != @ban6 meta l4proto . th dport != { tcp . 53, udp . 53 } accept",
             "meta mark & 0x10000000 == 0x10000000 accept",
             "meta mark set meta mark & 0xcfffffff",
             "oif \"lo\" meta mark set meta mark | 0x10000000 accept",
@@ -241,8 +241,8 @@ fn empty_plan_has_no_elements_and_no_rules_on_empty_sets() {
     assert_eq!(
         chain(&s, "input"),
         [
-            "ct state established,related ip saddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
-            "ct state established,related ip6 saddr != @ban6 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xcfffffff accept",
+            "ct state established,related ip saddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } accept",
+            "ct state established,related ip6 saddr != @ban6 meta l4proto . th dport != { tcp . 53, udp . 53 } accept",
             "meta mark set meta mark & 0xcfffffff",
             "iif \"lo\" meta mark set meta mark | 0x10000000 accept",
             "ip saddr @ban4 counter drop",
@@ -316,6 +316,11 @@ fn what_user_space_needs_shapes_the_chains() {
         let s = p.ruleset_text(QueuePath::IptablesNfqueue);
         assert!(p.holds(), "{json}");
         assert!(s.contains("goto to_user"), "{json}: {s}");
+        // A queue rule matches our mark: established packets clear it.
+        assert!(
+            chain(&s, "input")[0].ends_with("meta mark set meta mark & 0xcfffffff accept"),
+            "{json}: {s}"
+        );
     }
 
     // An inbound composite rule: every protocol's new packets are queued
@@ -379,7 +384,8 @@ fn marks_are_configurable_and_checked() {
         skip_mark: 0x1,
         queue_mark: 0x2,
     };
-    let p = KernelPlan::from_config(&config("{}"), &opts);
+    // A blocked name: DNS queries are held, so the marks matter.
+    let p = KernelPlan::from_config(&config(r#"{"block": {"domain": ["ads.example"]}}"#), &opts);
     let s = p.ruleset_text(QueuePath::IptablesNfqueue);
     assert_eq!(
         chain(&s, "input")[0],
