@@ -142,6 +142,10 @@ fn main() {
         "a_daemon_started_mid_session_reports_nothing_in_monitor_mode",
         || mid_session(Mode::Monitor),
     ));
+    tests.push(live(
+        "monitor_mode_survives_its_interface_going_down_and_being_replaced",
+        monitor_recovers,
+    ));
     libtest_mimic::run(&args, tests).exit();
 }
 
@@ -1834,6 +1838,98 @@ fn self_healing() -> Result<(), Failed> {
     if !net.log().contains("something removed our kernel rules") {
         return Err(format!("the repair was not reported:\n{}", net.log()).into());
     }
+    net.stop()?;
+    net.assert_clean()
+}
+
+/// Issue 11, item 5: the monitored interface goes down and comes back,
+/// then is deleted and created again; the daemon keeps running, says so
+/// (`packet_source` events, `status`), and detects a scan afterwards.
+fn monitor_recovers() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.extra = ["--mode", "monitor", "-i", "vfwa", "-i", "vfwb"]
+        .map(String::from)
+        .to_vec();
+    let pid = net.start(r#"{"events": {"dns_queries": false}}"#)?;
+    let states = |net: &Net| -> Vec<String> {
+        net.events()
+            .iter()
+            .filter(|e| e["event_type"] == "packet_source")
+            .map(|e| {
+                let p = &e["packet_source"];
+                format!("{} {} {}", p["kind"], p["name"], p["state"]).replace('"', "")
+            })
+            .collect()
+    };
+    let alive = |net: &mut Net| -> Result<(), Failed> {
+        match net.lab.try_wait(pid)? {
+            None => Ok(()),
+            Some(st) => Err(format!("the daemon exited ({st}):\n{}", net.log()).into()),
+        }
+    };
+
+    net.lab
+        .exec("fw", "ip", &["link", "set", "dev", "vfwa", "down"])?;
+    net.event("packet_source down", |e| {
+        e["event_type"] == "packet_source" && e["packet_source"]["state"] == "down"
+    })?;
+    let (code, out) = net.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("capture vfwa: waiting for it to come back") && out.contains("is down"),
+        "{out}"
+    );
+    // The other interface is still read meanwhile.
+    assert!(net.ping("b", FW_B));
+    net.lab
+        .exec("fw", "ip", &["link", "set", "dev", "vfwa", "up"])?;
+    net.event("packet_source up", |e| {
+        e["event_type"] == "packet_source" && e["packet_source"]["state"] == "up"
+    })?;
+    alive(&mut net)?;
+
+    // Deleted (both veth ends go), then created again: a new interface of
+    // the same name, which the old capture handle can never read.
+    net.lab.exec("fw", "ip", &["link", "del", "vfwa"])?;
+    wait_for(Duration::from_secs(5), || {
+        (states(&net).iter().filter(|s| s.ends_with("down")).count() >= 2).then_some(())
+    })
+    .ok_or_else(|| format!("no second down event: {:?}\n{}", states(&net), net.log()))?;
+    alive(&mut net)?;
+    net.lab.link(
+        "fw",
+        &["198.18.1.1/24", "2001:2:0:1::1/64"],
+        "a",
+        &["198.18.1.2/24", "2001:2:0:1::2/64"],
+    )?;
+    net.lab.route_via("a", FW_A, Some(FW6_A))?;
+    let back = wait_for(Duration::from_secs(10), || {
+        let st = json(&net.ctl(&["status", "--json"]).1);
+        let src = st["sources"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "vfwa")?
+            .clone();
+        (src["state"] == "up" && src["reopens"].as_u64() >= Some(2)).then_some(src)
+    })
+    .ok_or_else(|| format!("vfwa not reopened: {:?}\n{}", states(&net), net.log()))?;
+    assert!(back["failures"].as_u64() >= Some(2), "{back}");
+
+    // Monitoring works on the new interface: a scan is detected.
+    net.nmap("a", "-sS", "1-50", FW_A, "20s");
+    let (scan, _) = scan_events(&net, A)?;
+    assert_eq!(scan["scan"]["kind"], "syn", "{scan}");
+    alive(&mut net)?;
+    let log = net.log();
+    assert!(
+        log.contains("capture vfwa failed") && log.contains("capture vfwa reopened"),
+        "{log}"
+    );
+    let seen = states(&net);
+    assert!(
+        seen.iter().all(|s| s.starts_with("capture vfwa")),
+        "only vfwa failed: {seen:?}"
+    );
     net.stop()?;
     net.assert_clean()
 }
