@@ -146,6 +146,10 @@ fn main() {
         "monitor_mode_survives_its_interface_going_down_and_being_replaced",
         monitor_recovers,
     ));
+    tests.push(live(
+        "a_spoofed_syn_flood_stays_within_the_memory_and_ban_bounds",
+        spoofed_flood,
+    ));
     libtest_mimic::run(&args, tests).exit();
 }
 
@@ -1932,4 +1936,228 @@ fn monitor_recovers() -> Result<(), Failed> {
     );
     net.stop()?;
     net.assert_clean()
+}
+
+/// Spoofed scanners in the flood, each sending [`FLOOD_PORTS`] SYNs.
+const FLOOD_SOURCES: u32 = 50_000;
+const FLOOD_PORTS: [u16; 6] = [21, 22, 23, 25, 80, 443];
+const FLOOD_MAX_BANS: usize = 1000;
+const FLOOD_EVENTS_PER_SECOND: u64 = 100;
+/// The documented bound on the daemon's resident memory (docs/operations.md,
+/// "What portcullis guarantees").
+const RSS_BOUND_KB: u64 = 256 * 1024;
+
+/// A random address of 198.18.4.0-198.19.255.255: the benchmarking range
+/// without the lab's own hosts (198.18.0.0/22), so no real host is spoofed.
+fn spoofed(rng: &mut u64) -> std::net::Ipv4Addr {
+    loop {
+        // xorshift64
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let low = (*rng as u32) & 0x1_ffff;
+        if low >= 4 << 8 {
+            return std::net::Ipv4Addr::from(0xc612_0000 | low);
+        }
+    }
+}
+
+/// Sends the flood from namespace `ns` through a raw socket (IPPROTO_RAW:
+/// the packets carry their own, spoofed, IP headers) to `target`; stops
+/// after `limit`. Returns the packets sent.
+fn flood(
+    ns: String,
+    target: std::net::Ipv4Addr,
+    seed: u64,
+    limit: Duration,
+) -> Result<u64, String> {
+    use nix::sys::socket::{
+        self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    enter(&ns)?;
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::empty(),
+        SockProtocol::Raw,
+    )
+    .map_err(|e| format!("raw socket: {e}"))?;
+    let to = SockaddrIn::from(std::net::SocketAddrV4::new(target, 0));
+    let dst = std::net::SocketAddr::from((target, 0));
+    let (mut rng, mut sent) = (seed | 1, 0u64);
+    let end = std::time::Instant::now() + limit;
+    for i in 0..FLOOD_SOURCES {
+        if i % 256 == 0 && std::time::Instant::now() > end {
+            break;
+        }
+        let src = std::net::SocketAddr::from((spoofed(&mut rng), 40_000 + (i % 20_000) as u16));
+        for port in FLOOD_PORTS {
+            let mut d = dst;
+            d.set_port(port);
+            let frame = portcullis_traffic::tcp(src, d, portcullis_traffic::flags::SYN, &[]);
+            let ip = portcullis_traffic::raw_l3(&frame);
+            loop {
+                match socket::sendto(fd.as_raw_fd(), ip, &to, MsgFlags::empty()) {
+                    Ok(_) => break,
+                    // The socket's buffer is full: wait for it to drain.
+                    Err(nix::errno::Errno::ENOBUFS | nix::errno::Errno::EAGAIN) => {
+                        std::thread::sleep(Duration::from_micros(50))
+                    }
+                    Err(e) => return Err(format!("sendto: {e}")),
+                }
+            }
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
+fn vm_rss_kb(pid: u32) -> Option<u64> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Issue 11, item 1: a SYN scan from 50,000 random spoofed sources (300,000
+/// packets) against the inline daemon with `scan.max_bans` 1000. Resident
+/// memory stays under the documented bound, bans stop at the maximum in the
+/// engine and the kernel, a clean host keeps connecting throughout, and
+/// the rate-limited events stay within their limit.
+fn spoofed_flood() -> Result<(), Failed> {
+    let started = std::time::Instant::now();
+    let mut net = Net::new()?;
+    // Spoofed sources arrive on vfwa whatever their address.
+    for conf in ["all", "default", "vfwa"] {
+        net.lab.exec(
+            "fw",
+            "sysctl",
+            &["-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")],
+        )?;
+    }
+    let pid = net.start(&format!(
+        r#"{{"scan": {{"max_bans": {FLOOD_MAX_BANS}}},
+            "events": {{"dns_queries": false, "max_events_per_second": {FLOOD_EVENTS_PER_SECOND}}}}}"#
+    ))?;
+    let listener = net
+        .lab
+        .spawn("fw", "nc", &["-lk", FW_B, "8080"], &net.path("nc.log"))?;
+    wait_for(Duration::from_secs(5), || {
+        net.connect("b", FW_B, "8080").then_some(())
+    })
+    .ok_or("the clean host cannot connect before the flood")?;
+    let rss_before = vm_rss_kb(pid).ok_or("no VmRSS")?;
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    eprintln!("flood seed {seed}");
+    let target: std::net::Ipv4Addr = FW_A.parse().unwrap();
+    let ns = net.lab.ns("a");
+    let sender = std::thread::spawn(move || flood(ns, target, seed, Duration::from_secs(25)));
+    // Meanwhile: the daemon's memory, and the clean host's connections.
+    let (mut peak, mut connects, mut failed) = (rss_before, 0u32, 0u32);
+    while !sender.is_finished() {
+        peak = peak.max(vm_rss_kb(pid).unwrap_or(0));
+        connects += 1;
+        if !net.connect("b", FW_B, "8080") {
+            failed += 1;
+        }
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    let sent = join(sender)?;
+    // The detector works through what arrived; the kernel thread's batches.
+    std::thread::sleep(Duration::from_secs(2));
+    peak = peak.max(vm_rss_kb(pid).unwrap_or(0));
+    net.lab.kill(listener)?;
+
+    let st = json(&net.ctl(&["status", "--json"]).1);
+    let p = &st["packets"];
+    let kernel_set = || {
+        let out = net.fw("nft", &["-j", "list", "set", "inet", "portcullis", "ban4"]);
+        let v = json(&out);
+        v["nftables"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find_map(|o| o["set"]["elem"].as_array().map(Vec::len))
+            })
+            .unwrap_or(0)
+    };
+    let elements = kernel_set();
+    let events = net.events();
+    let mut per_second = std::collections::BTreeMap::<String, u64>::new();
+    let mut by_type = std::collections::BTreeMap::<String, u64>::new();
+    for e in &events {
+        let t = e["event_type"].as_str().unwrap_or("").to_owned();
+        *by_type.entry(t.clone()).or_default() += 1;
+        if t == "drop" || t == "dns" {
+            let sec = e["timestamp"].as_str().unwrap_or("")[..19].to_owned();
+            *per_second.entry(sec).or_default() += 1;
+        }
+    }
+    let busiest = per_second.values().copied().max().unwrap_or(0);
+    eprintln!(
+        "flood: {sent} packets from {FLOOD_SOURCES} spoofed sources in {flood_secs:.1} s; \
+         VmRSS {rss_before} kB before, {peak} kB at most; scans {}, bans {}, evicted {}, refused {}, \
+         active {}, kernel set {elements}; clean host {}/{connects} connections failed; \
+         events {by_type:?}, rate-limited events in the busiest second {busiest}",
+        p["scans"], p["bans"], p["bans_evicted"], p["bans_refused"], st["bans_active"], failed
+    );
+    assert_eq!(
+        sent,
+        u64::from(FLOOD_SOURCES) * FLOOD_PORTS.len() as u64,
+        "the flood was cut short"
+    );
+    assert!(
+        peak < RSS_BOUND_KB,
+        "VmRSS {peak} kB over the bound {RSS_BOUND_KB} kB"
+    );
+    assert!(
+        p["scans"].as_u64() > Some(FLOOD_MAX_BANS as u64),
+        "too few scans detected: {st:#}"
+    );
+    assert_eq!(st["bans_active"], FLOOD_MAX_BANS, "{st:#}");
+    // The kernel thread may still be writing its last batches.
+    let elements = wait_for(Duration::from_secs(3), || {
+        (kernel_set() == FLOOD_MAX_BANS).then_some(FLOOD_MAX_BANS)
+    })
+    .unwrap_or(elements);
+    let complaints: Vec<String> = net
+        .log()
+        .lines()
+        .filter(|l| l.starts_with("portcullis: warning") || l.starts_with("portcullis: error"))
+        .take(5)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        elements, FLOOD_MAX_BANS,
+        "the kernel's ban set disagrees with the engine; the daemon said: {complaints:#?}"
+    );
+    let limited = p["bans_evicted"].as_u64().unwrap_or(0) + p["bans_refused"].as_u64().unwrap_or(0);
+    assert!(limited > 0, "nothing counted as evicted or refused: {st:#}");
+    assert_eq!(
+        failed, 0,
+        "the clean host failed {failed} of {connects} connections"
+    );
+    // Burst: twice the rate.
+    assert!(
+        busiest <= 2 * FLOOD_EVENTS_PER_SECOND,
+        "{busiest} rate-limited events in one second"
+    );
+    let bans_file = std::fs::read_to_string(net.path("state/bans.json")).unwrap_or_default();
+    net.stop()?;
+    assert!(
+        bans_file.matches("\"addr\"").count() <= FLOOD_MAX_BANS,
+        "the bans file holds more than the maximum"
+    );
+    net.assert_clean()?;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    Ok(())
 }
