@@ -336,9 +336,12 @@ mod tests {
             now + Duration::from_millis(50),
         )
         .unwrap();
-        assert_eq!(r.due(now + MIN_DELAY), [queue.clone()]);
+        assert_eq!(r.due(now + MIN_DELAY), std::slice::from_ref(&queue));
         r.reopened(&queue, now + MIN_DELAY);
-        assert_eq!(r.due(now + Duration::from_millis(150)), [log.clone()]);
+        assert_eq!(
+            r.due(now + Duration::from_millis(150)),
+            std::slice::from_ref(&log)
+        );
         let fatal = r.failed(&log, "no NFLOG support", true, now).unwrap();
         assert_eq!(fatal.state, SourceState::Fatal);
         assert_eq!(fatal.error.as_deref(), Some("no NFLOG support"));
