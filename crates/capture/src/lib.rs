@@ -72,6 +72,10 @@ pub enum CaptureError {
     },
     #[error("capture on {iface}: {message}")]
     Live { iface: String, message: String },
+    #[error("interface {0} is down")]
+    InterfaceDown(String),
+    #[error("interface {0} was removed or replaced (its index changed)")]
+    InterfaceReplaced(String),
 }
 
 /// A source of packets. A lending iterator: each packet borrows the source

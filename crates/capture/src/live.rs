@@ -16,6 +16,11 @@
 //!   interface, what the kernel dropped because the ring was full and what
 //!   the interface itself dropped, as 64-bit totals (libpcap's counters are
 //!   32-bit and wrap; the deltas are accumulated here).
+//! - An interface that fails does not end the capture: a read error, an
+//!   interface that went down ([`LiveCapture::check`]) or was removed or
+//!   replaced closes that interface's handle, the error names it, and the
+//!   others go on. [`LiveCapture::reopen`] opens it again (with the same
+//!   options; counters carry on); until then it is skipped.
 //! - Every packet comes with its interface's link type (Ethernet, raw IP,
 //!   Linux cooked v1/v2, BSD loopback); an interface of another type is
 //!   refused when the capture opens, never decoded wrongly.
@@ -138,6 +143,8 @@ pub struct IfaceStats {
 /// Live capture on one or more interfaces (see the module docs).
 pub struct LiveCapture {
     handles: Vec<Handle>,
+    /// To reopen an interface as it was opened.
+    opts: LiveOptions,
     /// Where the next drain starts, so that one busy interface cannot starve
     /// the others of the per-call budget.
     start: usize,
@@ -156,7 +163,11 @@ impl std::fmt::Debug for LiveCapture {
 
 struct Handle {
     name: String,
-    cap: Capture<Active>,
+    /// `None` while closed after a failure.
+    cap: Option<Capture<Active>>,
+    /// The interface index at open (0 for `any`): a new index means the
+    /// interface was removed and another of that name created.
+    index: u32,
     link: LinkType,
     /// Set when the capture is restricted to one direction.
     fixed_dir: Option<Direction>,
@@ -195,6 +206,7 @@ impl LiveCapture {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             handles,
+            opts: opts.clone(),
             start: 0,
             max_batch: opts.max_batch.max(1),
         })
@@ -220,21 +232,29 @@ impl LiveCapture {
             return Ok(n);
         }
         let ready = {
+            // Closed handles are not polled; with none open, this sleeps
+            // out the timeout.
+            let open: Vec<usize> = (0..self.handles.len())
+                .filter(|&i| self.handles[i].cap.is_some())
+                .collect();
             let mut fds: Vec<PollFd<'_>> = self
                 .handles
                 .iter()
-                .map(|h| PollFd::new(h.cap.as_fd(), PollFlags::POLLIN))
+                .filter_map(|h| h.cap.as_ref())
+                .map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN))
                 .collect();
             match nix::poll::poll(&mut fds, poll_timeout(timeout)) {
                 Ok(0) | Err(Errno::EINTR) => return Ok(0),
                 Ok(_) => {}
                 Err(e) => return Err(CaptureError::Io(e.into())),
             }
-            // Errors (POLLERR: the interface went down) are read and
+            // Errors (POLLERR: the interface went away) are read and
             // reported by the drain.
-            fds.iter()
-                .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
-                .collect::<Vec<bool>>()
+            let mut ready = vec![false; self.handles.len()];
+            for (k, p) in fds.iter().enumerate() {
+                ready[open[k]] = p.revents().is_some_and(|r| !r.is_empty());
+            }
+            ready
         };
         self.drain(Some(&ready), f)
     }
@@ -259,8 +279,10 @@ impl LiveCapture {
             }
             let h = &mut self.handles[i];
             let (link, fixed_dir) = (h.link, h.fixed_dir);
-            let n = h
-                .cap
+            let Some(cap) = h.cap.as_mut() else {
+                continue;
+            };
+            let n = cap
                 .dispatch(Some(budget), |p| {
                     let dir = fixed_dir.or_else(|| cooked_direction(link, p.data));
                     f(LivePacket {
@@ -278,7 +300,14 @@ impl LiveCapture {
                 .map_err(|e| CaptureError::Live {
                     iface: h.name.clone(),
                     message: pcap_message(&e),
-                })?;
+                });
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    h.close();
+                    return Err(e);
+                }
+            };
             h.delivered += n as u64;
             total += n;
         }
@@ -292,7 +321,7 @@ impl LiveCapture {
         self.handles
             .iter_mut()
             .map(|h| {
-                if let Ok(s) = h.cap.stats() {
+                if let Some(Ok(s)) = h.cap.as_mut().map(Capture::stats) {
                     for (k, now) in [s.received, s.dropped, s.if_dropped]
                         .into_iter()
                         .enumerate()
@@ -311,6 +340,102 @@ impl LiveCapture {
             })
             .collect()
     }
+}
+
+impl LiveCapture {
+    /// Looks at every open interface: one that is down, was removed, or was
+    /// replaced by another of the same name is closed. Returns the first
+    /// such failure (the others are returned by the next calls), naming
+    /// the interface. Cheap (one lookup per interface): call it about once
+    /// a second.
+    pub fn check(&mut self) -> Result<(), CaptureError> {
+        let up = interfaces_up();
+        for h in self.handles.iter_mut().filter(|h| h.cap.is_some()) {
+            if h.name == ANY {
+                continue;
+            }
+            let err = match nix::net::if_::if_nametoindex(h.name.as_str()) {
+                Err(_) => Some(CaptureError::NoSuchInterface(h.name.clone())),
+                Ok(i) if i != h.index => Some(CaptureError::InterfaceReplaced(h.name.clone())),
+                // Unknown flags (getifaddrs failed): assume up.
+                Ok(_) if up.as_ref().is_some_and(|u| !u.contains(&h.name)) => {
+                    Some(CaptureError::InterfaceDown(h.name.clone()))
+                }
+                Ok(_) => None,
+            };
+            if let Some(e) = err {
+                h.close();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens interface `iface` (an index into [`LiveOptions::interfaces`])
+    /// again after a failure, with the options the capture was opened
+    /// with; its counters carry on. Fails, naming it, while it is missing
+    /// or down. An open interface is left as it is.
+    pub fn reopen(&mut self, iface: usize) -> Result<(), CaptureError> {
+        let Some(h) = self.handles.get_mut(iface) else {
+            return Err(CaptureError::NoInterface);
+        };
+        if h.cap.is_some() {
+            return Ok(());
+        }
+        if h.name != ANY && interfaces_up().is_some_and(|u| !u.contains(&h.name)) {
+            return Err(if nix::net::if_::if_nametoindex(h.name.as_str()).is_err() {
+                CaptureError::NoSuchInterface(h.name.clone())
+            } else {
+                CaptureError::InterfaceDown(h.name.clone())
+            });
+        }
+        let fresh = open_one(&h.name, &self.opts)?;
+        if fresh.link != h.link {
+            return Err(CaptureError::Live {
+                iface: h.name.clone(),
+                message: format!(
+                    "its link type changed from {:?} to {:?}",
+                    h.link, fresh.link
+                ),
+            });
+        }
+        h.cap = fresh.cap;
+        h.index = fresh.index;
+        // libpcap's counters start again from zero.
+        h.last = [0; 3];
+        Ok(())
+    }
+
+    /// Whether interface `iface` is open (not closed after a failure).
+    pub fn is_open(&self, iface: usize) -> bool {
+        self.handles.get(iface).is_some_and(|h| h.cap.is_some())
+    }
+
+    /// The index in [`LiveOptions::interfaces`] of interface `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.handles.iter().position(|h| h.name == name)
+    }
+}
+
+impl Handle {
+    /// Closed after a failure; its totals are kept.
+    fn close(&mut self) {
+        self.cap = None;
+    }
+}
+
+/// The names of the interfaces that are up (`IFF_UP`) in the calling
+/// thread's network namespace; `None` if they cannot be read.
+fn interfaces_up() -> Option<Vec<String>> {
+    use nix::net::if_::InterfaceFlags;
+    let all = nix::ifaddrs::getifaddrs().ok()?;
+    let mut up: Vec<String> = all
+        .filter(|a| a.flags.contains(InterfaceFlags::IFF_UP))
+        .map(|a| a.interface_name)
+        .collect();
+    up.sort();
+    up.dedup();
+    Some(up)
 }
 
 /// Checks that `bpf` compiles (tcpdump syntax; against Ethernet framing),
@@ -333,9 +458,12 @@ fn open_one(name: &str, opts: &LiveOptions) -> Result<Handle, CaptureError> {
     // libpcap's own message for a missing interface is vague ("No such
     // device exists" or nothing); the index lookup runs in the calling
     // thread's network namespace, like the capture.
-    if name != ANY && nix::net::if_::if_nametoindex(name).is_err() {
-        return Err(CaptureError::NoSuchInterface(name.to_owned()));
-    }
+    let index = if name == ANY {
+        0
+    } else {
+        nix::net::if_::if_nametoindex(name)
+            .map_err(|_| CaptureError::NoSuchInterface(name.to_owned()))?
+    };
     let live_err = |e: pcap::Error| classify(name, &e);
     let timeout_ms = i32::try_from(opts.block_timeout.as_millis().max(1)).unwrap_or(i32::MAX);
     let cap = Capture::from_device(name)
@@ -383,7 +511,8 @@ fn open_one(name: &str, opts: &LiveOptions) -> Result<Handle, CaptureError> {
     }
     Ok(Handle {
         name: name.to_owned(),
-        cap,
+        cap: Some(cap),
+        index,
         link,
         fixed_dir,
         delivered: 0,

@@ -55,6 +55,9 @@ pub enum EventType {
     Reload,
     /// A passive capture lost packets (monitor mode).
     Capture,
+    /// A packet source failed, or came back (`packet_source`).
+    #[serde(rename = "packet_source")]
+    PacketSource,
 }
 
 impl EventType {
@@ -69,6 +72,7 @@ impl EventType {
             Self::Queue => "queue",
             Self::Reload => "reload",
             Self::Capture => "capture",
+            Self::PacketSource => "packet_source",
         }
     }
 }
@@ -411,6 +415,78 @@ pub struct CaptureInfo {
     pub if_dropped: u64,
 }
 
+/// `packet_source.kind`: which kind of packet source.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A libpcap capture on one interface (monitor mode).
+    Capture,
+    /// The NFQUEUE of held packets (inline).
+    Queue,
+    /// The NFLOG group of observed packets (inline).
+    Log,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Capture => "capture",
+            Self::Queue => "queue",
+            Self::Log => "log",
+        }
+    }
+}
+
+/// `packet_source.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceState {
+    /// It failed and is closed; portcullis reopens it after `retry_in_ms`.
+    Down,
+    /// It was reopened and is read again.
+    Up,
+    /// It failed in a way no reopening can mend: the daemon stops (with
+    /// its teardown).
+    Fatal,
+}
+
+impl SourceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Down => "down",
+            Self::Up => "up",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
+/// `packet_source` object: a packet source (a capture interface, the
+/// NFQUEUE, the NFLOG group) failed and was closed, or was reopened.
+/// While one is down, the kernel rules and bans stay in force; what it
+/// would have delivered is not inspected.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceInfo {
+    pub kind: SourceKind,
+    /// The interface, queue number or log group.
+    pub name: String,
+    pub state: SourceState,
+    /// Why it failed (`down`, `fatal`; also when a retry failed differently).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Failures of this source since the daemon started (retries included).
+    pub failures: u64,
+    /// Times it was reopened since the daemon started.
+    pub reopens: u64,
+    /// `down`: when the next attempt to reopen is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+    /// `up`: how long it was down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub down_ms: Option<u64>,
+}
+
 /// `reload` object: the outcome of re-reading the configuration (SIGHUP).
 /// `status` is `ok`, or `error` with the error (the old rules stay in
 /// force).
@@ -508,6 +584,12 @@ pub struct CaptureEvent {
     pub capture: CaptureInfo,
 }
 
+/// A `packet_source` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PacketSourceEvent {
+    pub packet_source: SourceInfo,
+}
+
 /// What an event says, one type per `event_type` (serde writes the tag).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "event_type", rename_all = "lowercase")]
@@ -522,6 +604,9 @@ pub enum Body {
     Reload(ReloadEvent),
     /// A passive capture lost packets (monitor mode).
     Capture(CaptureEvent),
+    /// A packet source failed or came back.
+    #[serde(rename = "packet_source")]
+    PacketSource(PacketSourceEvent),
 }
 
 /// One event: when, and what.
@@ -548,6 +633,7 @@ impl Event {
             Body::Queue(_) => EventType::Queue,
             Body::Reload(_) => EventType::Reload,
             Body::Capture(_) => EventType::Capture,
+            Body::PacketSource(_) => EventType::PacketSource,
         }
     }
 
@@ -769,6 +855,30 @@ impl fmt::Display for Event {
                     c.dropped,
                     c.if_dropped
                 )
+            }
+            Body::PacketSource(e) => {
+                let p = &e.packet_source;
+                write!(f, "[SOURCE] {} {} ", p.kind.as_str(), p.name)?;
+                match p.state {
+                    SourceState::Down => write!(
+                        f,
+                        "down: {}; reopening in {:.1}s (failures {})",
+                        p.error.as_deref().unwrap_or("failed"),
+                        p.retry_in_ms.unwrap_or(0) as f64 / 1000.0,
+                        p.failures
+                    ),
+                    SourceState::Up => write!(
+                        f,
+                        "back up after {:.1}s (reopens {})",
+                        p.down_ms.unwrap_or(0) as f64 / 1000.0,
+                        p.reopens
+                    ),
+                    SourceState::Fatal => write!(
+                        f,
+                        "failed for good, stopping: {}",
+                        p.error.as_deref().unwrap_or("failed")
+                    ),
+                }
             }
             Body::Suppressed(e) => {
                 let s = &e.suppressed;
@@ -1245,5 +1355,49 @@ mod tests {
         let t1 = Timestamp::from_secs(101);
         let granted = (0..1000).filter(|_| b.take(t1)).count();
         assert_eq!(granted, 10, "one second refills `rate` tokens");
+    }
+
+    #[test]
+    fn packet_source_events_say_what_failed_and_when_it_came_back() {
+        let info = |state, error: Option<&str>, retry, down| SourceInfo {
+            kind: SourceKind::Capture,
+            name: "eth1".into(),
+            state,
+            error: error.map(str::to_owned),
+            failures: 2,
+            reopens: 1,
+            retry_in_ms: retry,
+            down_ms: down,
+        };
+        let ev = |i| {
+            Event::new(
+                Timestamp::from_secs(1_700_000_000),
+                Body::PacketSource(PacketSourceEvent { packet_source: i }),
+            )
+        };
+        let down = ev(info(SourceState::Down, Some("gone"), Some(400), None));
+        let v: serde_json::Value = serde_json::from_str(&down.to_json()).unwrap();
+        assert_eq!(v["event_type"], "packet_source");
+        assert_eq!(down.event_type().as_str(), "packet_source");
+        assert_eq!(v["packet_source"]["kind"], "capture");
+        assert_eq!(v["packet_source"]["state"], "down");
+        assert_eq!(v["packet_source"]["retry_in_ms"], 400);
+        assert!(v["packet_source"].get("down_ms").is_none());
+        assert_eq!(
+            down.to_string(),
+            "2023-11-14T22:13:20.000000Z [SOURCE] capture eth1 down: gone; reopening in 0.4s (failures 2)"
+        );
+        let up = ev(info(SourceState::Up, None, None, Some(2300)));
+        let v: serde_json::Value = serde_json::from_str(&up.to_json()).unwrap();
+        assert_eq!(v["packet_source"]["state"], "up");
+        assert!(v["packet_source"].get("error").is_none());
+        assert_eq!(
+            up.to_string(),
+            "2023-11-14T22:13:20.000000Z [SOURCE] capture eth1 back up after 2.3s (reopens 1)"
+        );
+        let fatal = ev(info(SourceState::Fatal, Some("no NFQUEUE"), None, None));
+        assert!(fatal
+            .to_string()
+            .ends_with("failed for good, stopping: no NFQUEUE"));
     }
 }

@@ -166,6 +166,17 @@ fn status_text(s: &Status) -> String {
             c.interface, c.received, c.dropped, c.if_dropped
         );
     }
+    for src in &s.sources {
+        let state = match (&src.down_seconds, &src.error) {
+            (Some(secs), Some(e)) => format!("waiting for it to come back ({secs}s: {e})"),
+            _ => "up".to_owned(),
+        };
+        let _ = writeln!(
+            t,
+            "{} {}: {state}; {} failures, {} reopens",
+            src.kind, src.name, src.failures, src.reopens
+        );
+    }
     let _ = writeln!(
         t,
         "scans:       {} detected; {} bans, {} unbans; {} active now{}",

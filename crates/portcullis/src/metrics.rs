@@ -401,6 +401,34 @@ pub fn render(s: &Status) -> String {
         }),
     );
 
+    e.family(
+        "portcullis_source_up",
+        Kind::Gauge,
+        "1 if a packet source that has failed since the start is open again, 0 while it waits to be reopened.",
+        s.sources.iter().map(|c| {
+            labelled(
+                &[("kind", &c.kind), ("name", &c.name)],
+                u64::from(c.state == "up"),
+            )
+        }),
+    );
+    e.family(
+        "portcullis_source_failures_total",
+        Kind::Counter,
+        "Failures of a packet source (capture interface, NFQUEUE, NFLOG group), failed reopenings included.",
+        s.sources
+            .iter()
+            .map(|c| labelled(&[("kind", &c.kind), ("name", &c.name)], c.failures)),
+    );
+    e.family(
+        "portcullis_source_reopens_total",
+        Kind::Counter,
+        "Times a failed packet source was reopened.",
+        s.sources
+            .iter()
+            .map(|c| labelled(&[("kind", &c.kind), ("name", &c.name)], c.reopens)),
+    );
+
     if let Some(d) = &s.detector {
         e.family(
             "portcullis_detector_sources",

@@ -11,6 +11,13 @@
 //! **Invariant: the packet thread never blocks on anything but its packet
 //! source**: every send is a `try_send`; a full event channel drops the
 //! event and counts it.
+//!
+//! **A packet source that fails is reopened, not fatal.** The path closes
+//! it and reads its other sources; the loop reports it (a `packet_source`
+//! event, a line on stderr), reopens it with backoff
+//! ([`crate::path::recover`]) and shows it in `status`. The kernel rules,
+//! the bans and the engine's state stay as they are meanwhile. Only a
+//! failure the path calls fatal ends the loop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use portcullis_engine::events::{Body, Event};
+use portcullis_engine::events::{Body, Event, PacketSourceEvent, SourceInfo, SourceState};
 use portcullis_engine::Engine;
 
 use crate::clock::now;
@@ -26,7 +33,8 @@ use crate::config::DaemonConfig;
 use crate::control::{Answer, Pending, Request};
 use crate::kernel_thread::KernelCmd;
 use crate::notify::Notifier;
-use crate::path::PacketPath;
+use crate::path::recover::Recovery;
+use crate::path::{PacketPath, SourceFailure};
 use crate::reload::{self, PendingReload};
 use crate::requests;
 use crate::status::{DetectorStatus, PacketCounters, Status};
@@ -82,6 +90,8 @@ pub struct PacketLoop<'a> {
     /// WatchdogSec= in the unit: how often to prove the loop turns.
     watchdog: Option<Duration>,
     last_watchdog: Instant,
+    /// Packet sources that failed: when to reopen them.
+    recovery: Recovery,
 }
 
 impl<'a> PacketLoop<'a> {
@@ -105,6 +115,7 @@ impl<'a> PacketLoop<'a> {
             // At twice the rate systemd asks for.
             watchdog: crate::notify::watchdog_interval().map(|d| d / 2),
             last_watchdog: Instant::now(),
+            recovery: Recovery::default(),
         }
     }
 
@@ -164,7 +175,10 @@ impl<'a> PacketLoop<'a> {
                 self.last_watchdog = Instant::now();
             }
         }
-        self.path.step(&mut self.engine, POLL)?;
+        self.reopen_due()?;
+        if let Err(f) = self.path.step(&mut self.engine, POLL) {
+            self.source_failed(f)?;
+        }
         if self.last_tick.elapsed() >= POLL {
             self.engine.tick(now());
             self.last_tick = Instant::now();
@@ -193,6 +207,63 @@ impl<'a> PacketLoop<'a> {
         Ok(())
     }
 
+    /// Reopens the failed sources whose time has come.
+    fn reopen_due(&mut self) -> Result<()> {
+        let now = Instant::now();
+        for id in self.recovery.due(now) {
+            match self.path.reopen(&id) {
+                Ok(()) => {
+                    let info = self.recovery.reopened(&id, now);
+                    self.source_event(info);
+                }
+                Err(f) => self.source_failed(f)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A source failed: counted, reported, its reopening scheduled; the
+    /// error itself when no reopening can mend it.
+    fn source_failed(&mut self, f: SourceFailure) -> Result<()> {
+        let error = format!("{:#}", f.error);
+        if let Some(info) = self.recovery.failed(&f.id, &error, f.fatal, Instant::now()) {
+            self.source_event(info);
+        }
+        if f.fatal {
+            return Err(f.into_error());
+        }
+        Ok(())
+    }
+
+    /// A `packet_source` event and its line for the operator.
+    fn source_event(&mut self, info: SourceInfo) {
+        let id = format!("{} {}", info.kind.as_str(), info.name);
+        match info.state {
+            SourceState::Down => eprintln!(
+                "portcullis: {id} failed: {}; kernel rules and bans stay in force, reopening in {} ms",
+                info.error.as_deref().unwrap_or("?"),
+                info.retry_in_ms.unwrap_or(0)
+            ),
+            SourceState::Up => eprintln!(
+                "portcullis: {id} reopened after {} ms down",
+                info.down_ms.unwrap_or(0)
+            ),
+            SourceState::Fatal => eprintln!(
+                "portcullis: {id} failed and cannot be reopened: {}",
+                info.error.as_deref().unwrap_or("?")
+            ),
+        }
+        let ev = Event::new(
+            now(),
+            Body::PacketSource(PacketSourceEvent {
+                packet_source: info,
+            }),
+        );
+        if let Err(TrySendError::Full(_)) = self.wiring.events.try_send(ev) {
+            self.dropped_events += 1;
+        }
+    }
+
     /// Every [`STATS_EVERY`]: loss events, the metrics snapshot, the line
     /// `systemctl status` shows.
     fn stats(&mut self) {
@@ -205,13 +276,19 @@ impl<'a> PacketLoop<'a> {
             *g = Some(snapshot);
         }
         let c = self.engine.counters();
+        let down = self.recovery.down();
         let _ = self.wiring.notify.status(&format!(
-            "{}: {} packets, {} dropped, {} scans, {} bans active",
+            "{}: {} packets, {} dropped, {} scans, {} bans active{}",
             self.info.mode,
             c.packets,
             c.dropped,
             c.scans,
-            self.engine.bans().len()
+            self.engine.bans().len(),
+            if down.is_empty() {
+                String::new()
+            } else {
+                format!("; waiting for {}", down.join(", "))
+            }
         ));
     }
 
@@ -283,6 +360,7 @@ impl<'a> PacketLoop<'a> {
             protected,
             detector: engine.detector_stats().as_ref().map(DetectorStatus::from),
             events_dropped: self.dropped_events,
+            sources: self.recovery.status(Instant::now()),
         };
         self.path.status(&mut s);
         s
@@ -536,6 +614,115 @@ mod tests {
             })
             .collect();
         assert_eq!(enforced, [false]);
+    }
+
+    fn source_events(events: &[Event]) -> Vec<SourceInfo> {
+        events
+            .iter()
+            .filter_map(|e| match &e.body {
+                Body::PacketSource(p) => Some(p.packet_source.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_source_is_reopened_with_backoff_and_bans_and_rules_stay() {
+        let mut h = harness(None, true);
+        h.scan(now(), 1..=6);
+        h.packets.turn().unwrap();
+        assert_eq!(h.kernel.try_iter().count(), 1, "the scanner is banned");
+        let _ = h.events();
+
+        // The source fails; its first two reopenings fail too.
+        h.path.fail("recvmmsg: ENOBUFS", false, 2);
+        let failed_at = Instant::now();
+        h.packets
+            .turn()
+            .expect("a source failure does not end the loop");
+        // Packets arriving meanwhile wait for the source to come back.
+        h.scan(now(), 7..=8);
+        let up = h.turn_until(|e| match &e.body {
+            Body::PacketSource(p) if p.packet_source.state == SourceState::Up => {
+                Some(p.packet_source.clone())
+            }
+            _ => None,
+        });
+        let took = failed_at.elapsed();
+        // Retries after 100, then 200, then 400 ms.
+        assert!(
+            took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert_eq!(h.path.reopens(), 3);
+        assert_eq!((up.failures, up.reopens), (3, 1));
+        assert!(up.down_ms.unwrap() >= 700, "{up:?}");
+
+        h.packets.turn().unwrap();
+        // The ban held throughout: the scanner's packets after the reopen
+        // are dropped, and nothing was unbanned in the kernel.
+        let v = actions(&h.path.verdicts());
+        assert_eq!(v[6..], [(Action::Drop, Reason::Banned); 2]);
+        assert_eq!(h.kernel.try_iter().count(), 0);
+
+        let Answer::Now(Ok(status)) = h.ask(Request::Status) else {
+            panic!("status");
+        };
+        assert_eq!(status["bans_active"], 1);
+        let src = &status["sources"][0];
+        assert_eq!(src["kind"], "queue", "{status:#}");
+        assert_eq!(src["state"], "up", "{status:#}");
+        assert_eq!(
+            (src["failures"].as_u64(), src["reopens"].as_u64()),
+            (Some(3), Some(1))
+        );
+        assert!(
+            crate::metrics::render(&serde_json::from_value(status).unwrap())
+                .contains("portcullis_source_reopens_total{kind=\"queue\",name=\"memory\"} 1")
+        );
+    }
+
+    #[test]
+    fn a_source_down_is_reported_once_per_error_and_shown_in_status() {
+        let mut h = harness(None, true);
+        h.path.fail("interface gone", false, 1000);
+        h.packets.turn().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(800);
+        while Instant::now() < deadline {
+            h.packets.turn().unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Down, then the retries' different error once; not one per retry.
+        let reported = source_events(&h.events());
+        let errors: Vec<(SourceState, Option<String>)> = reported
+            .iter()
+            .map(|s| (s.state, s.error.clone()))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                (SourceState::Down, Some("interface gone".into())),
+                (SourceState::Down, Some("still failing".into())),
+            ]
+        );
+        assert!((3..=5).contains(&h.path.reopens()), "{}", h.path.reopens());
+        let Answer::Now(Ok(status)) = h.ask(Request::Status) else {
+            panic!("status");
+        };
+        let src = &status["sources"][0];
+        assert_eq!(src["state"], "down", "{status:#}");
+        assert_eq!(src["error"], "still failing", "{status:#}");
+    }
+
+    #[test]
+    fn a_fatal_source_failure_ends_the_loop_with_its_error() {
+        let mut h = harness(None, true);
+        h.path.fail("no NFQUEUE support", true, 0);
+        let err = h.packets.turn().unwrap_err();
+        assert!(format!("{err:#}").contains("no NFQUEUE support"), "{err:#}");
+        let reported = source_events(&h.events());
+        assert_eq!(reported.len(), 1);
+        assert_eq!(reported[0].state, SourceState::Fatal);
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct Status {
     pub observed: Option<ObservedStatus>,
     /// Capture interfaces (monitor mode).
     pub capture: Vec<CaptureStatus>,
+    /// Packet sources that have failed since the start: up again, or down
+    /// and waiting to be reopened.
+    #[serde(default)]
+    pub sources: Vec<SourceStatus>,
     /// Bans in force now (gauge).
     pub bans_active: usize,
     /// Bans never applied automatically or by hand: loopback, the
@@ -150,6 +154,26 @@ pub struct CaptureStatus {
     pub dropped: u64,
     /// Dropped by the interface or driver (`ps_ifdrop`).
     pub if_dropped: u64,
+}
+
+/// What `status` shows of a source that has failed at least once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// `capture`, `queue` or `log`.
+    pub kind: String,
+    pub name: String,
+    /// `up`, or `down` (waiting to be reopened).
+    pub state: String,
+    /// While down: the last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// While down: seconds since it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_seconds: Option<u64>,
+    /// Failures since the daemon started (failed retries included).
+    pub failures: u64,
+    /// Times it was reopened.
+    pub reopens: u64,
 }
 
 /// The scan detector's state.

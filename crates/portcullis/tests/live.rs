@@ -146,6 +146,14 @@ fn main() {
         "a_daemon_started_mid_session_reports_nothing_in_monitor_mode",
         || mid_session(Mode::Monitor),
     ));
+    tests.push(live(
+        "monitor_mode_survives_its_interface_going_down_and_being_replaced",
+        monitor_recovers,
+    ));
+    tests.push(live(
+        "a_spoofed_syn_flood_stays_within_the_memory_and_ban_bounds",
+        spoofed_flood,
+    ));
     libtest_mimic::run(&args, tests).exit();
 }
 
@@ -1900,4 +1908,320 @@ fn self_healing() -> Result<(), Failed> {
     }
     net.stop()?;
     net.assert_clean()
+}
+
+/// Issue 11, item 5: the monitored interface goes down and comes back,
+/// then is deleted and created again; the daemon keeps running, says so
+/// (`packet_source` events, `status`), and detects a scan afterwards.
+fn monitor_recovers() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.extra = ["--mode", "monitor", "-i", "vfwa", "-i", "vfwb"]
+        .map(String::from)
+        .to_vec();
+    let pid = net.start(r#"{"events": {"dns_queries": false}}"#)?;
+    let states = |net: &Net| -> Vec<String> {
+        net.events()
+            .iter()
+            .filter(|e| e["event_type"] == "packet_source")
+            .map(|e| {
+                let p = &e["packet_source"];
+                format!("{} {} {}", p["kind"], p["name"], p["state"]).replace('"', "")
+            })
+            .collect()
+    };
+    let alive = |net: &mut Net| -> Result<(), Failed> {
+        match net.lab.try_wait(pid)? {
+            None => Ok(()),
+            Some(st) => Err(format!("the daemon exited ({st}):\n{}", net.log()).into()),
+        }
+    };
+
+    net.lab
+        .exec("fw", "ip", &["link", "set", "dev", "vfwa", "down"])?;
+    net.event("packet_source down", |e| {
+        e["event_type"] == "packet_source" && e["packet_source"]["state"] == "down"
+    })?;
+    let (code, out) = net.ctl(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("capture vfwa: waiting for it to come back") && out.contains("is down"),
+        "{out}"
+    );
+    // The other interface is still read meanwhile.
+    assert!(net.ping("b", FW_B));
+    net.lab
+        .exec("fw", "ip", &["link", "set", "dev", "vfwa", "up"])?;
+    net.event("packet_source up", |e| {
+        e["event_type"] == "packet_source" && e["packet_source"]["state"] == "up"
+    })?;
+    alive(&mut net)?;
+
+    // Deleted (both veth ends go), then created again: a new interface of
+    // the same name, which the old capture handle can never read.
+    net.lab.exec("fw", "ip", &["link", "del", "vfwa"])?;
+    wait_for(Duration::from_secs(5), || {
+        (states(&net).iter().filter(|s| s.ends_with("down")).count() >= 2).then_some(())
+    })
+    .ok_or_else(|| format!("no second down event: {:?}\n{}", states(&net), net.log()))?;
+    alive(&mut net)?;
+    net.lab.link(
+        "fw",
+        &["198.18.1.1/24", "2001:2:0:1::1/64"],
+        "a",
+        &["198.18.1.2/24", "2001:2:0:1::2/64"],
+    )?;
+    net.lab.route_via("a", FW_A, Some(FW6_A))?;
+    let back = wait_for(Duration::from_secs(10), || {
+        let st = json(&net.ctl(&["status", "--json"]).1);
+        let src = st["sources"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "vfwa")?
+            .clone();
+        (src["state"] == "up" && src["reopens"].as_u64() >= Some(2)).then_some(src)
+    })
+    .ok_or_else(|| format!("vfwa not reopened: {:?}\n{}", states(&net), net.log()))?;
+    assert!(back["failures"].as_u64() >= Some(2), "{back}");
+
+    // Monitoring works on the new interface: a scan is detected.
+    net.nmap("a", "-sS", "1-50", FW_A, "20s");
+    let (scan, _) = scan_events(&net, A)?;
+    assert_eq!(scan["scan"]["kind"], "syn", "{scan}");
+    alive(&mut net)?;
+    let log = net.log();
+    assert!(
+        log.contains("capture vfwa failed") && log.contains("capture vfwa reopened"),
+        "{log}"
+    );
+    let seen = states(&net);
+    assert!(
+        seen.iter().all(|s| s.starts_with("capture vfwa")),
+        "only vfwa failed: {seen:?}"
+    );
+    net.stop()?;
+    net.assert_clean()
+}
+
+/// Spoofed scanners in the flood, each sending [`FLOOD_PORTS`] SYNs.
+const FLOOD_SOURCES: u32 = 50_000;
+const FLOOD_PORTS: [u16; 6] = [21, 22, 23, 25, 80, 443];
+const FLOOD_MAX_BANS: usize = 1000;
+const FLOOD_EVENTS_PER_SECOND: u64 = 100;
+/// The documented bound on the daemon's resident memory (docs/operations.md,
+/// "What portcullis guarantees").
+const RSS_BOUND_KB: u64 = 256 * 1024;
+
+/// A random address of 198.18.4.0-198.19.255.255: the benchmarking range
+/// without the lab's own hosts (198.18.0.0/22), so no real host is spoofed.
+fn spoofed(rng: &mut u64) -> std::net::Ipv4Addr {
+    loop {
+        // xorshift64
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let low = (*rng as u32) & 0x1_ffff;
+        if low >= 4 << 8 {
+            return std::net::Ipv4Addr::from(0xc612_0000 | low);
+        }
+    }
+}
+
+/// Sends the flood from namespace `ns` through a raw socket (IPPROTO_RAW:
+/// the packets carry their own, spoofed, IP headers) to `target`; stops
+/// after `limit`. Returns the packets sent.
+fn flood(
+    ns: String,
+    target: std::net::Ipv4Addr,
+    seed: u64,
+    limit: Duration,
+) -> Result<u64, String> {
+    use nix::sys::socket::{
+        self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    enter(&ns)?;
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::empty(),
+        SockProtocol::Raw,
+    )
+    .map_err(|e| format!("raw socket: {e}"))?;
+    let to = SockaddrIn::from(std::net::SocketAddrV4::new(target, 0));
+    let dst = std::net::SocketAddr::from((target, 0));
+    let (mut rng, mut sent) = (seed | 1, 0u64);
+    let end = std::time::Instant::now() + limit;
+    for i in 0..FLOOD_SOURCES {
+        if i % 256 == 0 && std::time::Instant::now() > end {
+            break;
+        }
+        let src = std::net::SocketAddr::from((spoofed(&mut rng), 40_000 + (i % 20_000) as u16));
+        for port in FLOOD_PORTS {
+            let mut d = dst;
+            d.set_port(port);
+            let frame = portcullis_traffic::tcp(src, d, portcullis_traffic::flags::SYN, &[]);
+            let ip = portcullis_traffic::raw_l3(&frame);
+            loop {
+                match socket::sendto(fd.as_raw_fd(), ip, &to, MsgFlags::empty()) {
+                    Ok(_) => break,
+                    // The socket's buffer is full: wait for it to drain.
+                    Err(nix::errno::Errno::ENOBUFS | nix::errno::Errno::EAGAIN) => {
+                        std::thread::sleep(Duration::from_micros(50))
+                    }
+                    Err(e) => return Err(format!("sendto: {e}")),
+                }
+            }
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
+fn vm_rss_kb(pid: u32) -> Option<u64> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Issue 11, item 1: a SYN scan from 50,000 random spoofed sources (300,000
+/// packets) against the inline daemon with `scan.max_bans` 1000. Resident
+/// memory stays under the documented bound, bans stop at the maximum in the
+/// engine and the kernel, a clean host keeps connecting throughout, and
+/// the rate-limited events stay within their limit.
+fn spoofed_flood() -> Result<(), Failed> {
+    let started = std::time::Instant::now();
+    let mut net = Net::new()?;
+    // Spoofed sources arrive on vfwa whatever their address.
+    for conf in ["all", "default", "vfwa"] {
+        net.lab.exec(
+            "fw",
+            "sysctl",
+            &["-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")],
+        )?;
+    }
+    let pid = net.start(&format!(
+        r#"{{"scan": {{"max_bans": {FLOOD_MAX_BANS}}},
+            "events": {{"dns_queries": false, "max_events_per_second": {FLOOD_EVENTS_PER_SECOND}}}}}"#
+    ))?;
+    let listener = net
+        .lab
+        .spawn("fw", "nc", &["-lk", FW_B, "8080"], &net.path("nc.log"))?;
+    wait_for(Duration::from_secs(5), || {
+        net.connect("b", FW_B, "8080").then_some(())
+    })
+    .ok_or("the clean host cannot connect before the flood")?;
+    let rss_before = vm_rss_kb(pid).ok_or("no VmRSS")?;
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    eprintln!("flood seed {seed}");
+    let target: std::net::Ipv4Addr = FW_A.parse().unwrap();
+    let ns = net.lab.ns("a");
+    let sender = std::thread::spawn(move || flood(ns, target, seed, Duration::from_secs(25)));
+    // Meanwhile: the daemon's memory, and the clean host's connections.
+    let (mut peak, mut connects, mut failed) = (rss_before, 0u32, 0u32);
+    while !sender.is_finished() {
+        peak = peak.max(vm_rss_kb(pid).unwrap_or(0));
+        connects += 1;
+        if !net.connect("b", FW_B, "8080") {
+            failed += 1;
+        }
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    let sent = join(sender)?;
+    // The detector works through what arrived; the kernel thread's batches.
+    std::thread::sleep(Duration::from_secs(2));
+    peak = peak.max(vm_rss_kb(pid).unwrap_or(0));
+    net.lab.kill(listener)?;
+
+    let st = json(&net.ctl(&["status", "--json"]).1);
+    let p = &st["packets"];
+    let kernel_set = || {
+        let out = net.fw("nft", &["-j", "list", "set", "inet", "portcullis", "ban4"]);
+        let v = json(&out);
+        v["nftables"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find_map(|o| o["set"]["elem"].as_array().map(Vec::len))
+            })
+            .unwrap_or(0)
+    };
+    let elements = kernel_set();
+    let events = net.events();
+    let mut per_second = std::collections::BTreeMap::<String, u64>::new();
+    let mut by_type = std::collections::BTreeMap::<String, u64>::new();
+    for e in &events {
+        let t = e["event_type"].as_str().unwrap_or("").to_owned();
+        *by_type.entry(t.clone()).or_default() += 1;
+        if t == "drop" || t == "dns" {
+            let sec = e["timestamp"].as_str().unwrap_or("")[..19].to_owned();
+            *per_second.entry(sec).or_default() += 1;
+        }
+    }
+    let busiest = per_second.values().copied().max().unwrap_or(0);
+    eprintln!(
+        "flood: {sent} packets from {FLOOD_SOURCES} spoofed sources in {flood_secs:.1} s; \
+         VmRSS {rss_before} kB before, {peak} kB at most; scans {}, bans {}, evicted {}, refused {}, \
+         active {}, kernel set {elements}; clean host {}/{connects} connections failed; \
+         events {by_type:?}, rate-limited events in the busiest second {busiest}",
+        p["scans"], p["bans"], p["bans_evicted"], p["bans_refused"], st["bans_active"], failed
+    );
+    assert_eq!(
+        sent,
+        u64::from(FLOOD_SOURCES) * FLOOD_PORTS.len() as u64,
+        "the flood was cut short"
+    );
+    assert!(
+        peak < RSS_BOUND_KB,
+        "VmRSS {peak} kB over the bound {RSS_BOUND_KB} kB"
+    );
+    assert!(
+        p["scans"].as_u64() > Some(FLOOD_MAX_BANS as u64),
+        "too few scans detected: {st:#}"
+    );
+    assert_eq!(st["bans_active"], FLOOD_MAX_BANS, "{st:#}");
+    // The kernel thread may still be writing its last batches.
+    let elements = wait_for(Duration::from_secs(3), || {
+        (kernel_set() == FLOOD_MAX_BANS).then_some(FLOOD_MAX_BANS)
+    })
+    .unwrap_or(elements);
+    let complaints: Vec<String> = net
+        .log()
+        .lines()
+        .filter(|l| l.starts_with("portcullis: warning") || l.starts_with("portcullis: error"))
+        .take(5)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        elements, FLOOD_MAX_BANS,
+        "the kernel's ban set disagrees with the engine; the daemon said: {complaints:#?}"
+    );
+    let limited = p["bans_evicted"].as_u64().unwrap_or(0) + p["bans_refused"].as_u64().unwrap_or(0);
+    assert!(limited > 0, "nothing counted as evicted or refused: {st:#}");
+    assert_eq!(
+        failed, 0,
+        "the clean host failed {failed} of {connects} connections"
+    );
+    // Burst: twice the rate.
+    assert!(
+        busiest <= 2 * FLOOD_EVENTS_PER_SECOND,
+        "{busiest} rate-limited events in one second"
+    );
+    let bans_file = std::fs::read_to_string(net.path("state/bans.json")).unwrap_or_default();
+    net.stop()?;
+    assert!(
+        bans_file.matches("\"addr\"").count() <= FLOOD_MAX_BANS,
+        "the bans file holds more than the maximum"
+    );
+    net.assert_clean()?;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    Ok(())
 }

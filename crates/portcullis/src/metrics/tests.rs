@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use portcullis_engine::Reason;
 
 use super::*;
-use crate::status::{CaptureStatus, DetectorStatus, ObservedStatus, PacketCounters, QueueStatus};
+use crate::status::{
+    CaptureStatus, DetectorStatus, ObservedStatus, PacketCounters, QueueStatus, SourceStatus,
+};
 
 /// A snapshot in which every number is different, so a value reported
 /// under the wrong name cannot pass.
@@ -73,6 +75,15 @@ fn known() -> Status {
             findings: 33,
         }),
         events_dropped: 34,
+        sources: vec![SourceStatus {
+            kind: "capture".into(),
+            name: "eth0".into(),
+            state: "up".into(),
+            error: None,
+            down_seconds: None,
+            failures: 47,
+            reopens: 48,
+        }],
     }
 }
 
@@ -273,6 +284,9 @@ fn render_reports_every_value_of_the_snapshot_under_its_name() {
         ("portcullis_detector_evictions_total{table=sources}", 31),
         ("portcullis_detector_evictions_total{table=flows}", 32),
         ("portcullis_events_dropped_total", 34),
+        ("portcullis_source_up{kind=capture,name=eth0}", 1),
+        ("portcullis_source_failures_total{kind=capture,name=eth0}", 47),
+        ("portcullis_source_reopens_total{kind=capture,name=eth0}", 48),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -293,6 +307,7 @@ fn families_that_do_not_apply_are_left_out() {
         queue: None,
         capture: Vec::new(),
         detector: None,
+        sources: Vec::new(),
         ..known()
     };
     let names: Vec<String> = parse(&render(&s)).into_iter().map(|f| f.name).collect();
@@ -300,6 +315,7 @@ fn families_that_do_not_apply_are_left_out() {
         "portcullis_queue_",
         "portcullis_capture_",
         "portcullis_detector_",
+        "portcullis_source_",
     ] {
         assert!(
             names.iter().all(|n| !n.starts_with(prefix)),

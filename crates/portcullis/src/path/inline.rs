@@ -4,6 +4,13 @@
 //! queries, `queue_all` protocols, composite rules) are *held* in NFQUEUE:
 //! batches -> engine -> batched verdicts, NXDOMAIN answers for blocked DNS
 //! queries. Losses of both are counted and reported.
+//!
+//! A socket that fails is closed and named in a [`SourceFailure`]; the other
+//! goes on and the packet loop reopens (rebinds) it. While the queue is
+//! unbound, what the kernel would hold passes (fail-open: the queue rule
+//! bypasses) or is dropped (fail-closed); while the log group is unbound,
+//! observed packets go on unseen. Kernel rules and bans stay in force.
+//! Counters carry on across reopenings.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,16 +19,16 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use portcullis_engine::config::{BlockedDnsResponse, Config};
 use portcullis_engine::events::{
-    Body, CaptureEvent, CaptureInfo, Event, QueueEvent, QueueFate, QueueInfo,
+    Body, CaptureEvent, CaptureInfo, Event, QueueEvent, QueueFate, QueueInfo, SourceKind,
 };
 use portcullis_engine::Engine;
 use portcullis_engine::{Action, Reason};
-use portcullis_nflog::{Hook as LogHook, Log, LogConfig};
-use portcullis_nfqueue::{Hook, Queue, QueueConfig, Responder, Verdict as NfVerdict};
+use portcullis_nflog::{Hook as LogHook, Log, LogConfig, LogStats, NflogError};
+use portcullis_nfqueue::{Hook, NfqError, Queue, QueueConfig, Responder, Verdict as NfVerdict};
 use portcullis_wire::{Direction, LinkType, PacketIn, Timestamp};
 
 use crate::clock::now;
-use crate::path::PacketPath;
+use crate::path::{PacketPath, SourceFailure, SourceId};
 use crate::status::{ObservedStatus, QueueStatus, Status};
 
 /// Marks "not known yet" in the shared queue-rule counter (the kernel
@@ -43,11 +50,18 @@ const LOG_FLUSH_CENTIS: u32 = 1;
 
 /// The queue, the NFLOG group, the DNS responder and what they lost so far.
 pub struct InlinePath {
-    log: Log,
+    /// `None` while closed after a failure.
+    log: Option<Log>,
+    lcfg: LogConfig,
+    /// The counters of closed logs.
+    log_before: LogStats,
     /// Losses of the log already reported.
     log_reported: (u64, u64),
-    queue: Queue,
+    /// `None` while closed after a failure.
+    queue: Option<Queue>,
     qcfg: QueueConfig,
+    /// (packets, overruns) of closed queues.
+    queue_before: (u64, u64),
     responder: Responder,
     /// Packets our queue rule sent (kernel thread), or [`UNKNOWN`].
     queue_hits: Arc<AtomicU64>,
@@ -81,10 +95,13 @@ impl InlinePath {
             .set_mark(skip_mark)
             .context("marking DNS answers")?;
         Ok(Self {
-            log,
+            log: Some(log),
+            lcfg,
+            log_before: LogStats::default(),
             log_reported: (0, 0),
-            queue,
+            queue: Some(queue),
             qcfg,
+            queue_before: (0, 0),
             responder,
             queue_hits,
             seen: QueueDrops::default(),
@@ -106,7 +123,7 @@ impl PacketPath for InlinePath {
         )
     }
 
-    fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<()> {
+    fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<(), SourceFailure> {
         // Neither source may starve the other: read what each has without
         // waiting, and wait on both only when both were empty.
         let mut n = self.observe(engine)? + self.hold(engine, Duration::ZERO)?;
@@ -119,9 +136,38 @@ impl PacketPath for InlinePath {
         Ok(())
     }
 
+    fn reopen(&mut self, id: &SourceId) -> Result<(), SourceFailure> {
+        match id.kind {
+            SourceKind::Queue if self.queue.is_none() => {
+                let q = Queue::open(&self.qcfg).map_err(|e| {
+                    let fatal = queue_fatal(&e);
+                    SourceFailure {
+                        id: self.queue_id(),
+                        error: e.into(),
+                        fatal,
+                    }
+                })?;
+                self.queue = Some(q);
+            }
+            SourceKind::Log if self.log.is_none() => {
+                let l = Log::open(&self.lcfg).map_err(|e| {
+                    let fatal = log_fatal(&e);
+                    SourceFailure {
+                        id: self.log_id(),
+                        error: e.into(),
+                        fatal,
+                    }
+                })?;
+                self.log = Some(l);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn losses(&mut self) -> Vec<Event> {
         let mut out = self.queue_losses();
-        let st = self.log.stats();
+        let st = self.log_stats();
         let (lost, overruns) = (st.lost, st.overruns);
         let (seen_lost, seen_overruns) = self.log_reported;
         if lost > seen_lost || overruns > seen_overruns {
@@ -131,7 +177,7 @@ impl PacketPath for InlinePath {
                 now(),
                 Body::Capture(CaptureEvent {
                     capture: CaptureInfo {
-                        interface: format!("nflog:{}", self.log.config().group),
+                        interface: format!("nflog:{}", self.lcfg.group),
                         dropped: lost - seen_lost,
                         if_dropped: 0,
                     },
@@ -144,9 +190,9 @@ impl PacketPath for InlinePath {
 
     fn status(&mut self, s: &mut Status) {
         self.queue_status(s);
-        let st = self.log.stats();
+        let st = self.log_stats();
         s.observed = Some(ObservedStatus {
-            group: self.log.config().group,
+            group: self.lcfg.group,
             received: st.received,
             lost: st.lost,
             overruns: st.overruns,
@@ -159,29 +205,116 @@ impl PacketPath for InlinePath {
     }
 }
 
+/// Queue errors no rebinding mends: the kernel or our rights changed.
+fn queue_fatal(e: &NfqError) -> bool {
+    matches!(
+        e,
+        NfqError::NetlinkUnavailable(_)
+            | NfqError::ModuleMissing
+            | NfqError::PermissionDenied { .. }
+            | NfqError::FlagsUnsupported(_)
+            | NfqError::InvalidConfig(_)
+    )
+}
+
+/// Log errors no rebinding mends.
+fn log_fatal(e: &NflogError) -> bool {
+    matches!(
+        e,
+        NflogError::NetlinkUnavailable(_)
+            | NflogError::ModuleMissing
+            | NflogError::PermissionDenied { .. }
+            | NflogError::InvalidConfig(_)
+    )
+}
+
 impl InlinePath {
+    fn queue_id(&self) -> SourceId {
+        SourceId::new(SourceKind::Queue, self.qcfg.num.to_string())
+    }
+
+    fn log_id(&self) -> SourceId {
+        SourceId::new(SourceKind::Log, self.lcfg.group.to_string())
+    }
+
+    /// The log's counters since the start, across reopenings.
+    fn log_stats(&self) -> LogStats {
+        let b = &self.log_before;
+        match &self.log {
+            None => b.clone(),
+            Some(l) => {
+                // Only the counters reported are carried.
+                let c = l.stats();
+                LogStats {
+                    received: b.received + c.received,
+                    lost: b.lost + c.lost,
+                    overruns: b.overruns + c.overruns,
+                    malformed: b.malformed + c.malformed,
+                    ..c.clone()
+                }
+            }
+        }
+    }
+
+    /// The queue's (packets, overruns) since the start, across reopenings.
+    fn queue_counts(&self) -> (u64, u64) {
+        let (p, o) = self.queue_before;
+        self.queue.as_ref().map_or((p, o), |q| {
+            (p + q.counters().packets, o + q.counters().enobufs)
+        })
+    }
+
+    /// Closes the log after `error`, keeping its counters.
+    fn close_log(&mut self, error: anyhow::Error) -> SourceFailure {
+        self.log_before = self.log_stats();
+        self.log = None;
+        SourceFailure::new(self.log_id(), error)
+    }
+
+    /// Closes the queue after `error`, keeping its counters. What it still
+    /// holds gets the fail-open or fail-closed verdict if the socket still
+    /// takes it (unbinding would drop it).
+    fn close_queue(&mut self, error: anyhow::Error) -> SourceFailure {
+        self.queue_finish();
+        self.queue_before = self.queue_counts();
+        self.queue = None;
+        SourceFailure::new(self.queue_id(), error)
+    }
+
     /// Waits up to `wait` for the log or the queue to have something;
-    /// false on timeout (or a signal).
-    fn wait_either(&self, wait: Duration) -> Result<bool> {
+    /// false on timeout (or a signal). With both closed, sleeps `wait`.
+    fn wait_either(&self, wait: Duration) -> Result<bool, SourceFailure> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [
-            PollFd::new(self.log.raw_fd(), PollFlags::POLLIN),
-            PollFd::new(self.queue.raw_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds: Vec<PollFd<'_>> = [
+            self.log.as_ref().map(Log::raw_fd),
+            self.queue.as_ref().map(Queue::raw_fd),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+        .collect();
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(n) => Ok(n > 0),
             Err(nix::errno::Errno::EINTR) => Ok(false),
-            Err(e) => Err(e).context("waiting for the NFLOG and NFQUEUE sockets"),
+            // Not one socket's fault: nothing to close, retried at the
+            // next step (the loop backs off).
+            Err(e) => Err(SourceFailure::new(
+                self.queue_id(),
+                anyhow::Error::from(e).context("waiting for the NFLOG and NFQUEUE sockets"),
+            )),
         }
     }
 
     /// Hands the logged packets that have arrived to the engine: the kernel
     /// already decided them, so the verdict is not used (detection and
     /// logging only). Never waits.
-    fn observe(&mut self, engine: &mut Engine) -> Result<usize> {
+    fn observe(&mut self, engine: &mut Engine) -> Result<usize, SourceFailure> {
         let t = now();
-        self.log
+        let Some(log) = self.log.as_mut() else {
+            return Ok(0);
+        };
+        let n = log
             .recv_batch(LOG_BATCH, Some(Duration::ZERO), |p| {
                 let dir = match p.hook {
                     LogHook::Output | LogHook::Postrouting => Direction::Outbound,
@@ -197,23 +330,27 @@ impl InlinePath {
                     orig_len: p.original_len,
                 });
             })
-            .context("reading the NFLOG group")
+            .context("reading the NFLOG group");
+        n.map_err(|e| self.close_log(e))
     }
 
     /// Decides the queued packets that have arrived (waiting at most
     /// `wait` for the first), and sends the verdicts.
-    fn hold(&mut self, engine: &mut Engine, wait: Duration) -> Result<usize> {
-        let n = self
-            .queue
-            .recv_batch(Some(wait))
-            .context("reading the NFQUEUE")?;
+    fn hold(&mut self, engine: &mut Engine, wait: Duration) -> Result<usize, SourceFailure> {
+        let Some(queue) = self.queue.as_mut() else {
+            return Ok(0);
+        };
+        let n = match queue.recv_batch(Some(wait)).context("reading the NFQUEUE") {
+            Ok(n) => n,
+            Err(e) => return Err(self.close_queue(e)),
+        };
         if n == 0 {
             return Ok(0);
         }
         let t = now();
         let answer = engine.config().dns.blocked_response == BlockedDnsResponse::Nxdomain;
         let responder = &mut self.responder;
-        self.queue.decide_each(|p| {
+        queue.decide_each(|p| {
             let dir = match p.hook {
                 Hook::Output | Hook::Postrouting => Direction::Outbound,
                 Hook::Forward => Direction::Forwarded,
@@ -236,18 +373,16 @@ impl InlinePath {
                 Action::Drop => (NfVerdict::Drop, None),
             }
         });
-        self.queue.flush().context("sending verdicts")?;
+        if let Err(e) = queue.flush().context("sending verdicts") {
+            return Err(self.close_queue(e));
+        }
         Ok(n)
     }
 
     fn queue_losses(&mut self) -> Vec<Event> {
         let num = self.qcfg.num;
-        let cur = QueueDrops::read(
-            num,
-            self.queue_hits.load(Ordering::Relaxed),
-            self.queue.counters().packets,
-        );
-        let overruns = self.queue.counters().enobufs;
+        let (packets, overruns) = self.queue_counts();
+        let cur = QueueDrops::read(num, self.queue_hits.load(Ordering::Relaxed), packets);
         let ev = self
             .seen
             .event(&cur, overruns - self.overruns, num, self.qcfg.fail_open);
@@ -265,7 +400,7 @@ impl InlinePath {
         s.queue = Some(QueueStatus {
             number: self.qcfg.num,
             fail_open: self.qcfg.fail_open,
-            received: self.queue.counters().packets,
+            received: self.queue_counts().0,
             queue_dropped: self.seen.queue_dropped,
             user_dropped: self.seen.user_dropped,
             uninspected: self.seen.uninspected,
@@ -274,13 +409,16 @@ impl InlinePath {
     }
 
     fn queue_finish(&mut self) {
+        let Some(queue) = self.queue.as_mut() else {
+            return;
+        };
         // What is still queued passes (fail-open) or not.
-        self.queue.verdict_outstanding(if self.qcfg.fail_open {
+        queue.verdict_outstanding(if self.qcfg.fail_open {
             NfVerdict::Accept
         } else {
             NfVerdict::Drop
         });
-        let _ = self.queue.flush();
+        let _ = queue.flush();
     }
 }
 

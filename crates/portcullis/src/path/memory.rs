@@ -1,18 +1,19 @@
 //! An in-memory packet path for tests (smoltcp's `Loopback`): the test
 //! pushes packets through a [`MemoryPath`] handle, the packet loop decides
 //! them as it would queued ones, and the verdicts are recorded in order.
-//! Nothing here waits: an empty path returns at once.
+//! Nothing here waits: an empty path returns at once. Its one source
+//! (`queue memory`) can be made to fail, and its reopening to fail too, as
+//! a real socket or capture would.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Result;
-use portcullis_engine::events::Event;
+use portcullis_engine::events::{Event, SourceKind};
 use portcullis_engine::{Engine, Verdict};
 use portcullis_wire::{Direction, LinkType, PacketIn, Timestamp};
 
-use crate::path::PacketPath;
+use crate::path::{PacketPath, SourceFailure, SourceId};
 use crate::status::Status;
 
 /// A packet waiting in a [`MemoryPath`].
@@ -29,6 +30,13 @@ struct Inner {
     waiting: VecDeque<Frame>,
     verdicts: Vec<Verdict>,
     finished: bool,
+    /// The next step fails with this error (fatal or not).
+    fail: Option<(String, bool)>,
+    /// Failed and not reopened: packets wait.
+    closed: bool,
+    /// This many reopenings fail before one succeeds.
+    refuse: u32,
+    reopens: u32,
 }
 
 /// Clones share the same packets and verdicts: keep one, give the other to
@@ -53,6 +61,25 @@ impl MemoryPath {
         self.with(|i| i.verdicts.clone())
     }
 
+    /// The path's one source.
+    pub fn id() -> SourceId {
+        SourceId::new(SourceKind::Queue, "memory")
+    }
+
+    /// The next step fails with `error` and closes the source; the next
+    /// `refuse` reopenings fail too.
+    pub fn fail(&self, error: &str, fatal: bool, refuse: u32) {
+        self.with(|i| {
+            i.fail = Some((error.to_owned(), fatal));
+            i.refuse = refuse;
+        });
+    }
+
+    /// Reopenings tried so far (failed ones included).
+    pub fn reopens(&self) -> u32 {
+        self.with(|i| i.reopens)
+    }
+
     /// Whether the loop has shut the path down.
     pub fn finished(&self) -> bool {
         self.with(|i| i.finished)
@@ -64,7 +91,21 @@ impl PacketPath for MemoryPath {
         "running on memory".to_owned()
     }
 
-    fn step(&mut self, engine: &mut Engine, _wait: Duration) -> Result<()> {
+    fn step(&mut self, engine: &mut Engine, _wait: Duration) -> Result<(), SourceFailure> {
+        if let Some((error, fatal)) = self.with(|i| {
+            let f = i.fail.take();
+            i.closed |= f.is_some();
+            f
+        }) {
+            return Err(SourceFailure {
+                id: Self::id(),
+                error: anyhow::anyhow!(error),
+                fatal,
+            });
+        }
+        if self.with(|i| i.closed) {
+            return Ok(());
+        }
         let frames: Vec<Frame> = self.with(|i| i.waiting.drain(..).collect());
         let verdicts: Vec<Verdict> = frames
             .iter()
@@ -83,6 +124,23 @@ impl PacketPath for MemoryPath {
         }
         self.with(|i| i.verdicts.extend(verdicts));
         Ok(())
+    }
+
+    fn reopen(&mut self, id: &SourceId) -> Result<(), SourceFailure> {
+        assert_eq!(id, &Self::id(), "only the memory source is reopened");
+        self.with(|i| {
+            i.reopens += 1;
+            if i.refuse > 0 {
+                i.refuse -= 1;
+                Err(SourceFailure::new(
+                    Self::id(),
+                    anyhow::anyhow!("still failing"),
+                ))
+            } else {
+                i.closed = false;
+                Ok(())
+            }
+        })
     }
 
     fn losses(&mut self) -> Vec<Event> {

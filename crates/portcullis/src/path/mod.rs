@@ -9,10 +9,15 @@
 //!
 //! A path hands packets to the engine and nothing else: it knows nothing
 //! of the kernel thread, the control socket or the event writer.
+//!
+//! **A failing source is closed, not fatal.** When one of its sources
+//! fails, a path closes it, returns a [`SourceFailure`] naming it, and
+//! keeps reading the others (waiting out `wait` when none is left); the
+//! packet loop reopens it later through [`PacketPath::reopen`], as
+//! [`recover::Recovery`] says.
 
 use std::time::Duration;
 
-use anyhow::Result;
 use portcullis_engine::events::Event;
 use portcullis_engine::Engine;
 
@@ -22,14 +27,21 @@ pub mod inline;
 #[cfg(test)]
 pub mod memory;
 pub mod monitor;
+pub mod recover;
+
+pub use recover::{SourceFailure, SourceId};
 
 /// Where packets come from and go.
 pub trait PacketPath {
     /// The line the daemon prints once it serves (after saved bans are back
     /// in the kernel): `running on NFQUEUE 0 (fail-open)`, `monitoring ...`.
     fn ready_line(&self) -> String;
-    /// Processes what arrives within `wait` (deciding it, inline).
-    fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<()>;
+    /// Processes what arrives within `wait` (deciding it, inline). A
+    /// source that fails is closed and named in the error; the next steps
+    /// read the others.
+    fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<(), SourceFailure>;
+    /// Opens a failed source again; the error if it still fails.
+    fn reopen(&mut self, id: &SourceId) -> Result<(), SourceFailure>;
     /// Packets lost since the last call, as events (called every second).
     fn losses(&mut self) -> Vec<Event>;
     /// Fills in this path's part of a status snapshot.
