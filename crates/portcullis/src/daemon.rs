@@ -55,8 +55,8 @@ fn protected(plan: &RunPlan) -> Vec<ipnet::IpNet> {
     let mut nets: Vec<ipnet::IpNet> = plan.protect.iter().map(|&a| a.into()).collect();
     if plan.protect_ssh {
         if let Some((addr, sshd)) = crate::lockout::ssh_client_with_source() {
-            eprintln!(
-                "portcullis: protecting the SSH client {addr} (session of sshd pid {sshd}): never blocked nor banned (--no-protect-ssh to turn off)"
+            log::info!(
+                "protecting the SSH client {addr} (session of sshd pid {sshd}): never blocked nor banned (--no-protect-ssh to turn off)"
             );
             nets.push(addr.into());
         }
@@ -85,14 +85,14 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
             .map(|(a, why)| format!("{a} ({why})"))
             .chain(std::iter::once("this host's own addresses".to_owned()))
             .collect();
-        eprintln!(
-            "portcullis: never banned by a scan: {} (--no-protect-peers to turn off)",
+        log::info!(
+            "never banned by a scan: {} (--no-protect-peers to turn off)",
             list.join(", ")
         );
     }
     if plan.passive() && cfg.home_net.is_empty() {
-        eprintln!(
-            "portcullis: warning: no home_net and no address on this host yet: every captured packet counts as inbound (set --home-net CIDR or home_net in the rules file, or SIGHUP once the network is up)"
+        log::warn!(
+            "no home_net and no address on this host yet: every captured packet counts as inbound (set --home-net CIDR or home_net in the rules file, or SIGHUP once the network is up)"
         );
     }
     let state = StateDir::open(&plan.state_dir)?;
@@ -105,7 +105,7 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
             let snap = Arc::clone(&latest);
             let m = crate::metrics::serve(addr, move || snap.lock().ok()?.clone())
                 .with_context(|| format!("--metrics {addr}: cannot listen"))?;
-            eprintln!("portcullis: metrics on http://{}/metrics", m.local_addr());
+            log::info!("metrics on http://{}/metrics", m.local_addr());
             Some(m)
         }
         None => None,
@@ -140,7 +140,7 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
                 KernelRules::Full => fw.queue_path().to_string(),
                 KernelRules::BansOnly => "nftables ban sets only (passive)".to_owned(),
             };
-            eprintln!("portcullis: kernel rules installed (table inet portcullis); {path}");
+            log::info!("kernel rules installed (table inet portcullis); {path}");
             (Some((fw, r)), path)
         }
         None => (None, "none (passive, nothing enforced)".to_owned()),
@@ -216,7 +216,7 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
     match (result, teardown) {
         (Ok(code), Ok(())) => {
             if rules.is_some() {
-                eprintln!("portcullis: kernel rules removed");
+                log::info!("kernel rules removed");
             }
             Ok(code)
         }
@@ -279,7 +279,7 @@ fn serve(
     let dropped_events = packets.finish();
     let _ = writer.join();
     if dropped_events > 0 {
-        eprintln!("portcullis: {dropped_events} events were dropped: the event writer fell behind");
+        log::warn!("{dropped_events} events were dropped: the event writer fell behind");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -292,7 +292,7 @@ fn restore_bans(engine: &mut Engine, state: &StateDir, kernel: &Sender<KernelCmd
         Ok(b) if enforced => b,
         Ok(_) => return,
         Err(e) => {
-            eprintln!("portcullis: warning: ignoring saved bans: {e:#}");
+            log::warn!("ignoring saved bans: {e:#}");
             return;
         }
     };
@@ -314,8 +314,8 @@ fn restore_bans(engine: &mut Engine, state: &StateDir, kernel: &Sender<KernelCmd
         .filter(|a| !matches!(a.recv_deadline(deadline), Ok(Ok(()))))
         .count();
     if restored > 0 {
-        eprintln!(
-            "portcullis: restored {restored} bans from {}{}",
+        log::info!(
+            "restored {restored} bans from {}{}",
             state.bans_path().display(),
             if failed > 0 {
                 format!(" ({failed} not confirmed by the kernel in time)")

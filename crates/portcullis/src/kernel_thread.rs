@@ -72,7 +72,7 @@ pub fn spawn(
             let mut last_save: Option<Instant> = None;
             let save = |bans: &HashMap<IpAddr, Ban>| {
                 if let Some(Err(e)) = state.as_ref().map(|s| s.save_bans(bans.values())) {
-                    eprintln!("portcullis: warning: {e:#}");
+                    log::warn!("{e:#}");
                 }
             };
             loop {
@@ -152,7 +152,7 @@ pub fn spawn(
                     if !del.is_empty() {
                         let del: Vec<IpAddr> = del.into_iter().collect();
                         if let Err(e) = f.unban(&del) {
-                            eprintln!("portcullis: warning: removing bans from the kernel: {e}");
+                            log::warn!("removing bans from the kernel: {e}");
                             outcome = Err(e.to_string());
                         }
                     }
@@ -166,7 +166,7 @@ pub fn spawn(
                                 }
                             }
                             Err(e) => {
-                                eprintln!("portcullis: error: adding bans to the kernel: {e}");
+                                log::error!("adding bans to the kernel: {e}");
                                 outcome = outcome.and(Err(e.to_string()));
                             }
                         }
@@ -186,8 +186,8 @@ pub fn spawn(
                 save(&bans);
             }
             if committed > 0 {
-                eprintln!(
-                    "portcullis: {committed} bans committed to the kernel; worst latency from detection {} ms",
+                log::info!(
+                    "{committed} bans committed to the kernel; worst latency from detection {} ms",
                     worst_latency.as_millis()
                 );
             }
@@ -205,7 +205,7 @@ fn heal(f: &Firewall, rules: KernelRules, cfg: &Config, bans: &HashMap<IpAddr, B
         Ok(d) if d.any() => d,
         Ok(_) => return,
         Err(e) => {
-            eprintln!("portcullis: warning: checking our kernel rules: {e}");
+            log::warn!("checking our kernel rules: {e}");
             return;
         }
     };
@@ -226,11 +226,11 @@ fn heal(f: &Firewall, rules: KernelRules, cfg: &Config, bans: &HashMap<IpAddr, B
         _ => "the iptables jumps",
     };
     match f.repair(&rules.plan(cfg), damage, &left) {
-        Ok(()) => eprintln!(
-            "portcullis: warning: something removed our kernel rules ({what}); put back with {} bans",
+        Ok(()) => log::warn!(
+            "something removed our kernel rules ({what}); put back with {} bans",
             left.len()
         ),
-        Err(e) => eprintln!("portcullis: error: putting back our kernel rules ({what}): {e}"),
+        Err(e) => log::error!("putting back our kernel rules ({what}): {e}"),
     }
 }
 

@@ -136,7 +136,7 @@ pub fn spawn_writer(
             }
             if reopen.swap(false, Ordering::Relaxed) {
                 if let Err(e) = out.reopen() {
-                    eprintln!("portcullis: warning: {e:#}; events still go to the old file");
+                    log::warn!("{e:#}; events still go to the old file");
                 }
             }
         })

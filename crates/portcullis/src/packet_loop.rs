@@ -110,7 +110,7 @@ impl<'a> PacketLoop<'a> {
 
     /// Says we serve: the ready line on stderr, READY to systemd.
     pub fn announce(&self) {
-        eprintln!("portcullis: {}", self.path.ready_line());
+        log::info!("{}", self.path.ready_line());
         let _ = self
             .wiring
             .notify
@@ -131,7 +131,7 @@ impl<'a> PacketLoop<'a> {
     /// SIGHUP: starts a reload unless one is in progress.
     pub fn start_reload(&mut self) {
         if self.reloading.is_some() {
-            eprintln!("portcullis: a reload is already in progress; this SIGHUP is ignored");
+            log::warn!("a reload is already in progress; this SIGHUP is ignored");
         } else {
             let _ = self.wiring.notify.reloading();
             self.reloading = Some(reload::start(&self.config, &self.wiring.kernel));
