@@ -32,12 +32,13 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use portcullis_engine::config::Config;
 use portcullis_engine::engine::{DetectorMode, Engine};
+use portcullis_engine::events::Event;
 use portcullis_kernel::{Firewall, KernelOptions};
 
 use crate::clock::now;
 use crate::config::DaemonConfig;
 use crate::control::{self, Pending};
-use crate::kernel_thread::{self, KernelCmd};
+use crate::kernel_thread::{self, KernelCmd, KernelStats, Links};
 use crate::lock::lock_namespace;
 use crate::notify::Notifier;
 use crate::output::spawn_writer;
@@ -150,6 +151,8 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
     // kernel thread does it when its channel closes.
     let (kernel_tx, kernel_rx) = crossbeam_channel::bounded::<KernelCmd>(65_536);
     let queue_hits = Arc::new(AtomicU64::new(UNKNOWN));
+    let (links, reports) = Links::new(Arc::clone(&queue_hits));
+    let kernel_stats = Arc::clone(&links.stats);
     // Bans nothing enforces are not saved: a dry run's "bans" must not
     // become real ones at the next inline start.
     let kernel = match kernel_thread::spawn(
@@ -157,7 +160,7 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
         Arc::clone(&cfg),
         kernel_rx,
         rules.is_some().then(|| state.clone()),
-        Arc::clone(&queue_hits),
+        links,
     ) {
         Ok(k) => k,
         Err(e) => {
@@ -170,6 +173,8 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
     };
     let ctl = Control {
         kernel: &kernel_tx,
+        reports,
+        kernel_stats,
         term: &term,
         hup: &hup,
         requests: &requests,
@@ -230,6 +235,10 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
 struct Control<'a> {
     /// Commands for the kernel thread.
     kernel: &'a Sender<KernelCmd>,
+    /// The kernel thread's events.
+    reports: Receiver<Event>,
+    /// The kernel thread's counters.
+    kernel_stats: Arc<KernelStats>,
     /// SIGINT/SIGTERM seen.
     term: &'a AtomicBool,
     /// SIGHUP seen.
@@ -262,11 +271,14 @@ fn serve(
     // verdicts (logged as would_block) and, with --enforce-bans, the kernel.
     engine.set_enforcing(plan.verdicts_enforced());
     restore_bans(&mut engine, state, ctl.kernel, ctl.info.bans_enforced);
-    let (event_tx, writer) =
+    let (event_tx, writer, writer_stats) =
         spawn_writer(plan.events.as_deref(), plan.console, Arc::clone(ctl.usr1))?;
     let wiring = Wiring {
         kernel: ctl.kernel.clone(),
         events: event_tx,
+        reports: ctl.reports,
+        kernel_stats: ctl.kernel_stats,
+        writer_stats: Arc::clone(&writer_stats),
         requests: ctl.requests.clone(),
         latest: Arc::clone(ctl.latest),
         notify: ctl.notify,
@@ -277,9 +289,15 @@ fn serve(
     // Shutting down: settle what is queued, close the windows, stop the
     // writer.
     let dropped_events = packets.finish();
-    let _ = writer.join();
+    if writer.join().is_err() {
+        log::error!("the event writer panicked: the last events may be lost");
+    }
     if dropped_events > 0 {
         log::warn!("{dropped_events} events were dropped: the event writer fell behind");
+    }
+    let unwritten = writer_stats.lost.load(std::sync::atomic::Ordering::Relaxed);
+    if unwritten > 0 {
+        log::warn!("{unwritten} events were lost: the event log did not take them");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -303,7 +321,7 @@ fn restore_bans(engine: &mut Engine, state: &StateDir, kernel: &Sender<KernelCmd
         if engine.restore_ban(b.clone(), start) {
             restored += 1;
             let (ack, done) = crossbeam_channel::bounded(1);
-            if kernel.try_send(KernelCmd::Ban(b, Some(ack))).is_ok() {
+            if kernel.try_send(KernelCmd::ban(b, Some(ack))).is_ok() {
                 acks.push(done);
             }
         }

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use portcullis_engine::Reason;
 
 use super::*;
-use crate::status::{CaptureStatus, DetectorStatus, ObservedStatus, PacketCounters, QueueStatus};
+use crate::status::{
+    CaptureStatus, DetectorStatus, KernelStatus, ObservedStatus, PacketCounters, QueueStatus,
+};
 
 /// A snapshot in which every number is different, so a value reported
 /// under the wrong name cannot pass.
@@ -48,6 +50,7 @@ fn known() -> Status {
             user_dropped: 21,
             uninspected: 22,
             overruns: 23,
+            dns_answers_failed: 47,
         }),
         observed: Some(ObservedStatus {
             group: 9,
@@ -73,6 +76,17 @@ fn known() -> Status {
             findings: 33,
         }),
         events_dropped: 34,
+        events_write_failed: 48,
+        event_log_errors: 49,
+        kernel: KernelStatus {
+            rules_restored: 50,
+            rules_restore_failed: 51,
+            bans_failed: 52,
+            bans_enforced_late: 53,
+            unbans_failed: 54,
+            retrying: 55,
+            commands_dropped: 56,
+        },
     }
 }
 
@@ -273,6 +287,16 @@ fn render_reports_every_value_of_the_snapshot_under_its_name() {
         ("portcullis_detector_evictions_total{table=sources}", 31),
         ("portcullis_detector_evictions_total{table=flows}", 32),
         ("portcullis_events_dropped_total", 34),
+        ("portcullis_dns_answers_failed_total", 47),
+        ("portcullis_events_write_failed_total", 48),
+        ("portcullis_event_log_errors_total", 49),
+        ("portcullis_rules_restored_total", 50),
+        ("portcullis_rules_restore_failed_total", 51),
+        ("portcullis_kernel_commands_failed_total{command=ban}", 52),
+        ("portcullis_bans_enforced_late_total", 53),
+        ("portcullis_kernel_commands_failed_total{command=unban}", 54),
+        ("portcullis_kernel_retrying", 55),
+        ("portcullis_kernel_commands_dropped_total", 56),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -49,6 +49,8 @@ pub struct InlinePath {
     queue_hits: Arc<AtomicU64>,
     seen: QueueDrops,
     overruns: u64,
+    /// NXDOMAIN answers that could not be built or sent.
+    dns_answers_failed: u64,
 }
 
 impl InlinePath {
@@ -82,6 +84,7 @@ impl InlinePath {
             queue_hits,
             seen: QueueDrops::default(),
             overruns: 0,
+            dns_answers_failed: 0,
         })
     }
 }
@@ -206,6 +209,7 @@ impl InlinePath {
         let t = now();
         let answer = engine.config().dns.blocked_response == BlockedDnsResponse::Nxdomain;
         let responder = &mut self.responder;
+        let failed = &mut self.dns_answers_failed;
         self.queue.decide_each(|p| {
             let dir = match p.hook {
                 Hook::Output | Hook::Postrouting => Direction::Outbound,
@@ -221,8 +225,15 @@ impl InlinePath {
                 orig_len: None,
             });
             if v.reason == Reason::BlockedDomain && answer {
-                // Best effort: the query is dropped either way.
-                let _ = responder.respond_to(p);
+                // The query is dropped either way; a failed answer is
+                // counted and said (rate-limited by the logger).
+                if let Err(e) = responder.respond_to(p) {
+                    *failed += 1;
+                    log::warn!(
+                        "NXDOMAIN answer to a blocked DNS query not sent: {e} ({} so far)",
+                        *failed
+                    );
+                }
             }
             match v.action {
                 Action::Accept => (NfVerdict::Accept, None),
@@ -263,6 +274,7 @@ impl InlinePath {
             user_dropped: self.seen.user_dropped,
             uninspected: self.seen.uninspected,
             overruns: self.overruns,
+            dns_answers_failed: self.dns_answers_failed,
         });
     }
 
