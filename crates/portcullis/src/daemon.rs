@@ -166,7 +166,11 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
         Err(e) => {
             // The firewall went down with the thread that never started.
             if rules.is_some() {
-                let _ = Firewall::remove_leftovers();
+                if let Err(t) = Firewall::remove_leftovers() {
+                    log::error!(
+                        "removing our kernel rules after the kernel thread failed to start: {t}"
+                    );
+                }
             }
             return Err(e);
         }

@@ -400,7 +400,7 @@ mod tests {
             .iter()
             .filter(|&&b| b == b'\n')
             .count() as u64;
-        assert!(written >= 1 && written < 10, "{written}");
+        assert!((1..10).contains(&written), "{written}");
         assert!(out.lost() >= 10 - written - 1, "lost {}", out.lost());
         assert!(out.lost() <= 10 - written, "lost {}", out.lost());
         assert_eq!(out.errors(), failures);

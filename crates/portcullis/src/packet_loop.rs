@@ -168,7 +168,7 @@ impl<'a> PacketLoop<'a> {
             };
             if let Some(outcome) = outcome {
                 let ev = reload::finish(outcome, &mut self.engine);
-                let _ = self.wiring.events.try_send(ev);
+                self.emit(ev);
                 self.reloading = None;
                 // The old rules stay in force on failure: ready either way.
                 let _ = self.wiring.notify.ready();
@@ -213,7 +213,7 @@ impl<'a> PacketLoop<'a> {
     /// `systemctl status` shows.
     fn stats(&mut self) {
         for ev in self.path.losses() {
-            let _ = self.wiring.events.try_send(ev);
+            self.emit(ev);
         }
         // The metrics server reads this copy; never wait for a scrape.
         let snapshot = self.status();
@@ -263,6 +263,13 @@ impl<'a> PacketLoop<'a> {
             }
         }
         dropped_events
+    }
+
+    /// One event to the writer; a full channel drops it, counted.
+    fn emit(&mut self, ev: Event) {
+        if let Err(TrySendError::Full(_)) = self.wiring.events.try_send(ev) {
+            self.dropped_events += 1;
+        }
     }
 
     fn forward(&mut self) {

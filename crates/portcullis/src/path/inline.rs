@@ -285,7 +285,9 @@ impl InlinePath {
         } else {
             NfVerdict::Drop
         });
-        let _ = self.queue.flush();
+        if let Err(e) = self.queue.flush() {
+            log::warn!("the last verdicts at exit were not sent ({e}); the kernel decides those packets by the queue's fail-open or fail-closed setting");
+        }
     }
 }
 
