@@ -515,18 +515,19 @@ fn heal(
         .collect();
     let missing = damage.missing.clone();
     let what = missing.join(", ");
+    // Bans go back only with the table (the iptables objects hold none).
+    let bans_back = if damage.table { left.len() } else { 0 };
     let info = match f.repair(&rules.plan(cfg), damage, &left) {
         Ok(()) => {
             *failing = false;
             stats.rules_restored.fetch_add(1, Ordering::Relaxed);
             log::warn!(
-                "something removed our kernel rules ({what}); put back with {} bans",
-                left.len()
+                "something removed our kernel rules ({what}); put back with {bans_back} bans"
             );
             RulesInfo {
                 action: RulesAction::Restored,
                 missing,
-                bans_restored: left.len(),
+                bans_restored: bans_back,
                 error: None,
             }
         }

@@ -847,6 +847,44 @@ mod tests {
         kernel.join().unwrap().unwrap();
     }
 
+    /// Putting the rules back fails: one `restore_failed` event for the
+    /// run of failures, every try counted; `restored` once it works.
+    #[test]
+    fn a_failed_repair_is_reported_once_counted_and_tried_again() {
+        use portcullis_engine::events::RulesAction;
+        let runner = RecordingRunner::new();
+        let cfg = Arc::new(portcullis_engine::config::Config::default_policy().unwrap());
+        let (kernel, end) = kernel_thread(&runner, &cfg);
+        let mut h = harness_with(None, true, Some(end));
+        runner.fail_scripts_with(Some("add table inet portcullis"));
+        runner.flush();
+        let rules = |e: &Event| match &e.body {
+            Body::Rules(r) => Some(r.rules.clone()),
+            _ => None,
+        };
+        let first = h.turn_until(rules);
+        assert_eq!(first.action, RulesAction::RestoreFailed);
+        assert!(first.error.unwrap_or_default().contains("No buffer space"));
+        // Tried again every second: counted, not reported again.
+        let until = Instant::now() + Duration::from_millis(2_500);
+        let mut again = 0;
+        while Instant::now() < until {
+            h.packets.turn().unwrap();
+            again += h.events().iter().filter_map(rules).count();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(again, 0);
+        let s = status(&mut h);
+        assert!(s.kernel.rules_restore_failed >= 3, "{:?}", s.kernel);
+        assert_eq!(s.kernel.rules_restored, 0);
+        runner.fail_scripts_with(None);
+        let back = h.turn_until(rules);
+        assert_eq!(back.action, RulesAction::Restored);
+        assert_eq!(status(&mut h).kernel.rules_restored, 1);
+        h.packets.finish();
+        kernel.join().unwrap().unwrap();
+    }
+
     /// Issue 11, item 4: a ban the kernel thread's full channel cannot
     /// take is counted and its event says it is not enforced, and why.
     #[test]
