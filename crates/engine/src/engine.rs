@@ -1012,6 +1012,8 @@ impl Engine {
                     duration: duration.as_secs(),
                     expires: until,
                     enforced: true,
+                    error: None,
+                    attempts: None,
                 },
             }),
         ));

@@ -58,6 +58,8 @@ pub enum EventType {
     /// A packet source failed, or came back (`packet_source`).
     #[serde(rename = "packet_source")]
     PacketSource,
+    /// Our kernel rules were removed by something else and put back.
+    Rules,
 }
 
 impl EventType {
@@ -73,6 +75,7 @@ impl EventType {
             Self::Reload => "reload",
             Self::Capture => "capture",
             Self::PacketSource => "packet_source",
+            Self::Rules => "rules",
         }
     }
 }
@@ -309,10 +312,18 @@ pub struct BanInfo {
     pub duration: u64,
     pub expires: Timestamp,
     /// False when nothing enforces the ban (passive monitor without
-    /// `--enforce-bans`, dry run): written only then, as
-    /// `"enforced": false`.
+    /// `--enforce-bans`, dry run) or the kernel refused it (`error`):
+    /// written only then, as `"enforced": false`.
     #[serde(skip_serializing_if = "is_true")]
     pub enforced: bool,
+    /// Why the kernel did not take the ban (it is retried until it does or
+    /// the ban ends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// On the second `ban` event of an address whose ban the kernel first
+    /// refused: how many tries it took (written only then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// `ban.reason` of an unban event: why the ban ended.
@@ -510,6 +521,41 @@ impl Serialize for ReloadInfo {
     }
 }
 
+/// `rules.action`: what became of our kernel rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RulesAction {
+    /// Something removed them; they are back, with the bans.
+    Restored,
+    /// Something removed them and putting them back failed (tried again
+    /// every second; reported once until it works).
+    RestoreFailed,
+}
+
+impl RulesAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restored => "restored",
+            Self::RestoreFailed => "restore_failed",
+        }
+    }
+}
+
+/// `rules` object: our kernel objects were found missing (`nft flush
+/// ruleset`, `iptables -F` of our chain, a firewall manager's reload).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RulesInfo {
+    pub action: RulesAction,
+    /// What was missing: `table`, `chain:input`, `rules:input`,
+    /// `iptables_chain:ipv4`, `iptables_rule:ipv4`,
+    /// `iptables_jump:ipv4:INPUT`, ... (docs/events.md).
+    pub missing: Vec<String>,
+    /// Bans put back with their remaining time (`restored` only).
+    pub bans_restored: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Where a scan, ban or unban event comes from: the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Source {
@@ -590,6 +636,12 @@ pub struct PacketSourceEvent {
     pub packet_source: SourceInfo,
 }
 
+/// A `rules` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RulesEvent {
+    pub rules: RulesInfo,
+}
+
 /// What an event says, one type per `event_type` (serde writes the tag).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "event_type", rename_all = "lowercase")]
@@ -607,6 +659,8 @@ pub enum Body {
     /// A packet source failed or came back.
     #[serde(rename = "packet_source")]
     PacketSource(PacketSourceEvent),
+    /// Our kernel rules were removed by something else.
+    Rules(RulesEvent),
 }
 
 /// One event: when, and what.
@@ -634,6 +688,7 @@ impl Event {
             Body::Reload(_) => EventType::Reload,
             Body::Capture(_) => EventType::Capture,
             Body::PacketSource(_) => EventType::PacketSource,
+            Body::Rules(_) => EventType::Rules,
         }
     }
 
@@ -821,8 +876,11 @@ impl fmt::Display for Event {
                     b.reason,
                     rfc3339(b.expires)
                 )?;
-                if !b.enforced {
-                    f.write_str(" (not enforced)")?;
+                match (&b.error, b.attempts) {
+                    (Some(err), _) => write!(f, " (not enforced: {err}; retrying)")?,
+                    (None, _) if !b.enforced => f.write_str(" (not enforced)")?,
+                    (None, Some(n)) => write!(f, " (in the kernel after {n} attempts)")?,
+                    (None, None) => {}
                 }
                 Ok(())
             }
@@ -877,6 +935,23 @@ impl fmt::Display for Event {
                         f,
                         "failed for good, stopping: {}",
                         p.error.as_deref().unwrap_or("failed")
+                    ),
+                }
+            }
+            Body::Rules(e) => {
+                let r = &e.rules;
+                match r.action {
+                    RulesAction::Restored => write!(
+                        f,
+                        "[RULES] something removed our kernel rules ({}); put back with {} bans",
+                        r.missing.join(", "),
+                        r.bans_restored
+                    ),
+                    RulesAction::RestoreFailed => write!(
+                        f,
+                        "[RULES] something removed our kernel rules ({}); putting them back failed: {}",
+                        r.missing.join(", "),
+                        r.error.as_deref().unwrap_or("unknown error")
                     ),
                 }
             }
@@ -1222,6 +1297,8 @@ mod tests {
                     duration: 600,
                     expires: ts,
                     enforced: true,
+                    error: None,
+                    attempts: None,
                 },
             }),
         );
@@ -1234,6 +1311,79 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&b).unwrap();
         assert_eq!(v["ban"]["enforced"], false);
         assert!(b.to_string().ends_with("(not enforced)"), "{b}");
+        assert!(v["ban"].get("error").is_none() && v["ban"].get("attempts").is_none());
+        // The kernel refused it: the error; later taken: the attempts.
+        if let Body::Ban(e) = &mut b.body {
+            e.ban.error = Some("nft: Could not process rule".into());
+        }
+        let v: serde_json::Value = serde_json::to_value(&b).unwrap();
+        assert_eq!(v["ban"]["error"], "nft: Could not process rule");
+        assert!(
+            b.to_string()
+                .ends_with("(not enforced: nft: Could not process rule; retrying)"),
+            "{b}"
+        );
+        if let Body::Ban(e) = &mut b.body {
+            e.ban.enforced = true;
+            e.ban.error = None;
+            e.ban.attempts = Some(3);
+        }
+        let v: serde_json::Value = serde_json::to_value(&b).unwrap();
+        assert_eq!(v["ban"]["attempts"], 3);
+        assert!(v["ban"].get("enforced").is_none(), "{v}");
+        assert!(
+            b.to_string().ends_with("(in the kernel after 3 attempts)"),
+            "{b}"
+        );
+    }
+
+    #[test]
+    fn rules_event_json_and_console() {
+        let ts = Timestamp::from_secs(1_700_000_000);
+        let mut e = Event::new(
+            ts,
+            Body::Rules(RulesEvent {
+                rules: RulesInfo {
+                    action: RulesAction::Restored,
+                    missing: vec!["table".into(), "iptables_jump:ipv4:INPUT".into()],
+                    bans_restored: 2,
+                    error: None,
+                },
+            }),
+        );
+        assert_eq!(e.event_type().as_str(), "rules");
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "timestamp": "2023-11-14T22:13:20.000000Z",
+                "event_type": "rules",
+                "rules": {
+                    "action": "restored",
+                    "missing": ["table", "iptables_jump:ipv4:INPUT"],
+                    "bans_restored": 2
+                }
+            })
+        );
+        assert!(
+            e.to_string().ends_with(
+                "[RULES] something removed our kernel rules (table, iptables_jump:ipv4:INPUT); put back with 2 bans"
+            ),
+            "{e}"
+        );
+        if let Body::Rules(r) = &mut e.body {
+            r.rules.action = RulesAction::RestoreFailed;
+            r.rules.bans_restored = 0;
+            r.rules.error = Some("nft: timed out".into());
+        }
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["rules"]["action"], "restore_failed");
+        assert_eq!(v["rules"]["error"], "nft: timed out");
+        assert!(
+            e.to_string()
+                .ends_with("putting them back failed: nft: timed out"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -138,16 +138,22 @@ impl Capabilities {
 /// What [`Firewall::install`] or the last [`Firewall::update`] put in place
 /// that later calls depend on.
 /// What of ours [`Firewall::check`] found missing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Damage {
     /// The table, or its chains' rules.
     pub table: bool,
     /// Our iptables chain, its NFQUEUE rule or a jump to it.
     pub iptables: bool,
+    /// Each missing object by name: `table` (no `table inet portcullis`),
+    /// `chain:input` (the table without its chain), `rules:input` (the
+    /// chain, flushed), and on the iptables path per family (`ipv4`,
+    /// `ipv6`) `iptables_chain:ipv4`, `iptables_rule:ipv4` (its NFQUEUE
+    /// rule) and `iptables_jump:ipv4:INPUT` (a hook's jump to it).
+    pub missing: Vec<String>,
 }
 
 impl Damage {
-    pub fn any(self) -> bool {
+    pub fn any(&self) -> bool {
         self.table || self.iptables
     }
 }
@@ -308,33 +314,60 @@ impl Firewall {
     pub fn check(&self) -> Result<Damage, KernelError> {
         let r = self.runner.as_ref();
         let holds = self.applied.lock().map_or(true, |a| a.holds);
-        let table = match run(r, "nft", &["list", "chain", "inet", TABLE, "input"], None) {
+        let mut missing = Vec::new();
+        match run(r, "nft", &["list", "chain", "inet", TABLE, "input"], None) {
             // Our chain with its ban rules: not flushed.
-            Ok(listing) => !listing.contains("@ban4"),
+            Ok(listing) => {
+                if !listing.contains("@ban4") {
+                    missing.push("rules:input".to_owned());
+                }
+            }
             Err(KernelError::Command { stderr, .. })
                 if stderr.contains("No such file or directory") =>
             {
-                true
+                // The table or only its chain? One more call, on damage only.
+                let table = run(r, "nft", &["list", "table", "inet", TABLE], None).is_ok();
+                missing.push(if table { "chain:input" } else { "table" }.to_owned());
             }
             Err(e) => return Err(e),
-        };
+        }
+        let table = !missing.is_empty();
         let mut iptables = false;
         if self.path == QueuePath::IptablesNfqueue && holds {
             for fam in Family::BOTH {
                 let listing = security_listing(r, fam)?;
                 let ours = iptables::parse(&listing);
+                let name = match fam {
+                    Family::V4 => "ipv4",
+                    Family::V6 => "ipv6",
+                };
+                if !ours.chain {
+                    missing.push(format!("iptables_chain:{name}"));
+                }
+                let queued = listing.lines().any(|l| {
+                    l.starts_with(&format!("-A {} ", iptables::CHAIN)) && l.contains("NFQUEUE")
+                });
+                if ours.chain && !queued {
+                    missing.push(format!("iptables_rule:{name}"));
+                }
                 let jumps: Vec<&str> = ours.jumps.iter().map(|(c, _)| c.as_str()).collect();
-                let whole = ours.chain
-                    && ["INPUT", "FORWARD", "OUTPUT"]
+                for hook in ["INPUT", "FORWARD", "OUTPUT"] {
+                    if !jumps.contains(&hook) {
+                        missing.push(format!("iptables_jump:{name}:{hook}"));
+                    }
+                }
+                iptables |= !ours.chain
+                    || !queued
+                    || ["INPUT", "FORWARD", "OUTPUT"]
                         .iter()
-                        .all(|c| jumps.contains(c))
-                    && listing.lines().any(|l| {
-                        l.starts_with(&format!("-A {} ", iptables::CHAIN)) && l.contains("NFQUEUE")
-                    });
-                iptables |= !whole;
+                        .any(|c| !jumps.contains(c));
             }
         }
-        Ok(Damage { table, iptables })
+        Ok(Damage {
+            table,
+            iptables,
+            missing,
+        })
     }
 
     /// Puts back what [`Firewall::check`] found missing: the whole table

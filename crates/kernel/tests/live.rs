@@ -931,8 +931,18 @@ fn flushed_and_repaired() -> Result<(), Failed> {
     pings(&lab, &[("a", A4[3], B4, true)])?;
     let damage = fw.check()?;
     check(damage.table, || format!("{damage:?}"))?;
+    // Named: the whole table, and on the iptables path everything there.
+    check(
+        damage.missing.first().map(String::as_str) == Some("table"),
+        || format!("{damage:?}"),
+    )?;
     if fw.queue_path() == QueuePath::IptablesNfqueue {
         check(damage.iptables, || format!("{damage:?}"))?;
+        for m in ["iptables_chain:ipv4", "iptables_jump:ipv6:OUTPUT"] {
+            check(damage.missing.iter().any(|x| x == m), || {
+                format!("{m} not in {damage:?}")
+            })?;
+        }
     }
     let t = Instant::now();
     fw.repair(&p, damage, &[(ban.0, Duration::from_secs(590))])?;
@@ -965,6 +975,18 @@ fn flushed_and_repaired() -> Result<(), Failed> {
             check(n == 1, || format!("{chain}: {n} jumps\n{s}"))?;
         }
     }
+    // Only our input chain flushed: named as such, repaired the same way.
+    exec(
+        &lab,
+        "b",
+        "nft",
+        &["flush", "chain", "inet", "portcullis", "input"],
+    )?;
+    let damage = fw.check()?;
+    check(damage.missing == ["rules:input"], || format!("{damage:?}"))?;
+    fw.repair(&p, damage, &[(ban.0, Duration::from_secs(580))])?;
+    check(!fw.check()?.any(), || "still damaged after repair".into())?;
+    pings(&lab, &[("a", A4[3], B4, false)])?;
     fw.teardown()?;
     check(!present_with(r.as_ref())?, || {
         "rules left after teardown".into()

@@ -22,7 +22,7 @@ pub fn run() -> Result<ExitCode> {
         match lock::lock_namespace() {
             Ok(lock) => Some(lock),
             Err(e) => {
-                eprintln!("portcullis: {e:#}; its kernel rules are left alone");
+                log::error!("{e:#}; its kernel rules are left alone");
                 return Ok(ExitCode::from(1));
             }
         }
@@ -31,9 +31,11 @@ pub fn run() -> Result<ExitCode> {
     };
     let removed = Firewall::remove_leftovers().context("removing leftover kernel rules")?;
     if removed {
-        eprintln!("portcullis: removed leftover kernel rules (table inet portcullis, iptables chain PORTCULLIS)");
+        log::info!(
+            "removed leftover kernel rules (table inet portcullis, iptables chain PORTCULLIS)"
+        );
     } else {
-        eprintln!("portcullis: no kernel rules of ours to remove");
+        log::info!("no kernel rules of ours to remove");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -20,6 +20,10 @@ use crate::control;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Operator messages shown on stderr (or the journal): off, error,
+    /// warn, info, debug, trace. Default: `PORTCULLIS_LOG`, else info.
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = crate::logger::parse_level)]
+    pub log_level: Option<log::LevelFilter>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::control::{self, BanView, Request};
-use crate::status::Status;
+use crate::status::{KernelStatus, Status};
 
 /// Where the daemon is and how to print its answer.
 #[derive(Debug, clap::Args)]
@@ -142,14 +142,15 @@ fn status_text(s: &Status) -> String {
     if let Some(q) = &s.queue {
         let _ = writeln!(
             t,
-            "queue {}:    {} received; lost: {} queue full, {} user, {} uninspected, {} overruns ({})",
+            "queue {}:    {} received; lost: {} queue full, {} user, {} uninspected, {} overruns ({}); {} NXDOMAIN answers not sent",
             q.number,
             q.received,
             q.queue_dropped,
             q.user_dropped,
             q.uninspected,
             q.overruns,
-            if q.fail_open { "fail-open" } else { "fail-closed" }
+            if q.fail_open { "fail-open" } else { "fail-closed" },
+            q.dns_answers_failed
         );
     }
     if let Some(o) = &s.observed {
@@ -205,9 +206,23 @@ fn status_text(s: &Status) -> String {
     }
     let _ = writeln!(
         t,
-        "events:      {} written, {} held back by the rate limit, {} lost (writer behind)",
-        p.events, p.events_suppressed, s.events_dropped
+        "events:      {} written, {} held back by the rate limit, {} lost (writer behind), {} lost (event log write failed)",
+        p.events, p.events_suppressed, s.events_dropped, s.events_write_failed
     );
+    let k = &s.kernel;
+    if s.bans_enforced || *k != KernelStatus::default() {
+        let _ = writeln!(
+            t,
+            "kernel ops:  rules restored {} ({} tries failed); bans refused {} ({} enforced later), unbans refused {}, {} waiting for a retry, {} not handed over (queue full)",
+            k.rules_restored,
+            k.rules_restore_failed,
+            k.bans_failed,
+            k.bans_enforced_late,
+            k.unbans_failed,
+            k.retrying,
+            k.commands_dropped
+        );
+    }
     t
 }
 

@@ -32,12 +32,13 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use portcullis_engine::config::Config;
 use portcullis_engine::engine::{DetectorMode, Engine};
+use portcullis_engine::events::Event;
 use portcullis_kernel::{Firewall, KernelOptions};
 
 use crate::clock::now;
 use crate::config::DaemonConfig;
 use crate::control::{self, Pending};
-use crate::kernel_thread::{self, KernelCmd};
+use crate::kernel_thread::{self, KernelCmd, KernelStats, Links};
 use crate::lock::lock_namespace;
 use crate::notify::Notifier;
 use crate::output::spawn_writer;
@@ -55,8 +56,8 @@ fn protected(plan: &RunPlan) -> Vec<ipnet::IpNet> {
     let mut nets: Vec<ipnet::IpNet> = plan.protect.iter().map(|&a| a.into()).collect();
     if plan.protect_ssh {
         if let Some((addr, sshd)) = crate::lockout::ssh_client_with_source() {
-            eprintln!(
-                "portcullis: protecting the SSH client {addr} (session of sshd pid {sshd}): never blocked nor banned (--no-protect-ssh to turn off)"
+            log::info!(
+                "protecting the SSH client {addr} (session of sshd pid {sshd}): never blocked nor banned (--no-protect-ssh to turn off)"
             );
             nets.push(addr.into());
         }
@@ -85,14 +86,14 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
             .map(|(a, why)| format!("{a} ({why})"))
             .chain(std::iter::once("this host's own addresses".to_owned()))
             .collect();
-        eprintln!(
-            "portcullis: never banned by a scan: {} (--no-protect-peers to turn off)",
+        log::info!(
+            "never banned by a scan: {} (--no-protect-peers to turn off)",
             list.join(", ")
         );
     }
     if plan.passive() && cfg.home_net.is_empty() {
-        eprintln!(
-            "portcullis: warning: no home_net and no address on this host yet: every captured packet counts as inbound (set --home-net CIDR or home_net in the rules file, or SIGHUP once the network is up)"
+        log::warn!(
+            "no home_net and no address on this host yet: every captured packet counts as inbound (set --home-net CIDR or home_net in the rules file, or SIGHUP once the network is up)"
         );
     }
     let state = StateDir::open(&plan.state_dir)?;
@@ -105,7 +106,7 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
             let snap = Arc::clone(&latest);
             let m = crate::metrics::serve(addr, move || snap.lock().ok()?.clone())
                 .with_context(|| format!("--metrics {addr}: cannot listen"))?;
-            eprintln!("portcullis: metrics on http://{}/metrics", m.local_addr());
+            log::info!("metrics on http://{}/metrics", m.local_addr());
             Some(m)
         }
         None => None,
@@ -140,7 +141,7 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
                 KernelRules::Full => fw.queue_path().to_string(),
                 KernelRules::BansOnly => "nftables ban sets only (passive)".to_owned(),
             };
-            eprintln!("portcullis: kernel rules installed (table inet portcullis); {path}");
+            log::info!("kernel rules installed (table inet portcullis); {path}");
             (Some((fw, r)), path)
         }
         None => (None, "none (passive, nothing enforced)".to_owned()),
@@ -150,6 +151,8 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
     // kernel thread does it when its channel closes.
     let (kernel_tx, kernel_rx) = crossbeam_channel::bounded::<KernelCmd>(65_536);
     let queue_hits = Arc::new(AtomicU64::new(UNKNOWN));
+    let (links, reports) = Links::new(Arc::clone(&queue_hits));
+    let kernel_stats = Arc::clone(&links.stats);
     // Bans nothing enforces are not saved: a dry run's "bans" must not
     // become real ones at the next inline start.
     let kernel = match kernel_thread::spawn(
@@ -157,19 +160,25 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
         Arc::clone(&cfg),
         kernel_rx,
         rules.is_some().then(|| state.clone()),
-        Arc::clone(&queue_hits),
+        links,
     ) {
         Ok(k) => k,
         Err(e) => {
             // The firewall went down with the thread that never started.
             if rules.is_some() {
-                let _ = Firewall::remove_leftovers();
+                if let Err(t) = Firewall::remove_leftovers() {
+                    log::error!(
+                        "removing our kernel rules after the kernel thread failed to start: {t}"
+                    );
+                }
             }
             return Err(e);
         }
     };
     let ctl = Control {
         kernel: &kernel_tx,
+        reports,
+        kernel_stats,
         term: &term,
         hup: &hup,
         requests: &requests,
@@ -216,7 +225,7 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
     match (result, teardown) {
         (Ok(code), Ok(())) => {
             if rules.is_some() {
-                eprintln!("portcullis: kernel rules removed");
+                log::info!("kernel rules removed");
             }
             Ok(code)
         }
@@ -230,6 +239,10 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
 struct Control<'a> {
     /// Commands for the kernel thread.
     kernel: &'a Sender<KernelCmd>,
+    /// The kernel thread's events.
+    reports: Receiver<Event>,
+    /// The kernel thread's counters.
+    kernel_stats: Arc<KernelStats>,
     /// SIGINT/SIGTERM seen.
     term: &'a AtomicBool,
     /// SIGHUP seen.
@@ -262,11 +275,14 @@ fn serve(
     // verdicts (logged as would_block) and, with --enforce-bans, the kernel.
     engine.set_enforcing(plan.verdicts_enforced());
     restore_bans(&mut engine, state, ctl.kernel, ctl.info.bans_enforced);
-    let (event_tx, writer) =
+    let (event_tx, writer, writer_stats) =
         spawn_writer(plan.events.as_deref(), plan.console, Arc::clone(ctl.usr1))?;
     let wiring = Wiring {
         kernel: ctl.kernel.clone(),
         events: event_tx,
+        reports: ctl.reports,
+        kernel_stats: ctl.kernel_stats,
+        writer_stats: Arc::clone(&writer_stats),
         requests: ctl.requests.clone(),
         latest: Arc::clone(ctl.latest),
         notify: ctl.notify,
@@ -277,9 +293,15 @@ fn serve(
     // Shutting down: settle what is queued, close the windows, stop the
     // writer.
     let dropped_events = packets.finish();
-    let _ = writer.join();
+    if writer.join().is_err() {
+        log::error!("the event writer panicked: the last events may be lost");
+    }
     if dropped_events > 0 {
-        eprintln!("portcullis: {dropped_events} events were dropped: the event writer fell behind");
+        log::warn!("{dropped_events} events were dropped: the event writer fell behind");
+    }
+    let unwritten = writer_stats.lost.load(std::sync::atomic::Ordering::Relaxed);
+    if unwritten > 0 {
+        log::warn!("{unwritten} events were lost: the event log did not take them");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -292,7 +314,7 @@ fn restore_bans(engine: &mut Engine, state: &StateDir, kernel: &Sender<KernelCmd
         Ok(b) if enforced => b,
         Ok(_) => return,
         Err(e) => {
-            eprintln!("portcullis: warning: ignoring saved bans: {e:#}");
+            log::warn!("ignoring saved bans: {e:#}");
             return;
         }
     };
@@ -303,7 +325,7 @@ fn restore_bans(engine: &mut Engine, state: &StateDir, kernel: &Sender<KernelCmd
         if engine.restore_ban(b.clone(), start) {
             restored += 1;
             let (ack, done) = crossbeam_channel::bounded(1);
-            if kernel.try_send(KernelCmd::Ban(b, Some(ack))).is_ok() {
+            if kernel.try_send(KernelCmd::ban(b, Some(ack))).is_ok() {
                 acks.push(done);
             }
         }
@@ -314,8 +336,8 @@ fn restore_bans(engine: &mut Engine, state: &StateDir, kernel: &Sender<KernelCmd
         .filter(|a| !matches!(a.recv_deadline(deadline), Ok(Ok(()))))
         .count();
     if restored > 0 {
-        eprintln!(
-            "portcullis: restored {restored} bans from {}{}",
+        log::info!(
+            "restored {restored} bans from {}{}",
             state.bans_path().display(),
             if failed > 0 {
                 format!(" ({failed} not confirmed by the kernel in time)")

@@ -2,6 +2,15 @@
 //! teardown) and the ban state file, so the packet path never waits for a
 //! process. Without kernel rules (passive monitor, dry run) it keeps only
 //! the state file.
+//!
+//! **Invariant: nothing it fails at is silent.** A ban the kernel refuses
+//! is reported in its `ban` event (`enforced: false` and the error), counted
+//! and tried again with backoff ([`RETRY_FIRST`] doubling up to
+//! [`RETRY_MAX`]) until the kernel takes it (a second `ban` event with
+//! `attempts`) or the ban ends; a failed unban likewise until it works or
+//! the kernel's own timeout has ended the ban. Rules something else
+//! removed are put back and reported in a `rules` event. Everything is
+//! counted in [`KernelStats`] (`status`, metrics).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -14,6 +23,9 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use portcullis_engine::config::Config;
 use portcullis_engine::engine::Ban;
+use portcullis_engine::events::{
+    BanEvent, BanInfo, Body, Event, RulesAction, RulesEvent, RulesInfo, Source,
+};
 use portcullis_engine::Timestamp;
 use portcullis_kernel::Firewall;
 
@@ -28,51 +40,176 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 /// The bans file is written at most this often (and at exit): a flood of
 /// bans costs one write a second, not one per batch.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// A failed ban or unban is tried again after this long, then after twice
+/// as long each time, up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of a failed ban or unban.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Events the kernel thread can have waiting for the packet thread.
+pub const REPORTS: usize = 4096;
 
 /// Tells whoever asked for a kernel change whether it is done.
 pub type Ack = Sender<std::result::Result<(), String>>;
 
 /// What the kernel thread is asked to do.
 pub enum KernelCmd {
-    Ban(Ban, Option<Ack>),
+    /// A ban. `ack` hears whether the kernel took it; `event` (the engine's
+    /// `ban` event for it) is sent on to the event log once the kernel has
+    /// answered, saying whether the ban is enforced.
+    Ban {
+        ban: Ban,
+        ack: Option<Ack>,
+        event: Option<Box<Event>>,
+    },
     Unban(IpAddr, Option<Ack>),
     Update(Arc<Config>, Sender<Result<()>>),
+}
+
+impl KernelCmd {
+    /// A ban with nothing to report back.
+    pub fn ban(ban: Ban, ack: Option<Ack>) -> Self {
+        Self::Ban {
+            ban,
+            ack,
+            event: None,
+        }
+    }
+}
+
+/// What the kernel thread failed at and repaired, since the start
+/// (`status`, metrics).
+#[derive(Debug, Default)]
+pub struct KernelStats {
+    /// Times something else removed our kernel objects and we put them
+    /// back.
+    pub rules_restored: AtomicU64,
+    /// Tries to put them back that failed.
+    pub rules_restore_failed: AtomicU64,
+    /// Bans the kernel refused at the first try.
+    pub bans_failed: AtomicU64,
+    /// Of those, bans a later try put into the kernel.
+    pub bans_enforced_late: AtomicU64,
+    /// Unbans the kernel refused at the first try.
+    pub unbans_failed: AtomicU64,
+    /// Bans and unbans waiting for another try now (gauge).
+    pub retrying: AtomicU64,
+    /// Events of the kernel thread lost because the packet thread did not
+    /// take them in time.
+    pub events_dropped: AtomicU64,
+}
+
+/// What the kernel thread shares with the rest of the daemon.
+#[derive(Debug, Clone)]
+pub struct Links {
+    /// The queue rule's packet counter, every second (left as it is where
+    /// the rule is not counted).
+    pub queue_hits: Arc<AtomicU64>,
+    pub stats: Arc<KernelStats>,
+    /// Its events (`ban` with the kernel's answer, `rules`), for the packet
+    /// thread to forward.
+    pub reports: Sender<Event>,
+}
+
+impl Links {
+    /// New links and the receiving end of the reports.
+    pub fn new(queue_hits: Arc<AtomicU64>) -> (Self, Receiver<Event>) {
+        let (reports, rx) = crossbeam_channel::bounded(REPORTS);
+        (
+            Self {
+                queue_hits,
+                stats: Arc::new(KernelStats::default()),
+                reports,
+            },
+            rx,
+        )
+    }
+
+    fn report(&self, ev: Event) {
+        if self.reports.try_send(ev).is_err() {
+            self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A change the kernel refused, waiting for another try.
+#[derive(Debug, Clone)]
+struct Retry {
+    /// True: a ban (its details in the thread's bans); false: an unban.
+    ban: bool,
+    /// Tries so far.
+    attempts: u32,
+    next: Instant,
+    /// Unbans: when the kernel's own timeout ends the ban anyway.
+    until: Option<Timestamp>,
+}
+
+/// The wait after the `attempts`-th failed try.
+fn backoff(attempts: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
+        .min(RETRY_MAX)
+}
+
+/// The time left of `b` at `t`.
+fn left(b: &Ban, t: Timestamp) -> Duration {
+    Duration::from_micros(b.until.as_micros().saturating_sub(t.as_micros()))
+}
+
+/// The `ban` event of a ban the kernel took only on a later try.
+fn late_ban_event(b: &Ban, attempts: u32) -> Event {
+    Event::new(
+        now(),
+        Body::Ban(BanEvent {
+            source: Source { src_ip: b.addr },
+            ban: BanInfo {
+                reason: b.reason.clone(),
+                duration: b.until.since(b.since).as_secs(),
+                expires: b.until,
+                enforced: true,
+                error: None,
+                attempts: Some(attempts),
+            },
+        }),
+    )
 }
 
 /// Starts the thread. It tears `fw` down when the channel closes and
 /// returns how that went. `fw` runs its programs through whatever
 /// [`portcullis_kernel::Runner`] it was installed with (a recording one in
-/// tests). `queue_hits` receives the queue rule's packet counter every
-/// second (left as it is where the rule is not counted).
+/// tests). `links`: the queue rule's counter, the counters, where its
+/// events go.
 /// `state`: where bans are saved after each batch; none when nothing
 /// enforces them. `cfg`: the configuration `fw` was installed with.
 ///
 /// Every second it also checks that our kernel objects are all there
 /// ([`Firewall::check`]): when something else removed them (`nft flush
 /// ruleset`, a firewall manager's reload), it puts them back with the bans'
-/// remaining time ([`Firewall::repair`]) and says so.
+/// remaining time ([`Firewall::repair`]) and says so in a `rules` event.
 pub fn spawn(
     fw: Option<(Firewall, KernelRules)>,
     cfg: Arc<Config>,
     rx: Receiver<KernelCmd>,
     state: Option<StateDir>,
-    queue_hits: Arc<AtomicU64>,
+    links: Links,
 ) -> Result<JoinHandle<Result<()>>> {
     std::thread::Builder::new()
         .name("portcullis-kernel".into())
         .spawn(move || {
             let mut bans: HashMap<IpAddr, Ban> = HashMap::new();
+            let mut retry: HashMap<IpAddr, Retry> = HashMap::new();
             // Detection (the packet's time) to kernel commit, worst seen.
             let mut worst_latency = Duration::ZERO;
             let mut committed = 0u64;
             let mut last_poll = Instant::now();
             let mut cfg = cfg;
+            // Putting our rules back has failed since it was last reported.
+            let mut healing_failed = false;
             // Bans changed since the file was last written.
             let mut dirty = false;
             let mut last_save: Option<Instant> = None;
             let save = |bans: &HashMap<IpAddr, Ban>| {
                 if let Some(Err(e)) = state.as_ref().map(|s| s.save_bans(bans.values())) {
-                    eprintln!("portcullis: warning: {e:#}");
+                    log::warn!("{e:#}");
                 }
             };
             loop {
@@ -84,14 +221,29 @@ pub fn spawn(
                 if last_poll.elapsed() >= POLL_EVERY {
                     last_poll = Instant::now();
                     if let Some(Ok(Some(n))) = fw.as_ref().map(|(f, _)| f.queue_rule_packets()) {
-                        queue_hits.store(n, Ordering::Relaxed);
+                        links.queue_hits.store(n, Ordering::Relaxed);
                     }
                     if let Some((f, rules)) = &fw {
-                        heal(f, *rules, &cfg, &bans);
+                        if let Some(ev) =
+                            heal(f, *rules, &cfg, &bans, &links.stats, &mut healing_failed)
+                        {
+                            links.report(ev);
+                        }
                     }
                 }
-                // Wake in time for a deferred write of the bans file.
-                let wait = if dirty { SAVE_EVERY / 4 } else { POLL_EVERY };
+                if let Some((f, _)) = &fw {
+                    retry_due(f, &mut retry, &bans, &links);
+                }
+                links
+                    .stats
+                    .retrying
+                    .store(retry.len() as u64, Ordering::Relaxed);
+                // Wake in time for a deferred write of the bans file and
+                // the next retry.
+                let mut wait = if dirty { SAVE_EVERY / 4 } else { POLL_EVERY };
+                if let Some(next) = retry.values().map(|r| r.next).min() {
+                    wait = wait.min(next.saturating_duration_since(Instant::now()));
+                }
                 let first = match rx.recv_timeout(wait) {
                     Ok(c) => c,
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
@@ -109,13 +261,17 @@ pub fn spawn(
                 let mut add: HashMap<IpAddr, Duration> = HashMap::new();
                 let mut del: HashSet<IpAddr> = HashSet::new();
                 let mut acks: Vec<Ack> = Vec::new();
+                let mut events: Vec<Event> = Vec::new();
                 let mut oldest: Option<Timestamp> = None;
+                // Unbans: when the kernel would end the ban by itself.
+                let mut ends: HashMap<IpAddr, Timestamp> = HashMap::new();
                 for c in cmds {
                     match c {
-                        KernelCmd::Ban(b, ack) => {
-                            let left = Duration::from_micros(
-                                b.until.as_micros().saturating_sub(now().as_micros()),
-                            );
+                        KernelCmd::Ban { ban: b, ack, event } => {
+                            let left = left(&b, now());
+                            // A new word on the address: an older failure
+                            // is moot.
+                            retry.remove(&b.addr);
                             if !left.is_zero() {
                                 del.remove(&b.addr);
                                 add.insert(b.addr, left);
@@ -123,11 +279,15 @@ pub fn spawn(
                                 bans.insert(b.addr, b);
                             }
                             acks.extend(ack);
+                            events.extend(event.map(|e| *e));
                         }
                         KernelCmd::Unban(a, ack) => {
+                            retry.remove(&a);
                             add.remove(&a);
                             del.insert(a);
-                            bans.remove(&a);
+                            if let Some(b) = bans.remove(&a) {
+                                ends.insert(a, b.until);
+                            }
                             acks.extend(ack);
                         }
                         KernelCmd::Update(new, reply) => {
@@ -140,11 +300,14 @@ pub fn spawn(
                             if r.is_ok() {
                                 cfg = new;
                             }
+                            // The reload thread waits for this, or is gone.
                             let _ = reply.send(r);
                         }
                     }
                 }
                 let mut outcome = Ok(());
+                // The kernel's refusal of the bans in `add`, if any.
+                let mut refused: Option<String> = None;
                 if let Some((f, _)) = &fw {
                     // Removals first: a ban evicted from a full table
                     // (`scan.max_bans`) leaves the kernel's set before the
@@ -152,8 +315,27 @@ pub fn spawn(
                     if !del.is_empty() {
                         let del: Vec<IpAddr> = del.into_iter().collect();
                         if let Err(e) = f.unban(&del) {
-                            eprintln!("portcullis: warning: removing bans from the kernel: {e}");
+                            log::error!(
+                                "removing {} bans from the kernel: {e}; trying again in {} s",
+                                del.len(),
+                                RETRY_FIRST.as_secs()
+                            );
                             outcome = Err(e.to_string());
+                            links
+                                .stats
+                                .unbans_failed
+                                .fetch_add(del.len() as u64, Ordering::Relaxed);
+                            for a in del {
+                                retry.insert(
+                                    a,
+                                    Retry {
+                                        ban: false,
+                                        attempts: 1,
+                                        next: Instant::now() + backoff(1),
+                                        until: ends.get(&a).copied(),
+                                    },
+                                );
+                            }
                         }
                     }
                     if !add.is_empty() {
@@ -166,14 +348,44 @@ pub fn spawn(
                                 }
                             }
                             Err(e) => {
-                                eprintln!("portcullis: error: adding bans to the kernel: {e}");
+                                log::error!(
+                                    "adding {} bans to the kernel: {e}; trying again in {} s",
+                                    add.len(),
+                                    RETRY_FIRST.as_secs()
+                                );
                                 outcome = outcome.and(Err(e.to_string()));
+                                refused = Some(e.to_string());
+                                links
+                                    .stats
+                                    .bans_failed
+                                    .fetch_add(add.len() as u64, Ordering::Relaxed);
+                                for (a, _) in add {
+                                    retry.insert(
+                                        a,
+                                        Retry {
+                                            ban: true,
+                                            attempts: 1,
+                                            next: Instant::now() + backoff(1),
+                                            until: None,
+                                        },
+                                    );
+                                }
                             }
                         }
                     }
                 }
                 for ack in acks {
+                    // Whoever asked may have given up waiting.
                     let _ = ack.send(outcome.clone());
+                }
+                for mut ev in events {
+                    if let (Body::Ban(e), Some(err)) = (&mut ev.body, &refused) {
+                        if retry.get(&e.source.src_ip).is_some_and(|r| r.ban) {
+                            e.ban.enforced = false;
+                            e.ban.error = Some(err.clone());
+                        }
+                    }
+                    links.report(ev);
                 }
                 dirty = true;
                 if last_save.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
@@ -186,9 +398,15 @@ pub fn spawn(
                 save(&bans);
             }
             if committed > 0 {
-                eprintln!(
-                    "portcullis: {committed} bans committed to the kernel; worst latency from detection {} ms",
+                log::info!(
+                    "{committed} bans committed to the kernel; worst latency from detection {} ms",
                     worst_latency.as_millis()
+                );
+            }
+            if !retry.is_empty() {
+                log::warn!(
+                    "{} ban changes the kernel refused were still waiting for another try at exit",
+                    retry.len()
                 );
             }
             match fw {
@@ -199,39 +417,135 @@ pub fn spawn(
         .context("starting the kernel thread")
 }
 
-/// Puts our kernel objects back if something else removed them.
-fn heal(f: &Firewall, rules: KernelRules, cfg: &Config, bans: &HashMap<IpAddr, Ban>) {
+/// Tries again the bans and unbans that are due: one nft call each way.
+fn retry_due(
+    f: &Firewall,
+    retry: &mut HashMap<IpAddr, Retry>,
+    bans: &HashMap<IpAddr, Ban>,
+    links: &Links,
+) {
+    let (t, at) = (now(), Instant::now());
+    // Over: bans that ended, unbans the kernel's timeout has done.
+    retry.retain(|a, r| {
+        if r.ban {
+            bans.get(a).is_some_and(|b| !left(b, t).is_zero())
+        } else {
+            r.until.is_none_or(|u| u > t)
+        }
+    });
+    let due: Vec<IpAddr> = retry
+        .iter()
+        .filter(|(_, r)| r.next <= at)
+        .map(|(a, _)| *a)
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    let (add, del): (Vec<IpAddr>, Vec<IpAddr>) = due.into_iter().partition(|a| retry[a].ban);
+    let add: Vec<(IpAddr, Duration)> = add
+        .into_iter()
+        .filter_map(|a| bans.get(&a).map(|b| (a, left(b, t))))
+        .collect();
+    let mut settle = |addrs: Vec<IpAddr>, result: Result<(), String>, what: &str| match result {
+        Ok(()) => {
+            for a in addrs {
+                let Some(r) = retry.remove(&a) else { continue };
+                if r.ban {
+                    if let Some(b) = bans.get(&a) {
+                        links
+                            .stats
+                            .bans_enforced_late
+                            .fetch_add(1, Ordering::Relaxed);
+                        links.report(late_ban_event(b, r.attempts + 1));
+                    }
+                }
+            }
+            log::info!("{what}: the kernel took them on a later try");
+        }
+        Err(e) => {
+            let mut longest = Duration::ZERO;
+            for a in addrs {
+                if let Some(r) = retry.get_mut(&a) {
+                    r.attempts += 1;
+                    let wait = backoff(r.attempts);
+                    longest = longest.max(wait);
+                    r.next = at + wait;
+                }
+            }
+            log::error!(
+                "{what}: the kernel refused them again: {e}; next try in {} s",
+                longest.as_secs()
+            );
+        }
+    };
+    if !del.is_empty() {
+        let r = f.unban(&del).map_err(|e| e.to_string());
+        settle(del.clone(), r, &format!("removing {} bans", del.len()));
+    }
+    if !add.is_empty() {
+        let addrs: Vec<IpAddr> = add.iter().map(|(a, _)| *a).collect();
+        let r = f.ban(&add).map_err(|e| e.to_string());
+        settle(addrs, r, &format!("adding {} bans", add.len()));
+    }
+}
+
+/// Puts our kernel objects back if something else removed them; the
+/// `rules` event that says so (a failure only once until it works).
+fn heal(
+    f: &Firewall,
+    rules: KernelRules,
+    cfg: &Config,
+    bans: &HashMap<IpAddr, Ban>,
+    stats: &KernelStats,
+    failing: &mut bool,
+) -> Option<Event> {
     let damage = match f.check() {
         Ok(d) if d.any() => d,
-        Ok(_) => return,
+        Ok(_) => return None,
         Err(e) => {
-            eprintln!("portcullis: warning: checking our kernel rules: {e}");
-            return;
+            log::warn!("checking our kernel rules: {e}");
+            return None;
         }
     };
     let t = now();
     let left: Vec<(IpAddr, Duration)> = bans
         .values()
-        .map(|b| {
-            (
-                b.addr,
-                Duration::from_micros(b.until.as_micros().saturating_sub(t.as_micros())),
-            )
-        })
+        .map(|b| (b.addr, left(b, t)))
         .filter(|(_, d)| !d.is_zero())
         .collect();
-    let what = match (damage.table, damage.iptables) {
-        (true, true) => "the table and the iptables jumps",
-        (true, false) => "the table",
-        _ => "the iptables jumps",
+    let missing = damage.missing.clone();
+    let what = missing.join(", ");
+    // Bans go back only with the table (the iptables objects hold none).
+    let bans_back = if damage.table { left.len() } else { 0 };
+    let info = match f.repair(&rules.plan(cfg), damage, &left) {
+        Ok(()) => {
+            *failing = false;
+            stats.rules_restored.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "something removed our kernel rules ({what}); put back with {bans_back} bans"
+            );
+            RulesInfo {
+                action: RulesAction::Restored,
+                missing,
+                bans_restored: bans_back,
+                error: None,
+            }
+        }
+        Err(e) => {
+            stats.rules_restore_failed.fetch_add(1, Ordering::Relaxed);
+            log::error!("putting back our kernel rules ({what}): {e}; trying again in 1 s");
+            if std::mem::replace(failing, true) {
+                return None;
+            }
+            RulesInfo {
+                action: RulesAction::RestoreFailed,
+                missing,
+                bans_restored: 0,
+                error: Some(e.to_string()),
+            }
+        }
     };
-    match f.repair(&rules.plan(cfg), damage, &left) {
-        Ok(()) => eprintln!(
-            "portcullis: warning: something removed our kernel rules ({what}); put back with {} bans",
-            left.len()
-        ),
-        Err(e) => eprintln!("portcullis: error: putting back our kernel rules ({what}): {e}"),
-    }
+    Some(Event::new(now(), Body::Rules(RulesEvent { rules: info })))
 }
 
 #[cfg(test)]
@@ -271,12 +585,12 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(16);
         let (ack, done) = crossbeam_channel::bounded(1);
         for cmd in [
-            KernelCmd::Ban(ban("198.18.0.1"), None),
-            KernelCmd::Ban(ban("198.18.0.2"), Some(ack)),
-            KernelCmd::Ban(ban("2001:2::5"), None),
+            KernelCmd::ban(ban("198.18.0.1"), None),
+            KernelCmd::ban(ban("198.18.0.2"), Some(ack)),
+            KernelCmd::ban(ban("2001:2::5"), None),
             KernelCmd::Unban("198.18.0.9".parse().unwrap(), None),
             // The last word on an address wins.
-            KernelCmd::Ban(ban("198.18.0.3"), None),
+            KernelCmd::ban(ban("198.18.0.3"), None),
             KernelCmd::Unban("198.18.0.3".parse().unwrap(), None),
         ] {
             tx.send(cmd).unwrap();
@@ -287,7 +601,7 @@ mod tests {
             Arc::new(cfg_default()),
             rx,
             Some(state.clone()),
-            hits,
+            Links::new(hits).0,
         )
         .unwrap();
         assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
@@ -334,7 +648,7 @@ mod tests {
             Arc::new(cfg_default()),
             rx,
             None,
-            Arc::new(AtomicU64::new(0)),
+            Links::new(Arc::new(AtomicU64::new(0))).0,
         )
         .unwrap();
         let (reply, result) = crossbeam_channel::bounded(1);
@@ -354,7 +668,7 @@ mod tests {
         let mut over = ban("198.18.0.4");
         over.until = over.since;
         let (ack, done) = crossbeam_channel::bounded(1);
-        tx.send(KernelCmd::Ban(over, Some(ack))).unwrap();
+        tx.send(KernelCmd::ban(over, Some(ack))).unwrap();
         assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
         assert_eq!(naming(&runner.calls(), "198.18.0.4"), 0);
         drop(tx);
@@ -369,7 +683,7 @@ mod tests {
             Arc::new(cfg_default()),
             rx,
             None,
-            Arc::new(AtomicU64::new(0)),
+            Links::new(Arc::new(AtomicU64::new(0))).0,
         )
         .unwrap();
         let (reply, result) = crossbeam_channel::bounded(1);
@@ -380,7 +694,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let (ack, done) = crossbeam_channel::bounded(1);
-        tx.send(KernelCmd::Ban(ban("198.18.0.1"), Some(ack)))
+        tx.send(KernelCmd::ban(ban("198.18.0.1"), Some(ack)))
             .unwrap();
         assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
         drop(tx);
@@ -402,12 +716,12 @@ mod tests {
             Arc::new(cfg_default()),
             rx,
             Some(state.clone()),
-            Arc::new(AtomicU64::new(0)),
+            Links::new(Arc::new(AtomicU64::new(0))).0,
         )
         .unwrap();
         let ban_one = |i: u8| {
             let (ack, done) = crossbeam_channel::bounded(1);
-            tx.send(KernelCmd::Ban(ban(&format!("198.18.0.{i}")), Some(ack)))
+            tx.send(KernelCmd::ban(ban(&format!("198.18.0.{i}")), Some(ack)))
                 .unwrap();
             assert_eq!(done.recv_timeout(Duration::from_secs(5)), Ok(Ok(())));
         };

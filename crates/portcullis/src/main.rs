@@ -28,6 +28,7 @@ mod daemon;
 mod kernel_thread;
 mod lock;
 mod lockout;
+mod logger;
 mod metrics;
 mod notify;
 mod output;
@@ -45,13 +46,20 @@ mod testing;
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    match run(args) {
+    if let Err(e) = logger::init(args.log_level) {
+        eprintln!("portcullis: error: {e}");
+        return ExitCode::from(2);
+    }
+    let code = match run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("portcullis: error: {e:#}");
+            log::error!("{e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // What the rate limit still holds back.
+    log::logger().flush();
+    code
 }
 
 /// Runs one command.

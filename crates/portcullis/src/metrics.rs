@@ -326,6 +326,58 @@ pub fn render(s: &Status) -> String {
         "Events lost because the event writer fell behind.",
         [plain(s.events_dropped)],
     );
+    e.family(
+        "portcullis_events_write_failed_total",
+        Kind::Counter,
+        "Events lost because the event log did not take them (disk full, I/O error); the daemon goes on.",
+        [plain(s.events_write_failed)],
+    );
+    e.family(
+        "portcullis_event_log_errors_total",
+        Kind::Counter,
+        "Failed writes of the event log.",
+        [plain(s.event_log_errors)],
+    );
+    let k = &s.kernel;
+    e.family(
+        "portcullis_rules_restored_total",
+        Kind::Counter,
+        "Times something else removed our kernel rules (table, chains, iptables jumps) and portcullis put them back with the bans.",
+        [plain(k.rules_restored)],
+    );
+    e.family(
+        "portcullis_rules_restore_failed_total",
+        Kind::Counter,
+        "Tries to put our removed kernel rules back that failed (tried again every second).",
+        [plain(k.rules_restore_failed)],
+    );
+    e.family(
+        "portcullis_kernel_commands_failed_total",
+        Kind::Counter,
+        "Bans and unbans the kernel refused at the first try (tried again with backoff): command is ban or unban.",
+        [
+            labelled(&[("command", "ban")], k.bans_failed),
+            labelled(&[("command", "unban")], k.unbans_failed),
+        ],
+    );
+    e.family(
+        "portcullis_bans_enforced_late_total",
+        Kind::Counter,
+        "Bans the kernel first refused and a later try put in.",
+        [plain(k.bans_enforced_late)],
+    );
+    e.family(
+        "portcullis_kernel_retrying",
+        Kind::Gauge,
+        "Bans and unbans waiting for another try now.",
+        [plain(k.retrying)],
+    );
+    e.family(
+        "portcullis_kernel_commands_dropped_total",
+        Kind::Counter,
+        "Bans and unbans never handed to the kernel: the kernel thread's queue was full.",
+        [plain(k.commands_dropped)],
+    );
 
     if let Some(q) = &s.queue {
         e.family(
@@ -354,6 +406,12 @@ pub fn render(s: &Status) -> String {
             Kind::Counter,
             "Queue socket receive buffer overruns (ENOBUFS).",
             [plain(q.overruns)],
+        );
+        e.family(
+            "portcullis_dns_answers_failed_total",
+            Kind::Counter,
+            "NXDOMAIN answers to blocked DNS queries that could not be built or sent (the query was dropped all the same).",
+            [plain(q.dns_answers_failed)],
         );
         e.family(
             "portcullis_queue_fail_open",

@@ -10,7 +10,12 @@
 //!
 //! **Invariant: the packet thread never blocks on anything but its packet
 //! source**: every send is a `try_send`; a full event channel drops the
-//! event and counts it.
+//! event and counts it, a full kernel channel drops the ban or unban for
+//! the kernel (it holds in user space), counts it and says so in the
+//! event (`enforced: false`).
+//!
+//! Where bans are enforced, a `ban` event goes to the writer through the
+//! kernel thread, which fills in whether the kernel took the ban.
 //!
 //! **A packet source that fails is reopened, not fatal.** The path closes
 //! it and reads its other sources; the loop reports it (a `packet_source`
@@ -31,13 +36,14 @@ use portcullis_engine::Engine;
 use crate::clock::now;
 use crate::config::DaemonConfig;
 use crate::control::{Answer, Pending, Request};
-use crate::kernel_thread::KernelCmd;
+use crate::kernel_thread::{KernelCmd, KernelStats};
 use crate::notify::Notifier;
+use crate::output::WriterStats;
 use crate::path::recover::Recovery;
 use crate::path::{PacketPath, SourceFailure};
 use crate::reload::{self, PendingReload};
 use crate::requests;
-use crate::status::{DetectorStatus, PacketCounters, Status};
+use crate::status::{DetectorStatus, KernelStatus, PacketCounters, Status};
 
 /// How long the packet thread waits for packets before serving timers,
 /// signals and control requests.
@@ -67,6 +73,13 @@ pub struct Wiring<'a> {
     pub kernel: Sender<KernelCmd>,
     /// Events for the writer.
     pub events: Sender<Event>,
+    /// The kernel thread's events (`ban` with the kernel's answer,
+    /// `rules`), forwarded to the writer.
+    pub reports: Receiver<Event>,
+    /// The kernel thread's counters.
+    pub kernel_stats: Arc<KernelStats>,
+    /// The event writer's counters.
+    pub writer_stats: Arc<WriterStats>,
     /// Control socket requests.
     pub requests: Receiver<Pending>,
     /// The snapshot the metrics server serves.
@@ -85,6 +98,8 @@ pub struct PacketLoop<'a> {
     config: DaemonConfig,
     reloading: Option<PendingReload>,
     dropped_events: u64,
+    /// Bans and unbans the kernel thread's full channel did not take.
+    commands_dropped: u64,
     last_tick: Instant,
     last_stats: Option<Instant>,
     /// WatchdogSec= in the unit: how often to prove the loop turns.
@@ -110,6 +125,7 @@ impl<'a> PacketLoop<'a> {
             config,
             reloading: None,
             dropped_events: 0,
+            commands_dropped: 0,
             last_tick: Instant::now(),
             last_stats: None,
             // At twice the rate systemd asks for.
@@ -121,7 +137,7 @@ impl<'a> PacketLoop<'a> {
 
     /// Says we serve: the ready line on stderr, READY to systemd.
     pub fn announce(&self) {
-        eprintln!("portcullis: {}", self.path.ready_line());
+        log::info!("{}", self.path.ready_line());
         let _ = self
             .wiring
             .notify
@@ -142,7 +158,7 @@ impl<'a> PacketLoop<'a> {
     /// SIGHUP: starts a reload unless one is in progress.
     pub fn start_reload(&mut self) {
         if self.reloading.is_some() {
-            eprintln!("portcullis: a reload is already in progress; this SIGHUP is ignored");
+            log::warn!("a reload is already in progress; this SIGHUP is ignored");
         } else {
             let _ = self.wiring.notify.reloading();
             self.reloading = Some(reload::start(&self.config, &self.wiring.kernel));
@@ -163,7 +179,7 @@ impl<'a> PacketLoop<'a> {
             };
             if let Some(outcome) = outcome {
                 let ev = reload::finish(outcome, &mut self.engine);
-                let _ = self.wiring.events.try_send(ev);
+                self.emit(ev);
                 self.reloading = None;
                 // The old rules stay in force on failure: ready either way.
                 let _ = self.wiring.notify.ready();
@@ -268,7 +284,7 @@ impl<'a> PacketLoop<'a> {
     /// `systemctl status` shows.
     fn stats(&mut self) {
         for ev in self.path.losses() {
-            let _ = self.wiring.events.try_send(ev);
+            self.emit(ev);
         }
         // The metrics server reads this copy; never wait for a scrape.
         let snapshot = self.status();
@@ -304,27 +320,45 @@ impl<'a> PacketLoop<'a> {
             wiring,
             info,
             mut dropped_events,
+            mut commands_dropped,
             ..
         } = self;
         let _ = wiring.notify.stopping();
         path.finish();
         drop(path);
         engine.finish();
-        forward(
-            &mut engine,
-            &wiring,
-            info.bans_enforced,
-            &mut dropped_events,
-        );
+        let mut lost = Lost {
+            events: &mut dropped_events,
+            commands: &mut commands_dropped,
+        };
+        forward(&mut engine, &wiring, info.bans_enforced, &mut lost);
+        // The kernel thread's answers to the last bans: a moment for them.
+        let deadline = Instant::now() + FINISH_WAIT;
+        while let Ok(ev) = wiring.reports.recv_deadline(deadline) {
+            if let Err(TrySendError::Full(_)) = wiring.events.try_send(ev) {
+                dropped_events += 1;
+            }
+        }
         dropped_events
     }
 
+    /// One event to the writer; a full channel drops it, counted.
+    fn emit(&mut self, ev: Event) {
+        if let Err(TrySendError::Full(_)) = self.wiring.events.try_send(ev) {
+            self.dropped_events += 1;
+        }
+    }
+
     fn forward(&mut self) {
+        let mut lost = Lost {
+            events: &mut self.dropped_events,
+            commands: &mut self.commands_dropped,
+        };
         forward(
             &mut self.engine,
             &self.wiring,
             self.info.bans_enforced,
-            &mut self.dropped_events,
+            &mut lost,
         );
     }
 
@@ -359,7 +393,15 @@ impl<'a> PacketLoop<'a> {
             bans_active: engine.bans().len(),
             protected,
             detector: engine.detector_stats().as_ref().map(DetectorStatus::from),
-            events_dropped: self.dropped_events,
+            events_dropped: self.dropped_events
+                + self
+                    .wiring
+                    .kernel_stats
+                    .events_dropped
+                    .load(Ordering::Relaxed),
+            events_write_failed: self.wiring.writer_stats.lost.load(Ordering::Relaxed),
+            event_log_errors: self.wiring.writer_stats.errors.load(Ordering::Relaxed),
+            kernel: kernel_status(&self.wiring.kernel_stats, self.commands_dropped),
             sources: self.recovery.status(Instant::now()),
         };
         self.path.status(&mut s);
@@ -367,32 +409,98 @@ impl<'a> PacketLoop<'a> {
     }
 }
 
+/// How long `finish` waits for the kernel thread's answers to the last
+/// bans.
+const FINISH_WAIT: Duration = Duration::from_millis(200);
+
+/// The loop's loss counters, as `forward` adds to them.
+struct Lost<'a> {
+    /// Events the writer's full channel did not take.
+    events: &'a mut u64,
+    /// Bans and unbans the kernel thread's full channel did not take.
+    commands: &'a mut u64,
+}
+
+fn kernel_status(k: &KernelStats, commands_dropped: u64) -> KernelStatus {
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    KernelStatus {
+        rules_restored: n(&k.rules_restored),
+        rules_restore_failed: n(&k.rules_restore_failed),
+        bans_failed: n(&k.bans_failed),
+        bans_enforced_late: n(&k.bans_enforced_late),
+        unbans_failed: n(&k.unbans_failed),
+        retrying: n(&k.retrying),
+        commands_dropped,
+    }
+}
+
+/// Why a ban the kernel thread never got is not enforced.
+const KERNEL_BUSY: &str =
+    "the kernel thread's queue is full: the ban holds in user space only (held packets)";
+
 /// The engine's events to the writer (a full channel drops the event and
-/// counts it in `dropped`); bans and unbans also to the kernel thread where
-/// bans are `enforced`.
-fn forward(engine: &mut Engine, wiring: &Wiring<'_>, enforced: bool, dropped: &mut u64) {
+/// counts it); bans and unbans also to the kernel thread where bans are
+/// `enforced`: a `ban` event then travels with its ban and comes back
+/// through `reports` with the kernel's answer. What the kernel thread
+/// reports is forwarded too.
+fn forward(engine: &mut Engine, wiring: &Wiring<'_>, enforced: bool, lost: &mut Lost<'_>) {
+    let mut out: Vec<Event> = wiring.reports.try_iter().collect();
     let events: Vec<Event> = engine.drain_events().collect();
     for mut ev in events {
         match &mut ev.body {
             Body::Ban(e) => {
+                e.ban.enforced = enforced;
                 let ban = engine.bans().get(&e.source.src_ip).cloned();
                 if let Some(b) = ban.filter(|_| enforced) {
-                    let _ = wiring.kernel.try_send(KernelCmd::Ban(b, None));
+                    let cmd = KernelCmd::Ban {
+                        ban: b,
+                        ack: None,
+                        event: Some(Box::new(ev)),
+                    };
+                    match wiring.kernel.try_send(cmd) {
+                        Ok(()) => continue,
+                        Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => {
+                            *lost.commands += 1;
+                            log::error!("a ban was not handed to the kernel: {KERNEL_BUSY}");
+                            let KernelCmd::Ban {
+                                event: Some(back), ..
+                            } = c
+                            else {
+                                continue;
+                            };
+                            ev = *back;
+                            if let Body::Ban(e) = &mut ev.body {
+                                e.ban.enforced = false;
+                                e.ban.error = Some(KERNEL_BUSY.to_owned());
+                            }
+                        }
+                    }
                 }
-                e.ban.enforced = enforced;
             }
             Body::Unban(e) => {
-                if enforced {
-                    let _ = wiring
-                        .kernel
-                        .try_send(KernelCmd::Unban(e.source.src_ip, None));
-                }
                 e.ban.enforced = enforced;
+                if enforced
+                    && wiring
+                        .kernel
+                        .try_send(KernelCmd::Unban(e.source.src_ip, None))
+                        .is_err()
+                {
+                    // The kernel's element ends by its own timeout.
+                    *lost.commands += 1;
+                    e.ban.enforced = false;
+                    log::error!(
+                        "an unban was not handed to the kernel (its queue is full): {} stays in the kernel's ban set until the ban's time is over",
+                        e.source.src_ip
+                    );
+                }
             }
             _ => {}
         }
+        out.push(ev);
+    }
+    for ev in out {
         if let Err(TrySendError::Full(_)) = wiring.events.try_send(ev) {
-            *dropped += 1;
+            *lost.events += 1;
         }
     }
 }
@@ -429,11 +537,14 @@ mod tests {
         harness_with(config, bans_enforced, None)
     }
 
-    /// `kernel`: the kernel thread's channel (else the test reads it).
+    /// A kernel thread's ends: its commands, its reports, its counters.
+    type KernelEnd = (Sender<KernelCmd>, Receiver<Event>, Arc<KernelStats>);
+
+    /// `kernel`: a kernel thread's ends (else the test reads the commands).
     fn harness_with(
         config: Option<PathBuf>,
         bans_enforced: bool,
-        kernel: Option<Sender<KernelCmd>>,
+        kernel: Option<KernelEnd>,
     ) -> Harness {
         let source = DaemonConfig {
             path: config,
@@ -450,9 +561,19 @@ mod tests {
         let (events_tx, events_rx) = crossbeam_channel::bounded(1024);
         let (requests_tx, requests_rx) = crossbeam_channel::bounded(16);
         let path = MemoryPath::default();
+        let (kernel, reports, kernel_stats) = kernel.unwrap_or_else(|| {
+            (
+                kernel_tx,
+                crossbeam_channel::never(),
+                Arc::new(KernelStats::default()),
+            )
+        });
         let wiring = Wiring {
-            kernel: kernel.unwrap_or(kernel_tx),
+            kernel,
             events: events_tx,
+            reports,
+            kernel_stats,
+            writer_stats: Arc::new(WriterStats::default()),
             requests: requests_rx,
             latest: Arc::new(Mutex::new(None)),
             notify: Box::leak(Box::new(Notifier::disabled())),
@@ -531,24 +652,25 @@ mod tests {
         assert_eq!(v[..6], [(Action::Accept, Reason::Default); 6]);
         assert_eq!(v[6..], [(Action::Drop, Reason::Banned); 4]);
 
+        // The ban goes to the kernel thread with its event, which waits
+        // there for the kernel's answer.
         let cmds: Vec<KernelCmd> = h.kernel.try_iter().collect();
-        let [KernelCmd::Ban(ban, None)] = &cmds[..] else {
+        let [KernelCmd::Ban {
+            ban,
+            ack: None,
+            event: Some(ev),
+        }] = &cmds[..]
+        else {
             panic!("one ban for the kernel thread, got {} commands", cmds.len());
         };
         assert_eq!(ban.addr, scanner());
+        assert!(matches!(&ev.body, Body::Ban(b) if b.source.src_ip == scanner() && b.ban.enforced));
 
         let events = h.events();
         assert!(events
             .iter()
             .any(|e| matches!(&e.body, Body::Scan(s) if s.source.src_ip == scanner())));
-        let bans: Vec<bool> = events
-            .iter()
-            .filter_map(|e| match &e.body {
-                Body::Ban(b) if b.source.src_ip == scanner() => Some(b.ban.enforced),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(bans, [true]);
+        assert!(!events.iter().any(|e| matches!(&e.body, Body::Ban(_))));
     }
 
     #[test]
@@ -752,17 +874,8 @@ mod tests {
         }
         .load()
         .unwrap();
-        let fw = runner.firewall(KernelRules::Full, &cfg);
-        let (kernel_tx, kernel_rx) = crossbeam_channel::bounded(1024);
-        let kernel = crate::kernel_thread::spawn(
-            Some((fw, KernelRules::Full)),
-            Arc::clone(&cfg),
-            kernel_rx,
-            None,
-            Arc::new(std::sync::atomic::AtomicU64::new(0)),
-        )
-        .unwrap();
-        let mut h = harness_with(Some(rules.clone()), true, Some(kernel_tx));
+        let (kernel, end) = kernel_thread(&runner, &cfg);
+        let mut h = harness_with(Some(rules.clone()), true, Some(end));
         let telnet = |h: &Harness| {
             let src = SocketAddr::new("198.18.9.9".parse().unwrap(), 40_000);
             let dst = SocketAddr::new(HOST.parse().unwrap(), 23);
@@ -807,5 +920,180 @@ mod tests {
         kernel.join().unwrap().unwrap();
         let last = runner.calls().pop().unwrap();
         assert!(last.stdin.contains("table inet portcullis"), "{last:?}");
+    }
+
+    /// A kernel thread over `runner`, installed with `cfg`.
+    fn kernel_thread(
+        runner: &Arc<RecordingRunner>,
+        cfg: &Arc<portcullis_engine::config::Config>,
+    ) -> (std::thread::JoinHandle<Result<()>>, KernelEnd) {
+        let fw = runner.firewall(KernelRules::Full, cfg);
+        let (kernel_tx, kernel_rx) = crossbeam_channel::bounded(1024);
+        let (links, reports) =
+            crate::kernel_thread::Links::new(Arc::new(std::sync::atomic::AtomicU64::new(0)));
+        let stats = Arc::clone(&links.stats);
+        let kernel = crate::kernel_thread::spawn(
+            Some((fw, KernelRules::Full)),
+            Arc::clone(cfg),
+            kernel_rx,
+            None,
+            links,
+        )
+        .unwrap();
+        (kernel, (kernel_tx, reports, stats))
+    }
+
+    fn status(h: &mut Harness) -> Status {
+        let Answer::Now(Ok(v)) = h.ask(Request::Status) else {
+            panic!("status");
+        };
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// Issue 11, item 4: a ban the kernel refuses is reported
+    /// `enforced: false` with the kernel's error, counted, and tried again
+    /// until the kernel takes it; then a second `ban` event says so.
+    #[test]
+    fn a_ban_the_kernel_refuses_is_reported_unenforced_and_retried_until_it_holds() {
+        let runner = RecordingRunner::new();
+        let cfg = Arc::new(portcullis_engine::config::Config::default_policy().unwrap());
+        let (kernel, end) = kernel_thread(&runner, &cfg);
+        let mut h = harness_with(None, true, Some(end));
+        runner.fail_scripts_with(Some(&format!("{SCANNER} timeout")));
+        h.scan(now(), 1..=10);
+        let first = h.turn_until(|e| match &e.body {
+            Body::Ban(b) if b.source.src_ip == scanner() => Some(b.ban.clone()),
+            _ => None,
+        });
+        assert!(!first.enforced, "{first:?}");
+        let error = first.error.unwrap_or_default();
+        assert!(error.contains("No buffer space available"), "{error}");
+        let s = status(&mut h);
+        assert_eq!((s.kernel.bans_failed, s.kernel.bans_enforced_late), (1, 0));
+        assert_eq!(s.kernel.retrying, 1);
+
+        // The kernel takes it again: the retry (1 s later) succeeds.
+        runner.fail_scripts_with(None);
+        let t = Instant::now();
+        let second = h.turn_until(|e| match &e.body {
+            Body::Ban(b) if b.source.src_ip == scanner() => Some(b.ban.clone()),
+            _ => None,
+        });
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(second.enforced && second.error.is_none(), "{second:?}");
+        assert_eq!(second.attempts, Some(2));
+        let s = status(&mut h);
+        assert_eq!((s.kernel.bans_failed, s.kernel.bans_enforced_late), (1, 1));
+        assert_eq!(s.kernel.retrying, 0);
+        // Written: the first try and the retry.
+        let tries = runner
+            .calls()
+            .iter()
+            .filter(|c| c.stdin.contains(&format!("{SCANNER} timeout")))
+            .count();
+        assert_eq!(tries, 2);
+        h.packets.finish();
+        kernel.join().unwrap().unwrap();
+    }
+
+    /// Issue 11, item 3: our rules vanish (as after `nft flush ruleset`):
+    /// the kernel thread puts them back with the bans, a `rules` event
+    /// says what was missing, `status` counts it.
+    #[test]
+    fn vanished_rules_are_put_back_and_reported_in_a_rules_event() {
+        let runner = RecordingRunner::new();
+        let cfg = Arc::new(portcullis_engine::config::Config::default_policy().unwrap());
+        let (kernel, end) = kernel_thread(&runner, &cfg);
+        let mut h = harness_with(None, true, Some(end));
+        h.scan(now(), 1..=10);
+        h.turn_until(|e| matches!(&e.body, Body::Ban(_)).then_some(()));
+        runner.clear();
+        runner.flush();
+        let rules = h.turn_until(|e| match &e.body {
+            Body::Rules(r) => Some(r.rules.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            rules.action,
+            portcullis_engine::events::RulesAction::Restored
+        );
+        assert_eq!(rules.missing, ["table"]);
+        assert_eq!(rules.bans_restored, 1);
+        let calls = runner.calls();
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.stdin.contains("add table inet portcullis")),
+            "{calls:#?}"
+        );
+        assert!(calls
+            .iter()
+            .any(|c| c.stdin.contains(&format!("{SCANNER} timeout"))));
+        assert_eq!(status(&mut h).kernel.rules_restored, 1);
+        h.packets.finish();
+        kernel.join().unwrap().unwrap();
+    }
+
+    /// Putting the rules back fails: one `restore_failed` event for the
+    /// run of failures, every try counted; `restored` once it works.
+    #[test]
+    fn a_failed_repair_is_reported_once_counted_and_tried_again() {
+        use portcullis_engine::events::RulesAction;
+        let runner = RecordingRunner::new();
+        let cfg = Arc::new(portcullis_engine::config::Config::default_policy().unwrap());
+        let (kernel, end) = kernel_thread(&runner, &cfg);
+        let mut h = harness_with(None, true, Some(end));
+        runner.fail_scripts_with(Some("add table inet portcullis"));
+        runner.flush();
+        let rules = |e: &Event| match &e.body {
+            Body::Rules(r) => Some(r.rules.clone()),
+            _ => None,
+        };
+        let first = h.turn_until(rules);
+        assert_eq!(first.action, RulesAction::RestoreFailed);
+        assert!(first.error.unwrap_or_default().contains("No buffer space"));
+        // Tried again every second: counted, not reported again.
+        let until = Instant::now() + Duration::from_millis(2_500);
+        let mut again = 0;
+        while Instant::now() < until {
+            h.packets.turn().unwrap();
+            again += h.events().iter().filter_map(rules).count();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(again, 0);
+        let s = status(&mut h);
+        assert!(s.kernel.rules_restore_failed >= 3, "{:?}", s.kernel);
+        assert_eq!(s.kernel.rules_restored, 0);
+        runner.fail_scripts_with(None);
+        let back = h.turn_until(rules);
+        assert_eq!(back.action, RulesAction::Restored);
+        assert_eq!(status(&mut h).kernel.rules_restored, 1);
+        h.packets.finish();
+        kernel.join().unwrap().unwrap();
+    }
+
+    /// Issue 11, item 4: a ban the kernel thread's full channel cannot
+    /// take is counted and its event says it is not enforced, and why.
+    #[test]
+    fn a_ban_the_full_kernel_channel_refuses_is_counted_and_reported() {
+        let (full, _keep) = crossbeam_channel::bounded(1);
+        full.send(KernelCmd::Unban("198.18.0.99".parse().unwrap(), None))
+            .unwrap();
+        let (_reports_tx, reports) = crossbeam_channel::bounded(1);
+        let end = (full, reports, Arc::new(KernelStats::default()));
+        let mut h = harness_with(None, true, Some(end));
+        h.scan(now(), 1..=10);
+        h.packets.turn().unwrap();
+        let ban = h
+            .events()
+            .into_iter()
+            .find_map(|e| match e.body {
+                Body::Ban(b) => Some(b.ban),
+                _ => None,
+            })
+            .expect("the ban event, straight to the writer");
+        assert!(!ban.enforced);
+        assert!(ban.error.unwrap_or_default().contains("queue is full"));
+        assert_eq!(status(&mut h).kernel.commands_dropped, 1);
     }
 }

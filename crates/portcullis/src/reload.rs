@@ -73,8 +73,8 @@ pub fn finish(outcome: std::result::Result<Arc<Config>, String>, engine: &mut En
         }),
     );
     match outcome {
-        Ok(()) => eprintln!("portcullis: configuration reloaded"),
-        Err(e) => eprintln!("portcullis: reload failed: {e}"),
+        Ok(()) => log::info!("configuration reloaded"),
+        Err(e) => log::error!("reload failed: {e}"),
     }
     ev
 }

@@ -196,18 +196,18 @@ pub fn replay_file(file: &Path, common: &Common) -> Result<ExitCode> {
     let cfg = load_config(common)?;
     let mut cap = open_capture(file)?;
     if cfg.home_net.is_empty() {
-        eprintln!("portcullis: {NO_HOME_NET}");
+        log::warn!("{NO_HOME_NET}");
     }
     let stats = run_capture(&mut cap, cfg, common)?;
     if cap.source.cut_short {
-        eprintln!(
-            "warning: {} ends in the middle of a packet record (the file was cut short); \
+        log::warn!(
+            "{} ends in the middle of a packet record (the file was cut short); \
              replayed the packets before it",
             file.display()
         );
     }
     if cap.source.skipped > 0 {
-        eprintln!(
+        log::warn!(
             "skipped {} packets on interfaces with unsupported link types",
             cap.source.skipped
         );

@@ -68,7 +68,7 @@ pub fn answer(
                 return Answer::Now(Err(format!("{addr} cannot be banned")));
             };
             let view = json(serde_json::to_value(BanView::new(&ban, t, enforced)));
-            kernel_answer(kernel, |ack| KernelCmd::Ban(ban, Some(ack)), view)
+            kernel_answer(kernel, |ack| KernelCmd::ban(ban, Some(ack)), view)
         }
         Request::Explain { addr } => {
             // Wall-clock time: the engine's packet time stands still when

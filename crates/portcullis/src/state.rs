@@ -42,7 +42,12 @@ impl StateDir {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+            if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+                log::warn!(
+                    "cannot make state folder {} private (0700): {e}",
+                    dir.display()
+                );
+            }
         }
         Ok(Self {
             dir: dir.to_path_buf(),

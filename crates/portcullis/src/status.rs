@@ -55,6 +55,40 @@ pub struct Status {
     pub detector: Option<DetectorStatus>,
     /// Events lost because the event writer fell behind.
     pub events_dropped: u64,
+    /// Events lost because the event log did not take them (disk full,
+    /// I/O error); the daemon goes on.
+    #[serde(default)]
+    pub events_write_failed: u64,
+    /// Failed writes of the event log.
+    #[serde(default)]
+    pub event_log_errors: u64,
+    /// Our kernel rules and the commands to them (all zero where there are
+    /// none).
+    #[serde(default)]
+    pub kernel: KernelStatus,
+}
+
+/// What went wrong between the daemon and its kernel rules, and what was
+/// repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelStatus {
+    /// Times something else removed our kernel objects and we put them
+    /// back (`rules` events).
+    pub rules_restored: u64,
+    /// Tries to put them back that failed (tried again every second).
+    pub rules_restore_failed: u64,
+    /// Bans the kernel refused at the first try (`enforced: false` with
+    /// the error in the `ban` event; tried again with backoff).
+    pub bans_failed: u64,
+    /// Of those, bans a later try put into the kernel.
+    pub bans_enforced_late: u64,
+    /// Unbans the kernel refused at the first try (tried again).
+    pub unbans_failed: u64,
+    /// Bans and unbans waiting for another try now (gauge).
+    pub retrying: u64,
+    /// Bans and unbans never handed to the kernel thread: its queue was
+    /// full (the ban holds in user space only; `enforced: false`).
+    pub commands_dropped: u64,
 }
 
 /// Packets and decisions, from the engine's [`Counters`].
@@ -127,6 +161,10 @@ pub struct QueueStatus {
     pub uninspected: u64,
     /// Socket receive buffer overruns (ENOBUFS).
     pub overruns: u64,
+    /// NXDOMAIN answers to blocked DNS queries that could not be built or
+    /// sent (the query was dropped all the same).
+    #[serde(default)]
+    pub dns_answers_failed: u64,
 }
 
 /// The NFLOG group through which the daemon sees, without holding them,

@@ -28,11 +28,23 @@ pub struct Call {
 }
 
 /// Records every call; answers as a kernel with nft `queue`, no iptables
-/// and none of our rules installed.
+/// and none of our rules installed before the first install. Tests can make
+/// `nft -f` scripts fail ([`RecordingRunner::fail_scripts_with`]) and our
+/// rules vanish ([`RecordingRunner::flush`]).
 #[derive(Debug, Default)]
 pub struct RecordingRunner {
     calls: Mutex<Vec<Call>>,
+    /// `nft -f` scripts containing one of these fail.
+    fail: Mutex<Vec<String>>,
+    /// Our chain is gone (as after `nft flush ruleset`) until the next
+    /// script that creates the table.
+    flushed: std::sync::atomic::AtomicBool,
 }
+
+/// What `nft list chain inet portcullis input` shows while our rules are
+/// in place.
+const OUR_INPUT_CHAIN: &str =
+    "table inet portcullis {\n\tchain input {\n\t\tip saddr @ban4 drop\n\t}\n}\n";
 
 /// The probe's throwaway set after the second `add`: timeouts update.
 const PROBE_UPDATED: &str = r#"{"nftables": [{"metainfo": {}}, {"set": {"family": "inet", "name": "t", "table": "portcullis_probe", "type": "ipv4_addr", "flags": ["timeout"], "elem": [{"elem": {"val": "198.18.255.254", "timeout": 7200, "expires": 7199}}]}}]}"#;
@@ -50,8 +62,29 @@ impl Runner for RecordingRunner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(call);
+        let script = String::from_utf8_lossy(stdin.unwrap_or_default()).into_owned();
+        let failing = self
+            .fail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|f| script.contains(f.as_str()));
+        let flushed = self.flushed.load(std::sync::atomic::Ordering::Relaxed);
         let (code, out, err) = match (program, args) {
+            ("nft", ["-f", "-"]) if failing => (
+                1,
+                "",
+                "Error: Could not process rule: No buffer space available\n",
+            ),
+            ("nft", ["-f", "-"]) if script.contains("add table inet portcullis") => {
+                self.flushed
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                (0, "", "")
+            }
             ("nft", ["--version"]) => (0, "nftables v1.0.6 (Lester Gooch #5)\n", ""),
+            ("nft", ["list", "chain", "inet", "portcullis", "input"]) if !flushed => {
+                (0, OUR_INPUT_CHAIN, "")
+            }
             ("nft", ["-j", "list", "set", "inet", "portcullis_probe", "t"]) => {
                 (0, PROBE_UPDATED, "")
             }
@@ -78,6 +111,20 @@ impl RecordingRunner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// From now on, `nft -f` scripts containing `pattern` fail (none: all
+    /// succeed again).
+    pub fn fail_scripts_with(&self, pattern: Option<&str>) {
+        *self.fail.lock().unwrap_or_else(PoisonError::into_inner) =
+            pattern.into_iter().map(str::to_owned).collect();
+    }
+
+    /// As `nft flush ruleset`: our table is gone until it is installed
+    /// again.
+    pub fn flush(&self) {
+        self.flushed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn clear(&self) {

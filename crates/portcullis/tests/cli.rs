@@ -252,7 +252,7 @@ fn one_packet_capture(dir: &std::path::Path) -> String {
     pcap.to_str().unwrap().to_owned()
 }
 
-const NO_HOME_NET: &str = "portcullis: no home network given: every packet counts as inbound (set it with --home-net CIDR, repeatable, or \"home_net\" in the rules file)\n";
+const NO_HOME_NET: &str = "portcullis: warning: no home network given: every packet counts as inbound (set it with --home-net CIDR, repeatable, or \"home_net\" in the rules file)\n";
 
 #[test]
 fn replay_without_a_home_network_says_once_that_all_is_inbound() {
@@ -275,6 +275,51 @@ fn replay_without_a_home_network_says_once_that_all_is_inbound() {
     assert!(out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(!err.contains("home network"), "{err}");
+}
+
+/// Operator messages go through the log levels: `--log-level` (or
+/// `PORTCULLIS_LOG`) hides what is below it; under systemd (stderr is the
+/// journal) each line carries its syslog priority and nothing of ours.
+#[test]
+fn log_levels_filter_operator_messages_and_journald_gets_priorities() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = one_packet_capture(dir.path());
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .env_remove("PORTCULLIS_LOG")
+            .env_remove("INVOCATION_ID")
+            .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, err) = run(&["replay", &pcap, "-q", "--log-level", "error"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("home network"), "{err}");
+    let (_, err) = run(&["replay", &pcap, "-q"], &[("PORTCULLIS_LOG", "error")]);
+    assert!(!err.contains("home network"), "{err}");
+    // The flag wins over the environment.
+    let (_, err) = run(
+        &["replay", &pcap, "-q", "--log-level", "warn"],
+        &[("PORTCULLIS_LOG", "off")],
+    );
+    assert_eq!(err.matches(NO_HOME_NET).count(), 1, "{err}");
+    // Started by systemd: `<4>` and the bare message.
+    let (_, err) = run(&["replay", &pcap, "-q"], &[("INVOCATION_ID", "0123abcd")]);
+    assert!(
+        err.contains("<4>no home network given: every packet counts as inbound"),
+        "{err}"
+    );
+    assert!(!err.contains("portcullis: warning"), "{err}");
+    // A bad level is a clear error.
+    let (code, err) = run(&["replay", &pcap, "--log-level", "loud"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown log level \"loud\""), "{err}");
+    let (code, err) = run(&["replay", &pcap], &[("PORTCULLIS_LOG", "loud")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("PORTCULLIS_LOG: unknown log level"), "{err}");
 }
 
 #[test]

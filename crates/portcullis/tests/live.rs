@@ -1869,6 +1869,7 @@ fn resolver_protected() -> Result<(), Failed> {
 /// nothing; the teardown after it is exact.
 fn self_healing() -> Result<(), Failed> {
     let mut net = Net::new()?;
+    net.extra = vec!["--metrics".into(), "127.0.0.1:0".into()];
     net.start(r#"{"events": {"dns_queries": false}, "scan": {"enabled": false}}"#)?;
     let (code, out) = net.ctl(&["ban", A, "--for", "10m"]);
     if code != 0 {
@@ -1905,6 +1906,50 @@ fn self_healing() -> Result<(), Failed> {
     }
     if !net.log().contains("something removed our kernel rules") {
         return Err(format!("the repair was not reported:\n{}", net.log()).into());
+    }
+    // Issue 11, item 3: a `rules` event says what was missing and how many
+    // bans went back; `status --json` and the metrics count the repair.
+    // A check that runs while the flush happens may see only part of the
+    // damage (the iptables objects): the table then follows in a second
+    // event, a second later.
+    let ev = net.event("rules naming the table", |e| {
+        e["event_type"] == "rules"
+            && e["rules"]["missing"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|x| x == "table"))
+    })?;
+    if ev["rules"]["action"] != "restored" || ev["rules"]["bans_restored"] != 1 {
+        return Err(format!("rules event: {ev:#}").into());
+    }
+    let (_, status) = net.ctl(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&status).map_err(|e| format!("{e}: {status}"))?;
+    let restored = status["kernel"]["rules_restored"].as_u64().unwrap_or(0);
+    if restored < 1 || status["kernel"]["rules_restore_failed"] != 0 {
+        return Err(format!("status: {status:#}").into());
+    }
+    let (_, text) = net.ctl(&["status"]);
+    if !text.contains(&format!("rules restored {restored} (0 tries failed)")) {
+        return Err(format!("status: {text}").into());
+    }
+    let addr = net
+        .log()
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis: metrics on http://"))
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .ok_or_else(|| format!("no metrics address in the log:\n{}", net.log()))?
+        .to_owned();
+    let metric = wait_for(Duration::from_secs(3), || {
+        let r = http_get(net.lab.ns("fw"), addr.clone(), "/metrics").ok()?;
+        r.lines()
+            .find_map(|l| {
+                l.strip_prefix("portcullis_rules_restored_total ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .filter(|n| *n >= 1)
+    });
+    if metric.is_none() {
+        return Err("portcullis_rules_restored_total never counted the repair".into());
     }
     net.stop()?;
     net.assert_clean()

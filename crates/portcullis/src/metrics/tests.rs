@@ -6,7 +6,8 @@ use portcullis_engine::Reason;
 
 use super::*;
 use crate::status::{
-    CaptureStatus, DetectorStatus, ObservedStatus, PacketCounters, QueueStatus, SourceStatus,
+    CaptureStatus, DetectorStatus, KernelStatus, ObservedStatus, PacketCounters, QueueStatus,
+    SourceStatus,
 };
 
 /// A snapshot in which every number is different, so a value reported
@@ -50,6 +51,7 @@ fn known() -> Status {
             user_dropped: 21,
             uninspected: 22,
             overruns: 23,
+            dns_answers_failed: 47,
         }),
         observed: Some(ObservedStatus {
             group: 9,
@@ -81,9 +83,20 @@ fn known() -> Status {
             state: "up".into(),
             error: None,
             down_seconds: None,
-            failures: 47,
-            reopens: 48,
+            failures: 57,
+            reopens: 58,
         }],
+        events_write_failed: 48,
+        event_log_errors: 49,
+        kernel: KernelStatus {
+            rules_restored: 50,
+            rules_restore_failed: 51,
+            bans_failed: 52,
+            bans_enforced_late: 53,
+            unbans_failed: 54,
+            retrying: 55,
+            commands_dropped: 56,
+        },
     }
 }
 
@@ -285,8 +298,18 @@ fn render_reports_every_value_of_the_snapshot_under_its_name() {
         ("portcullis_detector_evictions_total{table=flows}", 32),
         ("portcullis_events_dropped_total", 34),
         ("portcullis_source_up{kind=capture,name=eth0}", 1),
-        ("portcullis_source_failures_total{kind=capture,name=eth0}", 47),
-        ("portcullis_source_reopens_total{kind=capture,name=eth0}", 48),
+        ("portcullis_source_failures_total{kind=capture,name=eth0}", 57),
+        ("portcullis_source_reopens_total{kind=capture,name=eth0}", 58),
+        ("portcullis_dns_answers_failed_total", 47),
+        ("portcullis_events_write_failed_total", 48),
+        ("portcullis_event_log_errors_total", 49),
+        ("portcullis_rules_restored_total", 50),
+        ("portcullis_rules_restore_failed_total", 51),
+        ("portcullis_kernel_commands_failed_total{command=ban}", 52),
+        ("portcullis_bans_enforced_late_total", 53),
+        ("portcullis_kernel_commands_failed_total{command=unban}", 54),
+        ("portcullis_kernel_retrying", 55),
+        ("portcullis_kernel_commands_dropped_total", 56),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

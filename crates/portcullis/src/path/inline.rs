@@ -67,6 +67,8 @@ pub struct InlinePath {
     queue_hits: Arc<AtomicU64>,
     seen: QueueDrops,
     overruns: u64,
+    /// NXDOMAIN answers that could not be built or sent.
+    dns_answers_failed: u64,
 }
 
 impl InlinePath {
@@ -106,6 +108,7 @@ impl InlinePath {
             queue_hits,
             seen: QueueDrops::default(),
             overruns: 0,
+            dns_answers_failed: 0,
         })
     }
 }
@@ -350,6 +353,7 @@ impl InlinePath {
         let t = now();
         let answer = engine.config().dns.blocked_response == BlockedDnsResponse::Nxdomain;
         let responder = &mut self.responder;
+        let failed = &mut self.dns_answers_failed;
         queue.decide_each(|p| {
             let dir = match p.hook {
                 Hook::Output | Hook::Postrouting => Direction::Outbound,
@@ -365,8 +369,15 @@ impl InlinePath {
                 orig_len: None,
             });
             if v.reason == Reason::BlockedDomain && answer {
-                // Best effort: the query is dropped either way.
-                let _ = responder.respond_to(p);
+                // The query is dropped either way; a failed answer is
+                // counted and said (rate-limited by the logger).
+                if let Err(e) = responder.respond_to(p) {
+                    *failed += 1;
+                    log::warn!(
+                        "NXDOMAIN answer to a blocked DNS query not sent: {e} ({} so far)",
+                        *failed
+                    );
+                }
             }
             match v.action {
                 Action::Accept => (NfVerdict::Accept, None),
@@ -405,6 +416,7 @@ impl InlinePath {
             user_dropped: self.seen.user_dropped,
             uninspected: self.seen.uninspected,
             overruns: self.overruns,
+            dns_answers_failed: self.dns_answers_failed,
         });
     }
 
@@ -418,7 +430,9 @@ impl InlinePath {
         } else {
             NfVerdict::Drop
         });
-        let _ = queue.flush();
+        if let Err(e) = queue.flush() {
+            log::warn!("the last verdicts at exit were not sent ({e}); the kernel decides those packets by the queue's fail-open or fail-closed setting");
+        }
     }
 }
 
