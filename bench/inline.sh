@@ -396,12 +396,14 @@ pc_wakeups() {
 }
 # pc_status: the daemon's own counters (`portcullis status --json`):
 # "received queue_dropped user_dropped uninspected overruns events_dropped
-# probes_dropped", or "?" for what it does not report.
+# probes_dropped observed observed_lost" (received: held in the queue;
+# observed: copied through NFLOG), or "?" for what it does not report.
 pc_status() {
     timeout 5 "$PORTCULLIS" status --json --socket "$WORK/portcullis.sock" 2>/dev/null |
         jq -r '[.queue.received, .queue.queue_dropped, .queue.user_dropped, .queue.uninspected,
-                .queue.overruns, .events_dropped, .packets.probes_dropped] |
-               map(if . == null then "?" else tostring end) | join(" ")' 2>/dev/null || echo "? ? ? ? ? ? ?"
+                .queue.overruns, .events_dropped, .packets.probes_dropped,
+                .observed.received, .observed.lost] |
+               map(if . == null then "?" else tostring end) | join(" ")' 2>/dev/null || echo "? ? ? ? ? ? ? ? ?"
 }
 
 path_down() {
@@ -588,7 +590,7 @@ describe() {
     fi
     if [[ -n ${PCSTAT[$key]:-} ]]; then
         read -r -a f <<<"${PCSTAT[$key]}"
-        s+=" | portcullis: received ${f[0]}, queue_dropped ${f[1]}, user_dropped ${f[2]}, uninspected ${f[3]}, overruns ${f[4]}, events_dropped ${f[5]}, probes_dropped ${f[6]}"
+        s+=" | portcullis: held ${f[0]}, queue_dropped ${f[1]}, user_dropped ${f[2]}, uninspected ${f[3]}, overruns ${f[4]}, events_dropped ${f[5]}, probes_dropped ${f[6]}, observed ${f[7]:-?}, observed lost ${f[8]:-?}"
         read -r -a f <<<"${PCCPU[$key]}"
         s+=", CPU ${f[0]} s, wakeups ${f[1]}"
     fi
@@ -775,11 +777,11 @@ for test in $TESTS; do
             for ((r = 1; r <= ROUNDS; r++)); do
                 [[ -n ${PCSTAT[$test:$p:$r]:-} ]] || continue
                 read -r -a f <<<"${PCSTAT[$test:$p:$r]}"
-                st+=("${f[1]}/${f[2]}/${f[3]}/${f[4]}/${f[5]}/${f[6]}")
+                st+=("${f[1]}/${f[2]}/${f[3]}/${f[4]}/${f[5]}/${f[6]}/${f[0]}/${f[7]:-?}/${f[8]:-?}")
                 read -r -a f <<<"${PCCPU[$test:$p:$r]}"
                 cpu+=("${f[0]}")
             done
-            extra+="; portcullis' own counters per round (queue_dropped/user_dropped/uninspected/overruns/events_dropped/probes_dropped): ${st[*]}; CPU s: ${cpu[*]}"
+            extra+="; portcullis' own counters per round (queue_dropped/user_dropped/uninspected/overruns/events_dropped/probes_dropped/held/observed/observed_lost): ${st[*]}; CPU s: ${cpu[*]}"
         fi
         if [[ $p == nflog ]]; then
             # What tcpdump says at exit, per round: captured/dropped by kernel.

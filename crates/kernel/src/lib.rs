@@ -487,6 +487,22 @@ impl Firewall {
         self.nft_script(&nft::ban_script(&unique, self.ban_sets()))
     }
 
+    /// Makes the ban sets hold exactly `bans` (durations capped at
+    /// [`MAX_BAN`]), in one transaction: flushes both sets and adds them.
+    /// For when a batch failed and the sets may have drifted from the
+    /// daemon's bans (elements missing, or stale ones filling the set).
+    pub fn resync_bans(&self, bans: &[(IpAddr, Duration)]) -> Result<(), KernelError> {
+        if let Some((addr, _)) = bans.iter().find(|(_, d)| d.is_zero()) {
+            return Err(KernelError::InvalidBan {
+                addr: *addr,
+                reason: "a ban must last more than zero",
+            });
+        }
+        let capped: Vec<(IpAddr, Duration)> =
+            bans.iter().map(|(a, d)| (*a, (*d).min(MAX_BAN))).collect();
+        self.nft_script(&nft::resync_script(&capped, self.ban_sets()))
+    }
+
     /// Lifts bans, in one transaction; addresses not banned are fine.
     pub fn unban(&self, addrs: &[IpAddr]) -> Result<(), KernelError> {
         let mut v = addrs.to_vec();

@@ -111,10 +111,14 @@ fn add_to_ban_set(s: &mut String, set: &str, counters: bool, elements: &[String]
     } else {
         "ipv6_addr"
     };
+    // Declared whole: the kernel takes a declaration of an existing set
+    // as an update, and one without `gc-interval` would put the kernel's
+    // default (a second) back.
     let _ = writeln!(
         s,
-        "add set inet {TABLE} {set} {{ type {ty}; flags timeout;{} elements = {{ {} }} }}",
+        "add set inet {TABLE} {set} {{ type {ty}; flags timeout;{} gc-interval {}ms; elements = {{ {} }} }}",
         if counters { " counter;" } else { "" },
+        crate::plan::BAN_GC_INTERVAL_MS,
         elements.join(", ")
     );
 }
@@ -148,6 +152,23 @@ pub(crate) fn ban_script(bans: &[(IpAddr, Duration)], sets: BanSets) -> String {
             delete_from_ban_set(&mut s, set, &bare);
             add_to_ban_set(&mut s, set, sets.counters, &timed);
         }
+    }
+    s
+}
+
+/// Replaces the contents of both ban sets with `bans`, in one transaction:
+/// what a failed batch or a full set left behind (stale or missing
+/// elements) is gone after it.
+pub(crate) fn resync_script(bans: &[(IpAddr, Duration)], sets: BanSets) -> String {
+    let mut s = String::new();
+    for set in ["ban4", "ban6"] {
+        let _ = writeln!(s, "flush set inet {TABLE} {set}");
+        let timed: Vec<String> = bans
+            .iter()
+            .filter(|(a, _)| ban_set(a) == set)
+            .map(|(a, d)| format!("{a} timeout {}", nft_time(*d)))
+            .collect();
+        add_to_ban_set(&mut s, set, sets.counters, &timed);
     }
     s
 }
@@ -305,8 +326,8 @@ mod tests {
         };
         assert_eq!(
             ban_script(&bans, new),
-            "add set inet portcullis ban4 { type ipv4_addr; flags timeout; counter; elements = { 198.18.0.9 timeout 2s, 198.18.0.10 timeout 1m } }\n\
-             add set inet portcullis ban6 { type ipv6_addr; flags timeout; counter; elements = { 2001:2::9 timeout 10m } }\n"
+            "add set inet portcullis ban4 { type ipv4_addr; flags timeout; counter; gc-interval 100ms; elements = { 198.18.0.9 timeout 2s, 198.18.0.10 timeout 1m } }\n\
+             add set inet portcullis ban6 { type ipv6_addr; flags timeout; counter; gc-interval 100ms; elements = { 2001:2::9 timeout 10m } }\n"
         );
         let old = BanSets {
             counters: false,
@@ -314,17 +335,28 @@ mod tests {
         };
         assert_eq!(
             ban_script(&bans[1..2], old),
-            "add set inet portcullis ban6 { type ipv6_addr; flags timeout; elements = { 2001:2::9 timeout 10m } }\n\
+            "add set inet portcullis ban6 { type ipv6_addr; flags timeout; gc-interval 100ms; elements = { 2001:2::9 timeout 10m } }\n\
              delete element inet portcullis ban6 { 2001:2::9 }\n\
-             add set inet portcullis ban6 { type ipv6_addr; flags timeout; elements = { 2001:2::9 timeout 10m } }\n"
+             add set inet portcullis ban6 { type ipv6_addr; flags timeout; gc-interval 100ms; elements = { 2001:2::9 timeout 10m } }\n"
         );
         assert_eq!(
             unban_script(&["2001:2::9".parse().unwrap()], new),
-            "add set inet portcullis ban6 { type ipv6_addr; flags timeout; counter; elements = { 2001:2::9 timeout 1ms } }\n"
+            "add set inet portcullis ban6 { type ipv6_addr; flags timeout; counter; gc-interval 100ms; elements = { 2001:2::9 timeout 1ms } }\n"
+        );
+        assert_eq!(
+            resync_script(&bans[..2], new),
+            "flush set inet portcullis ban4\n\
+             add set inet portcullis ban4 { type ipv4_addr; flags timeout; counter; gc-interval 100ms; elements = { 198.18.0.9 timeout 2s } }\n\
+             flush set inet portcullis ban6\n\
+             add set inet portcullis ban6 { type ipv6_addr; flags timeout; counter; gc-interval 100ms; elements = { 2001:2::9 timeout 10m } }\n"
+        );
+        assert_eq!(
+            resync_script(&[], new),
+            "flush set inet portcullis ban4\nflush set inet portcullis ban6\n"
         );
         assert_eq!(
             unban_script(&["198.18.0.9".parse().unwrap()], old),
-            "add set inet portcullis ban4 { type ipv4_addr; flags timeout; elements = { 198.18.0.9 timeout 1s } }\n\
+            "add set inet portcullis ban4 { type ipv4_addr; flags timeout; gc-interval 100ms; elements = { 198.18.0.9 timeout 1s } }\n\
              delete element inet portcullis ban4 { 198.18.0.9 }\n"
         );
         assert_eq!(ban_script(&[], new), "");

@@ -341,8 +341,9 @@ impl KernelPlan {
             };
             let _ = writeln!(
                 s,
-                "\tset {name} {{\n\t\ttype {ty}\n\t\tflags timeout\n\t\tsize {}",
-                self.max_bans
+                "\tset {name} {{\n\t\ttype {ty}\n\t\tflags timeout\n\t\tsize {}\n\t\tgc-interval {}ms",
+                self.ban_set_size(),
+                BAN_GC_INTERVAL_MS
             );
             if ban_counters {
                 s.push_str("\t\tcounter\n");
@@ -578,6 +579,18 @@ impl KernelPlan {
         r
     }
 
+    /// Elements each ban set can hold: twice `max_bans`. The engine keeps
+    /// at most `max_bans` bans; the rest is room for lifted bans whose
+    /// element has timed out but still takes its slot until the kernel's
+    /// garbage collection runs (an unban is a 1 ms timeout; collection
+    /// every [`BAN_GC_INTERVAL_MS`], not the kernel's default second), so
+    /// that a churn of up to ten times `max_bans` bans a second under a
+    /// spoofed flood does not find the set full. Should it (a faster
+    /// churn), the kernel thread resynchronises the sets.
+    pub fn ban_set_size(&self) -> usize {
+        self.max_bans.saturating_mul(2)
+    }
+
     /// DNS queries are copied to the NFLOG group, not held: no domain rule
     /// needs user space's verdict.
     pub fn dns_observed(&self) -> bool {
@@ -661,6 +674,10 @@ impl KernelPlan {
         }]
     }
 }
+
+/// How often the kernel collects timed-out elements of the ban sets, in
+/// milliseconds: a walk over the set's live elements.
+pub const BAN_GC_INTERVAL_MS: u32 = 100;
 
 /// The conntrack states user space sees.
 const NEW: &str = "new,invalid,untracked";

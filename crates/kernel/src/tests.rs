@@ -164,8 +164,8 @@ fn install_batches_everything_and_falls_back_to_iptables() {
     assert_eq!(calls.len(), 1);
     assert_eq!(
         calls[0].1,
-        "add set inet portcullis ban4 { type ipv4_addr; flags timeout; counter; elements = { 198.18.0.9 timeout 9s } }\n\
-         add set inet portcullis ban6 { type ipv6_addr; flags timeout; counter; elements = { 2001:2::9 timeout 7s } }\n"
+        "add set inet portcullis ban4 { type ipv4_addr; flags timeout; counter; gc-interval 100ms; elements = { 198.18.0.9 timeout 9s } }\n\
+         add set inet portcullis ban6 { type ipv6_addr; flags timeout; counter; gc-interval 100ms; elements = { 2001:2::9 timeout 7s } }\n"
     );
     let e = fw
         .ban(&[("198.18.0.9".parse().unwrap(), Duration::ZERO)])
@@ -437,7 +437,7 @@ fn kernel_and_permission_errors_are_explained() {
         .unwrap();
     assert!(install
         .1
-        .contains("\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tsize 16384\n\t}\n"));
+        .contains("\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tsize 32768\n\t\tgc-interval 100ms\n\t}\n"));
 
     // Long stderr (nft quotes the input line) is cut.
     let e = runner::failure("nft", &["-f", "-"], "exit status: 1", &"x".repeat(100_000));

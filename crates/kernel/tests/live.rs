@@ -45,6 +45,10 @@ fn main() {
             "a_flushed_ruleset_is_found_and_repaired_with_its_bans",
             flushed_and_repaired,
         ),
+        live(
+            "ban_churn_at_max_bans_never_finds_the_set_full_and_resync_is_exact",
+            ban_churn_and_resync,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -464,6 +468,55 @@ fn ban_refresh() -> Result<(), Failed> {
     check(fw.ban(&[(nine, Duration::ZERO)]).is_err(), || {
         "zero ban accepted".into()
     })?;
+    fw.teardown()?;
+    Ok(())
+}
+
+/// Issue 11: under a spoofed flood the engine keeps `max_bans` bans and
+/// evicts the soonest-ending for each new one. The kernel lifts a ban with
+/// a 1 ms timeout, and the timed-out element keeps its slot until garbage
+/// collection: with a set sized exactly `max_bans` and collected once a
+/// second, the next batches found it full (ENFILE) and the kernel fell
+/// behind the engine. And
+/// a failed batch is mended by one resynchronising transaction.
+fn ban_churn_and_resync() -> Result<(), Failed> {
+    let lab = pair()?;
+    let mut p = plan(&[], &[]);
+    p.max_bans = 64;
+    let fw = Firewall::install_with(&p, runner(&lab, "b"))?;
+    let addr = |i: u32| IpAddr::from([198, 19, (i >> 8) as u8, i as u8]);
+    let long = Duration::from_secs(600);
+    // The engine's 64 bans, then rounds of churn as under a spoofed flood:
+    // the 24 oldest evicted and 24 new ones banned (one kernel-thread
+    // batch: removals, then additions) every 150 ms, 160 a second. With
+    // the kernel's default collection (once a second) the lifted ones
+    // fill the 128 slots by round 3.
+    fw.ban(&(0..64).map(|i| (addr(i), long)).collect::<Vec<_>>())?;
+    for round in 0..8u32 {
+        let old: Vec<IpAddr> = (0..24).map(|i| addr(round * 24 + i)).collect();
+        let new: Vec<(IpAddr, Duration)> =
+            (0..24).map(|i| (addr(64 + round * 24 + i), long)).collect();
+        fw.unban(&old)?;
+        fw.ban(&new).map_err(|e| format!("round {round}: {e}"))?;
+        let n = fw.bans()?.len();
+        check(n == 64, || {
+            format!("round {round}: {n} bans in the kernel, want 64")
+        })?;
+        thread::sleep(Duration::from_millis(150));
+    }
+    // Resync: exactly what is given, whatever was there.
+    let want: Vec<(IpAddr, Duration)> = vec![
+        (ip(A4[2]), long),
+        (ip(A6[2]), long),
+        (addr(1), Duration::from_secs(30)),
+    ];
+    fw.resync_bans(&want)?;
+    let mut got: Vec<IpAddr> = fw.bans()?.iter().map(|b| b.addr).collect();
+    got.sort();
+    let mut w: Vec<IpAddr> = want.iter().map(|(a, _)| *a).collect();
+    w.sort();
+    check(got == w, || format!("after resync {got:?}, want {w:?}"))?;
+    pings(&lab, &[("a", A4[2], B4, false), ("a", A4[0], B4, true)])?;
     fw.teardown()?;
     Ok(())
 }

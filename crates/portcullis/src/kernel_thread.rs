@@ -417,7 +417,11 @@ pub fn spawn(
         .context("starting the kernel thread")
 }
 
-/// Tries again the bans and unbans that are due: one nft call each way.
+/// Tries again the bans and unbans that are due. A failed batch may have
+/// left the kernel's sets anywhere between before and after (and a set
+/// full of lifted bans waiting for garbage collection refuses new ones),
+/// so the retry is a resynchronisation: one nft transaction that flushes
+/// both ban sets and adds every ban still in force, whatever is due.
 fn retry_due(
     f: &Firewall,
     retry: &mut HashMap<IpAddr, Retry>,
@@ -441,17 +445,19 @@ fn retry_due(
     if due.is_empty() {
         return;
     }
-    let (add, del): (Vec<IpAddr>, Vec<IpAddr>) = due.into_iter().partition(|a| retry[a].ban);
-    let add: Vec<(IpAddr, Duration)> = add
-        .into_iter()
-        .filter_map(|a| bans.get(&a).map(|b| (a, left(b, t))))
+    let live: Vec<(IpAddr, Duration)> = bans
+        .values()
+        .map(|b| (b.addr, left(b, t)))
+        .filter(|(_, d)| !d.is_zero())
         .collect();
-    let mut settle = |addrs: Vec<IpAddr>, result: Result<(), String>, what: &str| match result {
+    match f.resync_bans(&live) {
         Ok(()) => {
-            for a in addrs {
-                let Some(r) = retry.remove(&a) else { continue };
+            // Everything is as it should be now, due or not yet.
+            let mut late = 0usize;
+            for (a, r) in retry.drain() {
                 if r.ban {
                     if let Some(b) = bans.get(&a) {
+                        late += 1;
                         links
                             .stats
                             .bans_enforced_late
@@ -460,11 +466,14 @@ fn retry_due(
                     }
                 }
             }
-            log::info!("{what}: the kernel took them on a later try");
+            log::info!(
+                "ban sets resynchronised with the {} bans in force ({late} of them refused before)",
+                live.len()
+            );
         }
         Err(e) => {
             let mut longest = Duration::ZERO;
-            for a in addrs {
+            for a in due {
                 if let Some(r) = retry.get_mut(&a) {
                     r.attempts += 1;
                     let wait = backoff(r.attempts);
@@ -473,19 +482,11 @@ fn retry_due(
                 }
             }
             log::error!(
-                "{what}: the kernel refused them again: {e}; next try in {} s",
+                "resynchronising the ban sets with the {} bans in force failed: {e}; next try in {} s",
+                live.len(),
                 longest.as_secs()
             );
         }
-    };
-    if !del.is_empty() {
-        let r = f.unban(&del).map_err(|e| e.to_string());
-        settle(del.clone(), r, &format!("removing {} bans", del.len()));
-    }
-    if !add.is_empty() {
-        let addrs: Vec<IpAddr> = add.iter().map(|(a, _)| *a).collect();
-        let r = f.ban(&add).map_err(|e| e.to_string());
-        settle(addrs, r, &format!("adding {} bans", add.len()));
     }
 }
 
