@@ -250,7 +250,10 @@ mod tests {
         );
         assert_eq!(d.sources(1).len(), 1);
         assert_eq!(
-            d.ports(10).iter().map(|c| (c.key, c.count)).collect::<Vec<_>>(),
+            d.ports(10)
+                .iter()
+                .map(|c| (c.key, c.count))
+                .collect::<Vec<_>>(),
             [(22, 3), (80, 1)]
         );
         // One window later: still reported (previous generation), and new
@@ -260,13 +263,19 @@ mod tests {
         d.count(Some(b), None);
         d.count(Some(b), None);
         assert_eq!(
-            d.sources(10).iter().map(|c| (c.key, c.count)).collect::<Vec<_>>(),
+            d.sources(10)
+                .iter()
+                .map(|c| (c.key, c.count))
+                .collect::<Vec<_>>(),
             [(b, 4), (a, 3)]
         );
         // Another window: the first one is forgotten.
         d.rotate(t0.saturating_add(TOP_WINDOW * 2));
         assert_eq!(
-            d.sources(10).iter().map(|c| (c.key, c.count)).collect::<Vec<_>>(),
+            d.sources(10)
+                .iter()
+                .map(|c| (c.key, c.count))
+                .collect::<Vec<_>>(),
             [(b, 3)]
         );
         // A long quiet time forgets both.
