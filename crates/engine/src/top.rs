@@ -170,7 +170,9 @@ impl DropTops {
     }
 }
 
-/// Sums both generations per key and keeps the `n` largest (ties by key).
+/// Sums both generations per key and keeps the `n` with the largest
+/// guaranteed count (`count - error`: a slot taken over from another key
+/// inherited its count), then the largest count, then by key.
 fn merge<K: Copy + Eq + Ord>(gens: &[TopN<K>; 2], n: usize) -> Vec<TopCount<K>> {
     let mut out: Vec<TopCount<K>> = Vec::with_capacity(2 * TOP_SLOTS);
     for g in gens {
@@ -184,7 +186,12 @@ fn merge<K: Copy + Eq + Ord>(gens: &[TopN<K>; 2], n: usize) -> Vec<TopCount<K>> 
             }
         }
     }
-    out.sort_by(|a, b| b.count.cmp(&a.count).then(a.key.cmp(&b.key)));
+    out.sort_by(|a, b| {
+        (b.count - b.error)
+            .cmp(&(a.count - a.error))
+            .then(b.count.cmp(&a.count))
+            .then(a.key.cmp(&b.key))
+    });
     out.truncate(n);
     out
 }
@@ -229,6 +236,22 @@ mod tests {
         let (_, c2, e2) = get(2);
         assert!(c1 >= 25_000 && c1 - e1 <= 25_000, "{c1} {e1}");
         assert!(c2 >= 10_000 && c2 - e2 <= 10_000, "{c2} {e2}");
+    }
+
+    #[test]
+    fn what_is_certain_ranks_before_what_was_inherited() {
+        let mut d = DropTops::default();
+        // Port 9999 five times, then one probe each to 100 ports: the
+        // later ones inherit counts as they take slots over.
+        for _ in 0..5 {
+            d.count(None, Some(9999));
+        }
+        for p in 1..=100 {
+            d.count(None, Some(p));
+        }
+        let top = d.ports(3);
+        assert_eq!((top[0].key, top[0].count, top[0].error), (9999, 5, 0));
+        assert!(top[1..].iter().all(|c| c.count - c.error == 1), "{top:?}");
     }
 
     #[test]

@@ -247,7 +247,8 @@ impl Model {
                 self.clamp();
             }
             Key::Char('?') | Key::Char('h') => self.input = Input::Help,
-            Key::Char('/') => self.input = Input::Filter(self.filter.clone()),
+            // A fresh filter (`/` then Enter clears it).
+            Key::Char('/') => self.input = Input::Filter(String::new()),
             Key::Tab => {
                 self.focus = match self.focus {
                     Focus::Sources => Focus::Bans,
@@ -413,6 +414,15 @@ mod tests {
         assert_eq!(m.sources().len(), 1);
         assert!(m.bans().is_empty());
         assert_eq!(m.selected_addr(), Some("2001:2::7".parse().unwrap()));
+        // `/` starts afresh: `/` Enter clears the filter.
+        m.key(Key::Char('/'));
+        m.key(Key::Enter);
+        assert_eq!(m.sources().len(), 3);
+        for k in "/0.9".chars() {
+            m.key(Key::Char(k));
+        }
+        m.key(Key::Enter);
+        assert_eq!(m.sources().len(), 1);
         // Esc clears the filter; the next Esc quits.
         assert_eq!(m.key(Key::Esc), Command::None);
         assert!(m.filter.is_empty());

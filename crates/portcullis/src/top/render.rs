@@ -200,7 +200,7 @@ fn draw_lists(f: &mut Frame<'_>, area: Rect, m: &Model) {
     let rows: Vec<Row<'_>> = m
         .sources()
         .iter()
-        .map(|s| Row::new([s.addr.to_string(), count(s.drops)]))
+        .map(|s| Row::new([s.addr.to_string(), count(s.drops.saturating_sub(s.error))]))
         .collect();
     let t = Table::new(rows, [Constraint::Fill(1), Constraint::Length(6)])
         .header(Row::new(["SOURCE", " DROPS"]).style(DIM))
@@ -218,7 +218,7 @@ fn draw_lists(f: &mut Frame<'_>, area: Rect, m: &Model) {
     let rows: Vec<Row<'_>> = m
         .ports()
         .iter()
-        .map(|p| Row::new([p.port.to_string(), count(p.drops)]))
+        .map(|p| Row::new([p.port.to_string(), count(p.drops.saturating_sub(p.error))]))
         .collect();
     let t = Table::new(rows, [Constraint::Length(5), Constraint::Fill(1)])
         .header(Row::new(["PORT", "DROPS"]).style(DIM))
@@ -416,7 +416,10 @@ const HELP: &[(&str, &str)] = &[
     ("↑ ↓, k j", "select"),
     ("b", "ban the selected address (asks y/n)"),
     ("u", "unban the selected address (asks y/n)"),
-    ("/", "filter every list by text; Enter applies"),
+    (
+        "/",
+        "filter every list by text (Enter applies; empty clears)",
+    ),
     ("?", "this help; any key closes it"),
 ];
 
@@ -438,7 +441,10 @@ fn draw_help(f: &mut Frame<'_>, area: Rect) {
             ])
         })
         .collect();
-    lines.push(Line::styled("drop counts cover the last 1-2 minutes", DIM));
+    lines.push(Line::styled(
+        "drop counts: at least that many, in the last 1-2 minutes",
+        DIM,
+    ));
     f.render_widget(Clear, rect);
     f.render_widget(
         Paragraph::new(lines)
