@@ -237,10 +237,39 @@ fn live_top() -> Result<(), Failed> {
     })
     .ok_or_else(|| format!("portcullis did not start:\n{}", daemon_log()))?;
 
-    // Blocked traffic from b: five connection attempts to a blocked port.
-    for _ in 0..5 {
-        let _ = lab.exec("b", "nc", &["-z", "-w", "1", FW_B, "9999"]);
-    }
+    // The live view in an 80x24 terminal, started before the traffic.
+    let cmd = format!(
+        "{} top --socket {} 2> {}",
+        bin(),
+        s(&sock),
+        s(&p("top.err"))
+    );
+    let tmux = Tmux::start(p("tmux.sock"), 80, 24, &cmd)?;
+    tmux.wait_screen("the first frame", |s| s.contains("inline: enforcing"))?;
+
+    // Blocked traffic from b while top runs: eight connection attempts to
+    // a blocked port, about one a second (nc waits 1 s for the answer the
+    // kernel never sends). Its drop rate shows up, with its sparkline.
+    let ns_b = lab.ns("b");
+    let blocked = std::thread::spawn(move || {
+        for _ in 0..8 {
+            let _ = portcullis_testnet::run(
+                "ip",
+                &["netns", "exec", &ns_b, "nc", "-z", "-w", "1", FW_B, "9999"],
+            );
+        }
+    });
+    let rate = tmux.wait_screen("a drop rate", |s| {
+        s.lines()
+            .find_map(|l| l.split("drops/s ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .is_some_and(|n| n > 0.0)
+            && s.contains("blocked_port")
+    })?;
+    eprintln!("{rate}");
+    blocked.join().map_err(|_| "the nc thread panicked")?;
+
     // A bounded SYN scan from a: 200 ports, one try each, 30 s at most.
     let _ = lab.exec(
         "a",
@@ -273,15 +302,12 @@ fn live_top() -> Result<(), Failed> {
     assert_eq!(once.lines().count(), 24, "{once}");
     assert!(once.contains("inline: enforcing"), "{once}");
     assert!(source_drops(&once, B).is_some_and(|n| n >= 1), "{once}");
-
-    // The live view in an 80x24 terminal.
-    let cmd = format!(
-        "{} top --socket {} 2> {}",
-        bin(),
-        s(&sock),
-        s(&p("top.err"))
+    assert!(
+        once.lines()
+            .any(|l| l.contains(A) && l.contains("scan:syn")),
+        "{once}"
     );
-    let tmux = Tmux::start(p("tmux.sock"), 80, 24, &cmd)?;
+
     let screen = tmux.wait_screen("the scanner, its ban, the drops and the rates", |s| {
         s.contains("inline: enforcing")
             && s.contains("bans (1 active)")

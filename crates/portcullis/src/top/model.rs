@@ -294,25 +294,32 @@ fn rates(a: &Status, b: &Status, dt: Duration) -> Rates {
         .map(|r| (r.to_string(), per(reason(a, r), reason(b, r))))
         .filter(|(_, v)| *v > 0.0)
         .collect();
+    // `default` and `malformed` verdicts drop or accept as the policy
+    // says, which the snapshot does not: what the named reasons leave of
+    // the drops is theirs.
+    let drops = per(pa.dropped, pb.dropped);
+    let named: f64 = drop_reasons.iter().map(|(_, v)| v).sum();
+    if drops - named >= 0.05 {
+        drop_reasons.push(("default/malformed".to_owned(), drops - named));
+    }
     drop_reasons.sort_by(|x, y| y.1.total_cmp(&x.1));
     Rates {
         packets: per(pa.packets, pb.packets),
-        drops: per(pa.dropped, pb.dropped),
+        drops,
         dns_queries: per(pa.dns_queries, pb.dns_queries),
         dns_blocked: per(reason(a, "blocked_domain"), reason(b, "blocked_domain")),
         drop_reasons,
     }
 }
 
-/// The reasons a packet is dropped for (the others only accept).
-pub const DROP_REASONS: [&str; 7] = [
+/// The reasons that always drop (`default` and `malformed` follow the
+/// policy; the rest always accept).
+pub const DROP_REASONS: [&str; 5] = [
     "banned",
     "blocked_ip",
     "blocked_port",
     "blocked_protocol",
     "blocked_domain",
-    "default",
-    "malformed",
 ];
 
 #[cfg(test)]
@@ -358,7 +365,21 @@ mod tests {
         let r = m.rates.clone().unwrap();
         assert_eq!((r.packets, r.drops), (100.0, 20.0));
         assert_eq!(r.drop_reasons, [("banned".to_owned(), 20.0)]);
-        assert_eq!(m.packets_history, [100]);
+        // Accepted by the default policy: not a drop reason; dropped by
+        // it: the rest of the drops.
+        let mut v = view(1, 500, 100);
+        v.status.packets.by_reason.insert("default".into(), 1000);
+        v.status.packets.by_reason.insert("banned".into(), 70);
+        m.update(v, Duration::from_secs(1));
+        let r = m.rates.clone().unwrap();
+        assert_eq!(
+            r.drop_reasons,
+            [
+                ("default/malformed".to_owned(), 30.0),
+                ("banned".to_owned(), 20.0)
+            ]
+        );
+        assert_eq!(m.packets_history, [100, 200]);
         // A restarted daemon (new pid): no rate across it.
         m.update(view(2, 5, 0), Duration::from_secs(1));
         assert!(m.rates.is_none());
