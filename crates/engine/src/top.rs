@@ -10,8 +10,12 @@
 //!
 //! **Cost per counted packet:** one comparison when the key is the same as
 //! the previous one (a flood from one source), otherwise one pass over at
-//! most [`TOP_SLOTS`] slots. No allocation after construction; memory is
-//! fixed.
+//! most [`TOP_SLOTS`] slots. No allocation per packet (one per table per
+//! [`TOP_WINDOW`], when a generation starts); memory
+//! is fixed. Measured (optimized build, this project's 2-core VMs): about
+//! 4 ns per drop for a flood from one source and port, about 50 ns for
+//! both tables when every drop misses both (a spoofed flood to random
+//! ports); the arrays-of-fields layout was measured slower (about 110 ns).
 //!
 //! [`DropTops`] keeps two generations of each table, rotated every
 //! [`TOP_WINDOW`] of engine time: what it reports are the drops of the
@@ -257,7 +261,7 @@ mod tests {
     #[test]
     fn reports_cover_the_last_one_to_two_windows() {
         let a: IpAddr = "198.18.0.5".parse().unwrap();
-        let b: IpAddr = "198.18.0.6".parse().unwrap();
+        let b: IpAddr = "2001:2::6".parse().unwrap();
         let mut d = DropTops::default();
         let t0 = Timestamp::from_secs(1_000);
         d.rotate(t0);
