@@ -11,8 +11,7 @@
 //! **Cost per counted packet:** one comparison when the key is the same as
 //! the previous one (a flood from one source), otherwise one pass over at
 //! most [`TOP_SLOTS`] slots. No allocation per packet (one per table per
-//! [`TOP_WINDOW`], when a generation starts); memory
-//! is fixed. Measured (optimized build, this project's 2-core VMs): about
+//! [`TOP_WINDOW`], when a generation starts); memory is fixed. Measured (optimized build, this project's 2-core VMs): about
 //! 4 ns per drop for a flood from one source and port, about 50 ns for
 //! both tables when every drop misses both (a spoofed flood to random
 //! ports); the arrays-of-fields layout was measured slower (about 110 ns).
