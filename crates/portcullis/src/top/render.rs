@@ -641,11 +641,21 @@ mod tests {
         let mut v = view(12, 1);
         v.status.mode = "monitor (dry run)".into();
         v.status.enforcing = false;
+        v.status.queue = None;
+        v.status.observed = None;
+        v.status.capture = vec![crate::status::CaptureStatus {
+            interface: "eth0".into(),
+            received: 800,
+            dropped: 3,
+            if_dropped: 0,
+        }];
         let mut m = Model::new(Duration::from_secs(1));
         m.update(v, Duration::ZERO);
         m.fail("no portcullis daemon is running".into());
         let text = frame_text(&m, 80, 24);
         assert!(text.contains("dry run: nothing is dropped"), "{text}");
+        assert!(text.contains("eth0 800 captured, 3 lost"), "{text}");
+        assert!(!text.contains("queue 0"), "{text}");
         assert!(text.contains("packets/s -"), "{text}");
         assert!(text.contains("no portcullis daemon is running"), "{text}");
         assert!(text.contains("198.18.1.1"), "{text}");
