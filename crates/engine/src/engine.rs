@@ -40,6 +40,7 @@ use crate::events::{
 };
 use crate::explain::Explanation;
 use crate::rules::DomainMatch;
+use crate::top::DropTops;
 use crate::types::{
     Action, Answer, CountOn, Direction, Observation, Probe, ProbeShape, Reason, Timestamp, Verdict,
 };
@@ -313,6 +314,9 @@ pub struct Engine {
     /// thread.
     probe_batch: Vec<Observation>,
     counters: Counters,
+    /// The remote addresses and destination ports dropped most, recently
+    /// (`portcullis top`).
+    tops: DropTops,
     next_tick: Timestamp,
     now: Timestamp,
     /// `would_block` instead of `blocked` in drop events (monitor, dry run).
@@ -346,6 +350,7 @@ impl Engine {
             events: Vec::new(),
             probe_batch: Vec::new(),
             counters: Counters::default(),
+            tops: DropTops::default(),
             next_tick: Timestamp::default(),
             now: Timestamp::default(),
             enforcing: true,
@@ -373,6 +378,12 @@ impl Engine {
 
     pub fn bans(&self) -> &BanTable {
         &self.bans
+    }
+
+    /// The remote addresses and destination ports dropped most in the last
+    /// one to two [`crate::top::TOP_WINDOW`]s.
+    pub fn drop_tops(&self) -> &DropTops {
+        &self.tops
     }
 
     /// The latest detector statistics (the thread publishes them as it goes).
@@ -668,6 +679,7 @@ impl Engine {
         dest_port: Option<u16>,
         build: impl FnOnce(&Self) -> Event,
     ) {
+        self.tops.count(key.src, dest_port);
         let mut closed = Vec::new();
         let state = self.aggregator.count(key, ts, dest_port, &mut closed);
         for ev in closed {
@@ -1101,6 +1113,7 @@ impl Engine {
     pub fn tick(&mut self, now: Timestamp) {
         self.now = self.now.max(now);
         self.next_tick = now.saturating_add(TICK);
+        self.tops.rotate(now);
         for b in self.bans.expire(now) {
             let at = b.until;
             self.unbanned(b, at, UnbanReason::Expired);

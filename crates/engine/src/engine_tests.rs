@@ -603,3 +603,30 @@ fn a_reload_that_restarts_the_detector_writes_the_open_summaries() {
         .collect();
     assert_eq!(ends.len(), 1, "{ends:?}");
 }
+
+#[test]
+fn every_drop_counts_in_the_top_tables_accepts_do_not() {
+    let mut e = engine(r#"{"block": {"port": [9999], "ip": ["198.18.7.0/24"]}}"#);
+    let mut frames = Vec::new();
+    for i in 0..5u64 {
+        frames.push(traffic::Frame::new(
+            T0 + i,
+            traffic::udp(sock("198.18.0.9", 5000), sock("198.18.0.1", 9999), b"x"),
+        ));
+    }
+    frames.push(traffic::Frame::new(
+        T0 + 10,
+        traffic::udp(sock("198.18.7.7", 5000), sock("198.18.0.1", 443), b"x"),
+    ));
+    // Accepted: not counted.
+    frames.push(traffic::Frame::new(
+        T0 + 11,
+        traffic::udp(sock("198.18.0.10", 5000), sock("198.18.0.1", 80), b"x"),
+    ));
+    feed(&mut e, &frames, Some(Direction::Inbound));
+    let t = e.drop_tops();
+    let sources: Vec<_> = t.sources(10).iter().map(|c| (c.key, c.count)).collect();
+    assert_eq!(sources, [(ip("198.18.0.9"), 5), (ip("198.18.7.7"), 1)]);
+    let ports: Vec<_> = t.ports(10).iter().map(|c| (c.key, c.count)).collect();
+    assert_eq!(ports, [(9999, 5), (443, 1)]);
+}

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod events;
 pub mod explain;
 pub mod rules;
+pub mod top;
 pub mod types;
 
 pub use types::{Action, Direction, Probe, ProbeShape, Reason, RuleRef, Timestamp, Verdict};

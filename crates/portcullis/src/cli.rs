@@ -26,6 +26,44 @@ pub struct Cli {
     pub log_level: Option<log::LevelFilter>,
 }
 
+/// `portcullis top`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// The daemon's control socket.
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Time between refreshes: `1`, `500ms`, `2s` (0.2 s to 60 s).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: std::time::Duration,
+    /// Print one frame as text and exit, for scripts (no terminal needed).
+    /// It takes two snapshots one interval apart, so rates are real.
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: the frame's width in columns.
+    #[arg(long, default_value_t = 80, requires = "once", value_parser = clap::value_parser!(u16).range(40..=1000))]
+    pub width: u16,
+    /// With --once: the frame's height in lines.
+    #[arg(long, default_value_t = 24, requires = "once", value_parser = clap::value_parser!(u16).range(12..=1000))]
+    pub height: u16,
+}
+
+/// `--interval`: a duration from 200 ms to 60 s (`500ms`, `2s`, `1`).
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let d = match s.strip_suffix("ms") {
+        Some(ms) => ms
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 2s)"))?,
+        None => client::parse_duration(s)?,
+    };
+    if d < Duration::from_millis(200) || d > Duration::from_secs(60) {
+        return Err(format!("{s:?}: the interval must be from 200ms to 60s"));
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Protect this host: install portcullis's own kernel rules (nftables
@@ -82,6 +120,16 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// A live view of the running daemon in the terminal, refreshed about
+    /// once a second: packets and drops per second by reason (with a short
+    /// history), the top dropped sources and ports, active bans, the latest
+    /// scans, DNS and queue/capture health.
+    ///
+    /// Keys: `q` quits, `Tab` switches between the sources and the bans,
+    /// arrows (or j/k) select, `b` bans and `u` unbans the selected address
+    /// (each after a y/n confirmation), `/` filters, `?` helps. Needs a
+    /// terminal; `--once` prints one frame as text instead.
+    Top(TopArgs),
     /// Remove kernel rules a portcullis daemon that is no longer running
     /// left behind (killed, crashed, or its package removed): `table inet
     /// portcullis` and the iptables chain `PORTCULLIS` with its jumps.

@@ -82,6 +82,8 @@ pub fn run(args: &ClientArgs, request: Request) -> Result<ExitCode> {
                 serde_json::from_value(value).context("the daemon's explanation")?;
             format!("{x}\n")
         }
+        // `portcullis top` draws it; anyone else gets the JSON.
+        Request::Top { .. } => format!("{}\n", serde_json::to_string_pretty(&value)?),
     };
     print!("{text}");
     Ok(ExitCode::SUCCESS)

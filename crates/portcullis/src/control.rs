@@ -1,4 +1,4 @@
-//! The control socket: how `portcullis status|bans|ban|unban|explain` talk
+//! The control socket: how `portcullis status|bans|ban|unban|explain|top` talk
 //! to the running daemon.
 //!
 //! A Unix stream socket (default `/run/portcullis/portcullis.sock`, mode
@@ -82,6 +82,15 @@ pub enum Request {
     },
     Explain {
         addr: IpAddr,
+    },
+    /// What `portcullis top` shows: the status snapshot, the top dropped
+    /// sources and ports, bans with their origin, the latest scans
+    /// (`top_view::TopView`; bounded lists).
+    Top {
+        /// Entries per top list (at most `top_view::MAX_TOP`; 10 when
+        /// absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        n: Option<usize>,
     },
 }
 

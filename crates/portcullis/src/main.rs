@@ -43,6 +43,8 @@ mod state;
 mod status;
 #[cfg(test)]
 mod testing;
+mod top;
+mod top_view;
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -120,6 +122,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config: None,
             client,
         } => client::run(&client, Request::Explain { addr }),
+        Command::Top(args) => top::run(&args),
         Command::Schema => {
             let schema = portcullis_engine::config::schema();
             println!("{}", serde_json::to_string_pretty(&schema)?);

@@ -44,6 +44,7 @@ use crate::path::{PacketPath, SourceFailure};
 use crate::reload::{self, PendingReload};
 use crate::requests;
 use crate::status::{DetectorStatus, KernelStatus, PacketCounters, Status};
+use crate::top_view::{self, RecentScans};
 
 /// How long the packet thread waits for packets before serving timers,
 /// signals and control requests.
@@ -100,6 +101,8 @@ pub struct PacketLoop<'a> {
     dropped_events: u64,
     /// Bans and unbans the kernel thread's full channel did not take.
     commands_dropped: u64,
+    /// The latest scan events, for `top`.
+    scans: RecentScans,
     last_tick: Instant,
     last_stats: Option<Instant>,
     /// WatchdogSec= in the unit: how often to prove the loop turns.
@@ -126,6 +129,7 @@ impl<'a> PacketLoop<'a> {
             reloading: None,
             dropped_events: 0,
             commands_dropped: 0,
+            scans: RecentScans::default(),
             last_tick: Instant::now(),
             last_stats: None,
             // At twice the rate systemd asks for.
@@ -209,6 +213,18 @@ impl<'a> PacketLoop<'a> {
                 Request::Status => {
                     let s = self.status();
                     Answer::Now(serde_json::to_value(s).map_err(|e| e.to_string()))
+                }
+                Request::Top { n } => {
+                    let v = top_view::build(
+                        self.status(),
+                        self.engine.drop_tops(),
+                        self.engine.bans(),
+                        now(),
+                        self.info.bans_enforced,
+                        &self.scans,
+                        n.unwrap_or(10),
+                    );
+                    Answer::Now(serde_json::to_value(v).map_err(|e| e.to_string()))
                 }
                 req => requests::answer(
                     &mut self.engine,
@@ -321,6 +337,7 @@ impl<'a> PacketLoop<'a> {
             info,
             mut dropped_events,
             mut commands_dropped,
+            mut scans,
             ..
         } = self;
         let _ = wiring.notify.stopping();
@@ -331,7 +348,13 @@ impl<'a> PacketLoop<'a> {
             events: &mut dropped_events,
             commands: &mut commands_dropped,
         };
-        forward(&mut engine, &wiring, info.bans_enforced, &mut lost);
+        forward(
+            &mut engine,
+            &wiring,
+            info.bans_enforced,
+            &mut lost,
+            &mut scans,
+        );
         // The kernel thread's answers to the last bans: a moment for them.
         let deadline = Instant::now() + FINISH_WAIT;
         while let Ok(ev) = wiring.reports.recv_deadline(deadline) {
@@ -359,6 +382,7 @@ impl<'a> PacketLoop<'a> {
             &self.wiring,
             self.info.bans_enforced,
             &mut lost,
+            &mut self.scans,
         );
     }
 
@@ -443,10 +467,18 @@ const KERNEL_BUSY: &str =
 /// `enforced`: a `ban` event then travels with its ban and comes back
 /// through `reports` with the kernel's answer. What the kernel thread
 /// reports is forwarded too.
-fn forward(engine: &mut Engine, wiring: &Wiring<'_>, enforced: bool, lost: &mut Lost<'_>) {
+/// Scans are remembered in `scans` for `top`.
+fn forward(
+    engine: &mut Engine,
+    wiring: &Wiring<'_>,
+    enforced: bool,
+    lost: &mut Lost<'_>,
+    scans: &mut RecentScans,
+) {
     let mut out: Vec<Event> = wiring.reports.try_iter().collect();
     let events: Vec<Event> = engine.drain_events().collect();
     for mut ev in events {
+        scans.record(&ev);
         match &mut ev.body {
             Body::Ban(e) => {
                 e.ban.enforced = enforced;
@@ -719,6 +751,50 @@ mod tests {
             panic!("a second unban is refused");
         };
         assert!(e.contains("is not banned"), "{e}");
+    }
+
+    #[test]
+    fn top_answers_the_scanner_its_ban_drops_and_the_scan() {
+        let mut h = harness(None, true);
+        // Ten SYNs: the sixth makes the scan, the last four are dropped as
+        // banned.
+        h.scan(now(), 1..=10);
+        h.packets.turn().unwrap();
+        let Answer::Now(Ok(v)) = h.ask(Request::Top { n: Some(5) }) else {
+            panic!("top");
+        };
+        let top: crate::top_view::TopView = serde_json::from_value(v).unwrap();
+        assert_eq!(top.status.packets.packets, 10);
+        assert_eq!(top.status.mode, "inline");
+        assert_eq!(top.drop_sources.len(), 1, "{top:#?}");
+        assert_eq!(
+            (top.drop_sources[0].addr, top.drop_sources[0].drops),
+            (scanner(), 4)
+        );
+        let ports: Vec<u16> = top.drop_ports.iter().map(|p| p.port).collect();
+        assert_eq!(ports, [7, 8, 9, 10]);
+        assert_eq!(top.bans_total, 1);
+        assert_eq!(top.bans[0].ban.addr, scanner());
+        assert_eq!(top.bans[0].origin, "scan");
+        assert!(top.bans[0].ban.enforced);
+        assert_eq!(top.scans.len(), 1);
+        let s = &top.scans[0];
+        assert_eq!(
+            (
+                s.src_ip,
+                s.phase.as_str(),
+                s.kind.as_str(),
+                s.pattern.as_str(),
+                s.action.as_str()
+            ),
+            (scanner(), "start", "syn", "vertical", "ban")
+        );
+        assert_eq!(s.ports, 6);
+        // n is bounded.
+        let Answer::Now(Ok(v)) = h.ask(Request::Top { n: Some(1_000_000) }) else {
+            panic!("top");
+        };
+        assert!(v["drop_sources"].as_array().unwrap().len() <= crate::top_view::MAX_TOP);
     }
 
     #[test]

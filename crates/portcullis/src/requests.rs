@@ -23,7 +23,9 @@ pub fn answer(
     let t = now();
     let json = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| e.to_string());
     match *req {
-        Request::Status => Answer::Now(Err("status is answered by the caller".into())),
+        Request::Status | Request::Top { .. } => {
+            Answer::Now(Err("status and top are answered by the caller".into()))
+        }
         Request::Bans => {
             let mut bans: Vec<BanView> = engine
                 .bans()
