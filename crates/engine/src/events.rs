@@ -55,6 +55,8 @@ pub enum EventType {
     Reload,
     /// A passive capture lost packets (monitor mode).
     Capture,
+    /// Fleet mode (CrowdSec).
+    Fleet,
 }
 
 impl EventType {
@@ -69,6 +71,7 @@ impl EventType {
             Self::Queue => "queue",
             Self::Reload => "reload",
             Self::Capture => "capture",
+            Self::Fleet => "fleet",
         }
     }
 }
@@ -508,6 +511,68 @@ pub struct CaptureEvent {
     pub capture: CaptureInfo,
 }
 
+/// A `fleet` event: fleet mode's link with the CrowdSec Local API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FleetEvent {
+    pub fleet: FleetInfo,
+}
+
+/// `fleet.action`: what happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetAction {
+    /// A startup pull loaded the decisions whole (`count`: values held).
+    Loaded,
+    /// Pulls fail (first failure of a run; `message` says why). The
+    /// decisions in force stay until their own timeouts.
+    PullFailed,
+    /// Pulls work again after failures (`count`: failed pulls).
+    Recovered,
+    /// An answer, or items in it, refused as malformed (`count`: items;
+    /// the whole answer when 0). Nothing in force was lifted.
+    Rejected,
+    /// Decisions dropped or refused beyond `crowdsec.max_decisions`
+    /// (`count`).
+    Evicted,
+    /// The kernel refused a change to the CrowdSec sets; reloaded whole
+    /// at the next pull.
+    KernelFailed,
+    /// Pushing findings fails (first failure of a run); they wait on disk.
+    PushFailed,
+    /// Findings pushed after push failures (`count`).
+    PushRecovered,
+    /// A finding dropped: the LAPI refused it, or the queue was full
+    /// (`count`).
+    AlertDropped,
+}
+
+impl fmt::Display for FleetAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Loaded => "loaded",
+            Self::PullFailed => "pull_failed",
+            Self::Recovered => "recovered",
+            Self::Rejected => "rejected",
+            Self::Evicted => "evicted",
+            Self::KernelFailed => "kernel_failed",
+            Self::PushFailed => "push_failed",
+            Self::PushRecovered => "push_recovered",
+            Self::AlertDropped => "alert_dropped",
+        })
+    }
+}
+
+/// The body of a `fleet` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FleetInfo {
+    pub action: FleetAction,
+    /// Always `crowdsec`.
+    pub origin: &'static str,
+    pub count: u64,
+    /// For people: what and why.
+    pub message: String,
+}
+
 /// What an event says, one type per `event_type` (serde writes the tag).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "event_type", rename_all = "lowercase")]
@@ -522,6 +587,8 @@ pub enum Body {
     Reload(ReloadEvent),
     /// A passive capture lost packets (monitor mode).
     Capture(CaptureEvent),
+    /// Fleet mode (CrowdSec).
+    Fleet(FleetEvent),
 }
 
 /// One event: when, and what.
@@ -548,6 +615,7 @@ impl Event {
             Body::Queue(_) => EventType::Queue,
             Body::Reload(_) => EventType::Reload,
             Body::Capture(_) => EventType::Capture,
+            Body::Fleet(_) => EventType::Fleet,
         }
     }
 
@@ -759,6 +827,11 @@ impl fmt::Display for Event {
                     q.fate.as_str()
                 )
             }
+            Body::Fleet(e) => write!(
+                f,
+                "[FLEET] {} {}: {}",
+                e.fleet.origin, e.fleet.action, e.fleet.message
+            ),
             Body::Capture(e) => {
                 let c = &e.capture;
                 write!(

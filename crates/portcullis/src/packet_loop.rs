@@ -24,6 +24,7 @@ use portcullis_engine::Engine;
 use crate::clock::now;
 use crate::config::DaemonConfig;
 use crate::control::{Answer, Pending, Request};
+use crate::fleet::FleetLink;
 use crate::kernel_thread::KernelCmd;
 use crate::notify::Notifier;
 use crate::path::PacketPath;
@@ -65,6 +66,8 @@ pub struct Wiring<'a> {
     pub latest: Arc<Mutex<Option<Status>>>,
     /// systemd's notification socket (no-op without one).
     pub notify: &'a Notifier,
+    /// Fleet mode (CrowdSec): findings to push, its status and decisions.
+    pub fleet: Option<FleetLink>,
 }
 
 /// The packet thread: it owns the engine.
@@ -180,12 +183,18 @@ impl<'a> PacketLoop<'a> {
                     let s = self.status();
                     Answer::Now(serde_json::to_value(s).map_err(|e| e.to_string()))
                 }
-                req => requests::answer(
-                    &mut self.engine,
-                    req,
-                    &self.wiring.kernel,
-                    self.info.bans_enforced,
-                ),
+                req => {
+                    let a = requests::answer(
+                        &mut self.engine,
+                        req,
+                        &self.wiring.kernel,
+                        self.info.bans_enforced,
+                    );
+                    match &self.wiring.fleet {
+                        Some(f) => f.augment(req, a),
+                        None => a,
+                    }
+                }
             };
             p.answer(answer);
         }
@@ -283,6 +292,7 @@ impl<'a> PacketLoop<'a> {
             protected,
             detector: engine.detector_stats().as_ref().map(DetectorStatus::from),
             events_dropped: self.dropped_events,
+            fleet: self.wiring.fleet.as_ref().and_then(FleetLink::status),
         };
         self.path.status(&mut s);
         s
@@ -302,6 +312,15 @@ fn forward(engine: &mut Engine, wiring: &Wiring<'_>, enforced: bool, dropped: &m
                     let _ = wiring.kernel.try_send(KernelCmd::Ban(b, None));
                 }
                 e.ban.enforced = enforced;
+            }
+            Body::Scan(e) => {
+                // Fleet mode: a scan we ban is pushed as an alert, where
+                // bans are enforced (a dry run's would not be real).
+                if let Some(f) = wiring.fleet.as_ref().filter(|_| enforced) {
+                    if e.scan.action == portcullis_engine::config::ScanAction::Ban {
+                        f.finding(e, engine.config().scan.ban_duration);
+                    }
+                }
             }
             Body::Unban(e) => {
                 if enforced {
@@ -378,6 +397,7 @@ mod tests {
             requests: requests_rx,
             latest: Arc::new(Mutex::new(None)),
             notify: Box::leak(Box::new(Notifier::disabled())),
+            fleet: None,
         };
         let info = Info {
             started: Instant::now(),

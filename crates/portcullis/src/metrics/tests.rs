@@ -73,6 +73,7 @@ fn known() -> Status {
             findings: 33,
         }),
         events_dropped: 34,
+        fleet: None,
     }
 }
 
