@@ -987,6 +987,12 @@ fn crowdsec_sets() -> Result<(), Failed> {
     let fw = Firewall::install_with(&p, runner(&lab, "b"))?;
     let cs = fw.crowdsec_sets();
     let hour = Duration::from_secs(3600);
+    // Neighbour discovery first: a's solicitations may come from an
+    // address the sets below drop.
+    for src in [A6[0], A6[1]] {
+        let t = Instant::now();
+        while !ping(&lab, "a", src, B6) && t.elapsed() < Duration::from_secs(5) {}
+    }
     cs.replace(
         &[(ip(A4[2]), hour), (ip(A6[2]), hour)],
         &[
