@@ -60,6 +60,8 @@ pub enum EventType {
     PacketSource,
     /// Our kernel rules were removed by something else and put back.
     Rules,
+    /// Fleet mode (CrowdSec).
+    Fleet,
 }
 
 impl EventType {
@@ -76,6 +78,7 @@ impl EventType {
             Self::Capture => "capture",
             Self::PacketSource => "packet_source",
             Self::Rules => "rules",
+            Self::Fleet => "fleet",
         }
     }
 }
@@ -642,6 +645,68 @@ pub struct RulesEvent {
     pub rules: RulesInfo,
 }
 
+/// A `fleet` event: fleet mode's link with the CrowdSec Local API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FleetEvent {
+    pub fleet: FleetInfo,
+}
+
+/// `fleet.action`: what happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetAction {
+    /// A startup pull loaded the decisions whole (`count`: values held).
+    Loaded,
+    /// Pulls fail (first failure of a run; `message` says why). The
+    /// decisions in force stay until their own timeouts.
+    PullFailed,
+    /// Pulls work again after failures (`count`: failed pulls).
+    Recovered,
+    /// An answer, or items in it, refused as malformed (`count`: items;
+    /// the whole answer when 0). Nothing in force was lifted.
+    Rejected,
+    /// Decisions dropped or refused beyond `crowdsec.max_decisions`
+    /// (`count`).
+    Evicted,
+    /// The kernel refused a change to the CrowdSec sets; reloaded whole
+    /// at the next pull.
+    KernelFailed,
+    /// Pushing findings fails (first failure of a run); they wait on disk.
+    PushFailed,
+    /// Findings pushed after push failures (`count`).
+    PushRecovered,
+    /// A finding dropped: the LAPI refused it, or the queue was full
+    /// (`count`).
+    AlertDropped,
+}
+
+impl fmt::Display for FleetAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Loaded => "loaded",
+            Self::PullFailed => "pull_failed",
+            Self::Recovered => "recovered",
+            Self::Rejected => "rejected",
+            Self::Evicted => "evicted",
+            Self::KernelFailed => "kernel_failed",
+            Self::PushFailed => "push_failed",
+            Self::PushRecovered => "push_recovered",
+            Self::AlertDropped => "alert_dropped",
+        })
+    }
+}
+
+/// The body of a `fleet` event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FleetInfo {
+    pub action: FleetAction,
+    /// Always `crowdsec`.
+    pub origin: &'static str,
+    pub count: u64,
+    /// For people: what and why.
+    pub message: String,
+}
+
 /// What an event says, one type per `event_type` (serde writes the tag).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "event_type", rename_all = "lowercase")]
@@ -661,6 +726,8 @@ pub enum Body {
     PacketSource(PacketSourceEvent),
     /// Our kernel rules were removed by something else.
     Rules(RulesEvent),
+    /// Fleet mode (CrowdSec).
+    Fleet(FleetEvent),
 }
 
 /// One event: when, and what.
@@ -689,6 +756,7 @@ impl Event {
             Body::Capture(_) => EventType::Capture,
             Body::PacketSource(_) => EventType::PacketSource,
             Body::Rules(_) => EventType::Rules,
+            Body::Fleet(_) => EventType::Fleet,
         }
     }
 
@@ -903,6 +971,11 @@ impl fmt::Display for Event {
                     q.fate.as_str()
                 )
             }
+            Body::Fleet(e) => write!(
+                f,
+                "[FLEET] {} {}: {}",
+                e.fleet.origin, e.fleet.action, e.fleet.message
+            ),
             Body::Capture(e) => {
                 let c = &e.capture;
                 write!(

@@ -82,6 +82,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod crowdsec;
 mod error;
 pub mod iptables;
 mod nft;
@@ -568,6 +569,14 @@ impl Firewall {
             run(runner, "nft", &["-f", "-"], Some(&nft::remove_table()))?;
         }
         Ok(table || removed_iptables)
+    }
+
+    /// A handle on the CrowdSec decision sets (fleet mode) that another
+    /// thread may own: it runs its `nft` calls through the same runner.
+    /// The sets exist only when the installed plan has
+    /// [`KernelPlan::crowdsec`].
+    pub fn crowdsec_sets(&self) -> crowdsec::CrowdsecSets {
+        crowdsec::CrowdsecSets::new(Arc::clone(&self.runner), self.caps.timeout_update)
     }
 
     fn ban_sets(&self) -> nft::BanSets {

@@ -163,6 +163,10 @@ pub struct KernelPlan {
     /// Elements the ban sets hold at most (`scan.max_bans`; the engine
     /// makes room before it adds one).
     pub max_bans: usize,
+    /// Fleet mode (`crowdsec`): the CrowdSec decision sets
+    /// ([`crate::crowdsec`]) exist, with this many elements at most, and
+    /// drop right after our own bans. `None`: no such sets or rules.
+    pub crowdsec: Option<usize>,
     /// Anything goes to user space. False for a passive daemon that only
     /// enforces bans ([`KernelPlan::bans_only`]): the chains stop after
     /// loopback, the allowlist and the ban sets, and no NFQUEUE rule exists.
@@ -191,6 +195,7 @@ impl KernelPlan {
         // held, never only observed.
         plan.log_group = (!cfg.inline.fail_closed).then_some(cfg.inline.log_group);
         plan.max_bans = cfg.scan.max_bans;
+        plan.crowdsec = cfg.crowdsec.as_ref().map(|c| c.max_decisions);
         plan
     }
 
@@ -246,6 +251,7 @@ impl KernelPlan {
             queue_probes: false,
             log_group: None,
             max_bans: portcullis_engine::config::ScanConfig::default().max_bans,
+            crowdsec: None,
             user_space: true,
         }
     }
@@ -350,6 +356,9 @@ impl KernelPlan {
             }
             s.push_str("\t}\n");
         }
+        if let Some(max) = self.crowdsec {
+            crate::crowdsec::declare_sets(&mut s, max);
+        }
         for (name, ports) in [
             ("allow_tcp", &self.allow_ports),
             ("allow_udp", &self.allow_ports),
@@ -446,9 +455,13 @@ impl KernelPlan {
                 String::new()
             };
             for (fam, set) in [("ip", "ban4"), ("ip6", "ban6")] {
-                let not_banned: String = peers
+                let mut sets = vec![set];
+                if self.crowdsec.is_some() {
+                    sets.extend(crate::crowdsec::sets_of(fam));
+                }
+                let not_banned: String = sets
                     .iter()
-                    .map(|p| format!(" {fam} {p} != @{set}"))
+                    .flat_map(|set| peers.iter().map(move |p| format!(" {fam} {p} != @{set}")))
                     .collect();
                 r.push(format!(
                     "ct state established,related{not_banned}{keep}{clear} accept"
@@ -490,6 +503,17 @@ impl KernelPlan {
         for (fam, set) in [("ip", "ban4"), ("ip6", "ban6")] {
             for p in peers {
                 r.push(format!("{fam} {p} @{set} counter drop"));
+            }
+        }
+        // 3b. CrowdSec decisions (fleet mode): after our own bans, after
+        //     loopback and the allowlist, which always win.
+        if self.crowdsec.is_some() {
+            for fam in ["ip", "ip6"] {
+                for set in crate::crowdsec::sets_of(fam) {
+                    for p in peers {
+                        r.push(format!("{fam} {p} @{set} counter drop"));
+                    }
+                }
             }
         }
         if !self.user_space {

@@ -147,6 +147,8 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
         None => (None, "none (passive, nothing enforced)".to_owned()),
     };
 
+    // Fleet mode's thread changes the CrowdSec sets itself.
+    let crowdsec_sets = firewall.as_ref().map(|(f, _)| f.crowdsec_sets());
     // From here on, every exit path must tear the kernel rules down: the
     // kernel thread does it when its channel closes.
     let (kernel_tx, kernel_rx) = crossbeam_channel::bounded::<KernelCmd>(65_536);
@@ -194,6 +196,7 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
             bans_enforced: plan.bans_enforced(),
         },
         source,
+        crowdsec_sets,
     };
     let path: Result<Box<dyn PacketPath>> = match &plan.source {
         Source::Capture { interfaces, bpf } => MonitorPath::open(interfaces, bpf.as_deref())
@@ -259,6 +262,8 @@ struct Control<'a> {
     info: Info,
     /// Where the config comes from (again on SIGHUP).
     source: DaemonConfig,
+    /// Fleet mode's kernel sets, where bans are enforced.
+    crowdsec_sets: Option<portcullis_kernel::crowdsec::CrowdsecSets>,
 }
 
 /// The packet thread, from the engine's start to the writer's end.
@@ -269,7 +274,7 @@ fn serve(
     ctl: Control<'_>,
     path: Box<dyn PacketPath>,
 ) -> Result<ExitCode> {
-    let mut engine = Engine::new(cfg, DetectorMode::Thread { capacity: 1024 })
+    let mut engine = Engine::new(Arc::clone(&cfg), DetectorMode::Thread { capacity: 1024 })
         .context("starting the scan detector")?;
     // Passive: drops are only logged. Bans still apply to the engine's own
     // verdicts (logged as would_block) and, with --enforce-bans, the kernel.
@@ -277,6 +282,34 @@ fn serve(
     restore_bans(&mut engine, state, ctl.kernel, ctl.info.bans_enforced);
     let (event_tx, writer, writer_stats) =
         spawn_writer(plan.events.as_deref(), plan.console, Arc::clone(ctl.usr1))?;
+    // Fleet mode: started once; a SIGHUP does not change it.
+    let fleet = match &cfg.crowdsec {
+        Some(c) => {
+            let base = plan
+                .config
+                .as_deref()
+                .and_then(std::path::Path::parent)
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            let f = crate::fleet::spawn(crate::fleet::Setup {
+                config: c.clone(),
+                base,
+                protected: crate::fleet::protected_nets(&ctl.info.protect, &cfg.critical_peers),
+                sets: ctl.crowdsec_sets.clone(),
+                state_dir: plan.state_dir.clone(),
+                events: event_tx.clone(),
+            })
+            .context("starting fleet mode (crowdsec)")?;
+            eprintln!(
+                "portcullis: fleet mode: CrowdSec decisions from {} every {}s{}",
+                c.lapi_url,
+                c.pull_interval.as_secs(),
+                if c.push { "; scan findings pushed" } else { "" }
+            );
+            Some(f)
+        }
+        None => None,
+    };
     let wiring = Wiring {
         kernel: ctl.kernel.clone(),
         events: event_tx,
@@ -286,13 +319,15 @@ fn serve(
         requests: ctl.requests.clone(),
         latest: Arc::clone(ctl.latest),
         notify: ctl.notify,
+        fleet: fleet.as_ref().map(crate::fleet::Fleet::link),
     };
     let mut packets = PacketLoop::new(engine, path, wiring, ctl.info, ctl.source);
     packets.announce();
     packets.run(ctl.term, ctl.hup)?;
     // Shutting down: settle what is queued, close the windows, stop the
-    // writer.
+    // fleet thread (it holds an event sender), stop the writer.
     let dropped_events = packets.finish();
+    drop(fleet);
     if writer.join().is_err() {
         log::error!("the event writer panicked: the last events may be lost");
     }

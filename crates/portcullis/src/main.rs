@@ -25,6 +25,7 @@ mod clock;
 mod config;
 mod control;
 mod daemon;
+mod fleet;
 mod kernel_thread;
 mod lock;
 mod lockout;

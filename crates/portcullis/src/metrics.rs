@@ -379,6 +379,10 @@ pub fn render(s: &Status) -> String {
         [plain(k.commands_dropped)],
     );
 
+    if let Some(f) = &s.fleet {
+        fleet(&mut e, f);
+    }
+
     if let Some(q) = &s.queue {
         e.family(
             "portcullis_queue_received_packets_total",
@@ -890,3 +894,76 @@ fn linger(stream: &mut TcpStream) {
 
 #[cfg(test)]
 mod tests;
+
+/// Fleet mode (CrowdSec).
+fn fleet(e: &mut Exposition, f: &crate::status::FleetStatus) {
+    e.family(
+        "portcullis_crowdsec_decisions",
+        Kind::Gauge,
+        "CrowdSec decisions (addresses and ranges) enforced in the kernel now.",
+        [plain(f.decisions as u64)],
+    );
+    e.family(
+        "portcullis_crowdsec_pull_age_seconds",
+        Kind::Gauge,
+        "Seconds since the last successful pull of the CrowdSec decision stream (how stale the decisions may be); absent before the first.",
+        f.seconds_since_pull.map(plain),
+    );
+    e.family(
+        "portcullis_crowdsec_failing_pulls",
+        Kind::Gauge,
+        "Failed pulls in a row now (0: pulls work).",
+        [plain(f.failing_pulls)],
+    );
+    e.family(
+        "portcullis_crowdsec_pulls_total",
+        Kind::Counter,
+        "Pulls of the decision stream, by outcome.",
+        [
+            labelled(&[("outcome", "ok")], f.pulls),
+            labelled(&[("outcome", "error")], f.pull_errors),
+        ],
+    );
+    e.family(
+        "portcullis_crowdsec_decisions_total",
+        Kind::Counter,
+        "CrowdSec decisions taken in or not: added, deleted, unknown_deletion, ignored_type, protected, evicted, rejected (malformed items).",
+        [
+            labelled(&[("kind", "added")], f.decisions_added),
+            labelled(&[("kind", "deleted")], f.decisions_deleted),
+            labelled(&[("kind", "unknown_deletion")], f.unknown_deletions),
+            labelled(&[("kind", "ignored_type")], f.ignored_type),
+            labelled(&[("kind", "protected")], f.protected),
+            labelled(&[("kind", "evicted")], f.evicted),
+            labelled(&[("kind", "rejected")], f.items_rejected),
+        ],
+    );
+    e.family(
+        "portcullis_crowdsec_answers_rejected_total",
+        Kind::Counter,
+        "Decision stream answers refused whole as malformed (nothing in force was lifted).",
+        [plain(f.answers_rejected)],
+    );
+    e.family(
+        "portcullis_crowdsec_kernel_errors_total",
+        Kind::Counter,
+        "Changes of the CrowdSec kernel sets the kernel refused (then loaded whole).",
+        [plain(f.kernel_errors)],
+    );
+    e.family(
+        "portcullis_crowdsec_alerts_queued",
+        Kind::Gauge,
+        "Scan findings waiting on disk to be pushed to the LAPI.",
+        [plain(f.alerts_queued as u64)],
+    );
+    e.family(
+        "portcullis_crowdsec_alerts_total",
+        Kind::Counter,
+        "Scan findings pushed to the LAPI as alerts, by outcome: pushed, error (a failed try; retried), dropped.",
+        [
+            labelled(&[("outcome", "pushed")], f.alerts_pushed),
+            labelled(&[("outcome", "error")], f.push_errors),
+            labelled(&[("outcome", "dropped")], f.alerts_dropped),
+        ],
+    );
+}

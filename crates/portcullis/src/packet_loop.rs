@@ -36,6 +36,7 @@ use portcullis_engine::Engine;
 use crate::clock::now;
 use crate::config::DaemonConfig;
 use crate::control::{Answer, Pending, Request};
+use crate::fleet::FleetLink;
 use crate::kernel_thread::{KernelCmd, KernelStats};
 use crate::notify::Notifier;
 use crate::output::WriterStats;
@@ -87,6 +88,8 @@ pub struct Wiring<'a> {
     pub latest: Arc<Mutex<Option<Status>>>,
     /// systemd's notification socket (no-op without one).
     pub notify: &'a Notifier,
+    /// Fleet mode (CrowdSec): findings to push, its status and decisions.
+    pub fleet: Option<FleetLink>,
 }
 
 /// The packet thread: it owns the engine.
@@ -226,12 +229,18 @@ impl<'a> PacketLoop<'a> {
                     );
                     Answer::Now(serde_json::to_value(v).map_err(|e| e.to_string()))
                 }
-                req => requests::answer(
-                    &mut self.engine,
-                    req,
-                    &self.wiring.kernel,
-                    self.info.bans_enforced,
-                ),
+                req => {
+                    let a = requests::answer(
+                        &mut self.engine,
+                        req,
+                        &self.wiring.kernel,
+                        self.info.bans_enforced,
+                    );
+                    match &self.wiring.fleet {
+                        Some(f) => f.augment(req, a),
+                        None => a,
+                    }
+                }
             };
             p.answer(answer);
         }
@@ -427,6 +436,7 @@ impl<'a> PacketLoop<'a> {
             event_log_errors: self.wiring.writer_stats.errors.load(Ordering::Relaxed),
             kernel: kernel_status(&self.wiring.kernel_stats, self.commands_dropped),
             sources: self.recovery.status(Instant::now()),
+            fleet: self.wiring.fleet.as_ref().and_then(FleetLink::status),
         };
         self.path.status(&mut s);
         s
@@ -506,6 +516,15 @@ fn forward(
                                 e.ban.error = Some(KERNEL_BUSY.to_owned());
                             }
                         }
+                    }
+                }
+            }
+            Body::Scan(e) => {
+                // Fleet mode: a scan we ban is pushed as an alert, where
+                // bans are enforced (a dry run's would not be real).
+                if let Some(f) = wiring.fleet.as_ref().filter(|_| enforced) {
+                    if e.scan.action == portcullis_engine::config::ScanAction::Ban {
+                        f.finding(e, engine.config().scan.ban_duration);
                     }
                 }
             }
@@ -609,6 +628,7 @@ mod tests {
             requests: requests_rx,
             latest: Arc::new(Mutex::new(None)),
             notify: Box::leak(Box::new(Notifier::disabled())),
+            fleet: None,
         };
         let info = Info {
             started: Instant::now(),

@@ -66,6 +66,9 @@ pub struct Status {
     /// none).
     #[serde(default)]
     pub kernel: KernelStatus,
+    /// Fleet mode (`crowdsec` in the rules file); none when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
 }
 
 /// What went wrong between the daemon and its kernel rules, and what was
@@ -260,4 +263,50 @@ mod tests {
         let back: Status = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }
+}
+
+/// What `status` and the metrics say about fleet mode (CrowdSec),
+/// kept by `crate::fleet`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub lapi_url: String,
+    /// CrowdSec values (addresses and ranges) enforced now (gauge).
+    pub decisions: usize,
+    /// Seconds since the last successful pull (gauge); none before the
+    /// first.
+    pub seconds_since_pull: Option<u64>,
+    /// RFC 3339 time of the last successful pull.
+    pub last_pull: Option<String>,
+    pub pulls: u64,
+    pub pull_errors: u64,
+    /// Failed pulls in a row now (gauge).
+    pub failing_pulls: u64,
+    /// Why the last pull failed, while pulls fail.
+    pub last_error: Option<String>,
+    /// Answers refused whole as malformed.
+    pub answers_rejected: u64,
+    /// Items of answers refused (bad address, type, duration...).
+    pub items_rejected: u64,
+    pub decisions_added: u64,
+    pub decisions_deleted: u64,
+    pub unknown_deletions: u64,
+    /// Decisions of a type not enforced.
+    pub ignored_type: u64,
+    /// Decisions on loopback, protected addresses or critical peers.
+    pub protected: u64,
+    /// Decisions dropped or refused beyond `max_decisions`.
+    pub evicted: u64,
+    /// Changes the kernel refused.
+    pub kernel_errors: u64,
+    /// Duration of the last kernel change, ms (gauge).
+    pub last_kernel_ms: u64,
+    /// Push enabled.
+    pub push: bool,
+    /// Findings waiting on disk (gauge).
+    pub alerts_queued: usize,
+    pub alerts_pushed: u64,
+    pub push_errors: u64,
+    /// Findings dropped (queue full, channel full, refused by the LAPI).
+    pub alerts_dropped: u64,
+    pub last_push_error: Option<String>,
 }

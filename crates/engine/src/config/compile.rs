@@ -8,8 +8,8 @@ use serde_json::Value;
 use super::error::{ConfigError, ConfigErrors};
 use super::raw::{self, kind, RawConfig, RawLists, RawRule};
 use super::{
-    BlockedDnsResponse, Config, DnsConfig, EventConfig, InlineConfig, ListLoader, Policy,
-    ScanAction, ScanConfig, SlowScan,
+    BlockedDnsResponse, Config, CrowdsecConfig, DnsConfig, EventConfig, InlineConfig, ListLoader,
+    Policy, ScanAction, ScanConfig, SlowScan,
 };
 use crate::rules::domains::{self, Side};
 use crate::rules::{RuleSetBuilder, RuleSpec, SideSpec};
@@ -133,7 +133,165 @@ impl Compiler<'_> {
             inline: self.inline(raw.inline.unwrap_or_default()),
             home_net,
             critical_peers: Vec::new(),
+            crowdsec: raw.crowdsec.and_then(|c| self.crowdsec(c)),
         }
+    }
+
+    fn crowdsec(&mut self, raw: raw::RawCrowdsec) -> Option<CrowdsecConfig> {
+        let before = self.errors.len();
+        let nonempty = |c: &mut Self, v: Option<String>, path: &str| -> Option<String> {
+            match v {
+                Some(s) if s.trim().is_empty() => {
+                    c.err(path, "is empty: give a file path or leave the field out");
+                    None
+                }
+                other => other,
+            }
+        };
+        let url = match raw.lapi_url {
+            None => {
+                self.err(
+                    "crowdsec",
+                    "missing field `lapi_url` (e.g. \"http://127.0.0.1:8080/\")",
+                );
+                String::new()
+            }
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                self.err(
+                    "crowdsec.lapi_url",
+                    format!("{u:?} must start with http:// or https://"),
+                );
+                u
+            }
+            Some(u) if u.contains(['?', '#', ' ']) => {
+                self.err(
+                    "crowdsec.lapi_url",
+                    format!("{u:?} must be a base URL, without query, fragment or spaces"),
+                );
+                u
+            }
+            Some(u) => u,
+        };
+        let https = url.starts_with("https://");
+        let api_key_file = nonempty(self, raw.api_key_file, "crowdsec.api_key_file");
+        let ca_file = nonempty(self, raw.ca_file, "crowdsec.ca_file");
+        let cert = nonempty(self, raw.cert_file, "crowdsec.cert_file");
+        let key = nonempty(self, raw.key_file, "crowdsec.key_file");
+        let client_cert = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.err("crowdsec.cert_file", "needs `key_file` too");
+                None
+            }
+            (None, Some(_)) => {
+                self.err("crowdsec.key_file", "needs `cert_file` too");
+                None
+            }
+        };
+        if !https && (ca_file.is_some() || client_cert.is_some()) {
+            self.err(
+                "crowdsec.lapi_url",
+                "TLS files are set but the URL is http://; use https://",
+            );
+        }
+        if api_key_file.is_none() && client_cert.is_none() {
+            self.err(
+                "crowdsec",
+                "missing field `api_key_file` (the bouncer key: `cscli bouncers add NAME`), \
+                 or a client certificate (`cert_file` and `key_file`)",
+            );
+        }
+        let machine_id = match raw.machine_id {
+            Some(m) if m.trim().is_empty() => {
+                self.err("crowdsec.machine_id", "is empty");
+                None
+            }
+            other => other,
+        };
+        let password = nonempty(self, raw.password_file, "crowdsec.password_file");
+        let machine = match (machine_id, password) {
+            (Some(m), Some(p)) => Some((m, p)),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.err("crowdsec.machine_id", "needs `password_file` too");
+                None
+            }
+            (None, Some(_)) => {
+                self.err("crowdsec.password_file", "needs `machine_id` too");
+                None
+            }
+        };
+        let push = raw.push.unwrap_or(machine.is_some());
+        if push && machine.is_none() && self.errors.len() == before {
+            self.err(
+                "crowdsec.push",
+                "is true but no machine login is set: add `machine_id` and `password_file` \
+                 (`cscli machines add NAME --password ...`), or set push to false",
+            );
+        }
+        let pull_interval = self.duration(
+            raw.pull_interval,
+            "crowdsec.pull_interval",
+            CrowdsecConfig::PULL_INTERVAL,
+        );
+        if pull_interval < Duration::from_secs(1) || pull_interval > Duration::from_secs(3600) {
+            self.err("crowdsec.pull_interval", "must be between 1s and 1h");
+        }
+        let mut decision_types = Vec::new();
+        match raw.decision_types {
+            None => decision_types.push("ban".to_owned()),
+            Some(v) if v.is_empty() => self.err(
+                "crowdsec.decision_types",
+                "is empty: nothing would be enforced; leave it out for [\"ban\"]",
+            ),
+            Some(v) => {
+                for (i, t) in v.into_iter().enumerate() {
+                    if CrowdsecConfig::TYPES.contains(&t.as_str()) {
+                        if !decision_types.contains(&t) {
+                            decision_types.push(t);
+                        }
+                    } else {
+                        self.err(
+                            format!("crowdsec.decision_types[{i}]"),
+                            format!("unknown decision type {t:?}, expected `ban`, `captcha` or `throttle`"),
+                        );
+                    }
+                }
+            }
+        }
+        let max_decisions = self.positive(
+            raw.max_decisions,
+            "crowdsec.max_decisions",
+            CrowdsecConfig::MAX_DECISIONS,
+        );
+        if max_decisions > CrowdsecConfig::MAX_DECISIONS_LIMIT {
+            self.err(
+                "crowdsec.max_decisions",
+                format!(
+                    "{max_decisions} is more than {}",
+                    CrowdsecConfig::MAX_DECISIONS_LIMIT
+                ),
+            );
+        }
+        let max_queued_alerts = self.positive(
+            raw.max_queued_alerts,
+            "crowdsec.max_queued_alerts",
+            CrowdsecConfig::MAX_QUEUED_ALERTS,
+        );
+        (self.errors.len() == before).then_some(CrowdsecConfig {
+            lapi_url: url,
+            api_key_file,
+            machine,
+            push,
+            pull_interval,
+            decision_types,
+            ca_file,
+            client_cert,
+            max_decisions,
+            max_queued_alerts,
+            danger_plain_http_remote: raw.danger_plain_http_remote.unwrap_or(false),
+        })
     }
 
     fn inline(&mut self, raw: raw::RawInline) -> InlineConfig {

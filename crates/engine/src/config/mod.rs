@@ -122,6 +122,7 @@ impl Default for Config {
             inline: InlineConfig::default(),
             home_net: Vec::new(),
             critical_peers: Vec::new(),
+            crowdsec: None,
         }
     }
 }
@@ -142,6 +143,8 @@ pub struct Config {
     /// host's default gateways and DNS resolvers, with why. Not from the
     /// rules file: the daemon finds them (`--no-protect-peers`).
     pub critical_peers: Vec<(std::net::IpAddr, String)>,
+    /// Fleet mode (`crowdsec`); `None`: off.
+    pub crowdsec: Option<CrowdsecConfig>,
 }
 
 /// Verdicts when nothing else decides.
@@ -320,4 +323,43 @@ impl Default for InlineConfig {
             queue_all: Vec::new(),
         }
     }
+}
+
+/// Fleet mode on a CrowdSec Local API (`crowdsec`). Paths are as written
+/// in the rules file (the binary resolves relative ones and reads them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrowdsecConfig {
+    /// Base URL (`http://` or `https://`).
+    pub lapi_url: String,
+    /// The bouncer API key's file; `None` with a client certificate.
+    pub api_key_file: Option<String>,
+    /// The machine login for pushing: id and password file.
+    pub machine: Option<(String, String)>,
+    /// Push scan findings as alerts (implies `machine`).
+    pub push: bool,
+    /// Decision stream pull period. Default 10 s.
+    pub pull_interval: Duration,
+    /// Decision types enforced, among `ban`, `captcha`, `throttle`.
+    pub decision_types: Vec<String>,
+    pub ca_file: Option<String>,
+    /// Client certificate and key files.
+    pub client_cert: Option<(String, String)>,
+    /// CrowdSec decisions held at most. Default 200 000.
+    pub max_decisions: usize,
+    /// Findings waiting for the LAPI at most. Default 10 000.
+    pub max_queued_alerts: usize,
+    pub danger_plain_http_remote: bool,
+}
+
+impl CrowdsecConfig {
+    /// Default `pull_interval`.
+    pub const PULL_INTERVAL: Duration = Duration::from_secs(10);
+    /// Default `max_decisions`.
+    pub const MAX_DECISIONS: usize = 200_000;
+    /// Default `max_queued_alerts`.
+    pub const MAX_QUEUED_ALERTS: usize = 10_000;
+    /// Largest `max_decisions` accepted.
+    pub const MAX_DECISIONS_LIMIT: usize = 5_000_000;
+    /// The decision types CrowdSec defines.
+    pub const TYPES: [&'static str; 3] = ["ban", "captcha", "throttle"];
 }

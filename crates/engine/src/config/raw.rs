@@ -46,6 +46,9 @@ pub struct RawConfig {
     /// inbound.
     #[schemars(with = "Option<Vec<IpEntry>>")]
     pub home_net: Option<Value>,
+    /// Fleet mode: enforce the decisions of a CrowdSec Local API and push
+    /// our scan findings to it (docs/fleet.md). Default: off.
+    pub crowdsec: Option<RawCrowdsec>,
     /// Ignored: lets editors find this schema.
     #[serde(rename = "$schema")]
     pub schema: Option<String>,
@@ -54,7 +57,7 @@ pub struct RawConfig {
 impl RawConfig {
     pub(crate) const FIELDS: &'static [&'static str] = &[
         "block", "allow", "rules", "policy", "scan", "events", "dns", "inline", "home_net",
-        "$schema",
+        "crowdsec", "$schema",
     ];
 }
 
@@ -341,6 +344,71 @@ impl RawInline {
     ];
 }
 
+/// Fleet mode on a CrowdSec Local API (LAPI): its `ban` decisions are
+/// enforced in the kernel, our scan findings pushed to it as alerts.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCrowdsec {
+    /// The LAPI's base URL, `http://127.0.0.1:8080/` or
+    /// `https://lapi.example:8080/`. Required. Plain `http://` only to
+    /// loopback unless `danger_plain_http_remote`.
+    pub lapi_url: Option<String>,
+    /// File holding the bouncer API key (`cscli bouncers add NAME`), one
+    /// line. Required unless a client certificate is given. Relative paths
+    /// are resolved against the rules file's directory.
+    pub api_key_file: Option<String>,
+    /// Machine id for pushing alerts (`cscli machines add NAME --password
+    /// ...`). Needed when `push` is true.
+    pub machine_id: Option<String>,
+    /// File holding that machine's password, one line.
+    pub password_file: Option<String>,
+    /// Push our scan findings as alerts. Default: true when `machine_id`
+    /// is set, else false.
+    pub push: Option<bool>,
+    /// How often the decision stream is pulled. Default: 10s.
+    #[schemars(with = "Option<DurationEntry>")]
+    pub pull_interval: Option<Value>,
+    /// Decision types enforced (as a ban): `ban`, `captcha`, `throttle`.
+    /// Other types are counted and ignored. Default: `["ban"]`.
+    pub decision_types: Option<Vec<String>>,
+    /// PEM CA certificates the LAPI's certificate must chain to (https).
+    pub ca_file: Option<String>,
+    /// PEM client certificate (https; needs `key_file`).
+    pub cert_file: Option<String>,
+    /// PEM key of the client certificate.
+    pub key_file: Option<String>,
+    /// CrowdSec decisions held at most (kernel sets and memory); beyond
+    /// it the ones expiring soonest are dropped, counted and reported.
+    /// Default: 200000.
+    #[schemars(range(min = 1))]
+    pub max_decisions: Option<usize>,
+    /// Scan findings waiting on disk (under `--state-dir`) for the LAPI at
+    /// most; beyond it the oldest are dropped and counted. Default: 10000.
+    #[schemars(range(min = 1))]
+    pub max_queued_alerts: Option<usize>,
+    /// Allow `http://` to a LAPI that is not on loopback: the API key and
+    /// the password then cross the network in clear. Default: false.
+    pub danger_plain_http_remote: Option<bool>,
+}
+
+impl RawCrowdsec {
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "lapi_url",
+        "api_key_file",
+        "machine_id",
+        "password_file",
+        "push",
+        "pull_interval",
+        "decision_types",
+        "ca_file",
+        "cert_file",
+        "key_file",
+        "max_decisions",
+        "max_queued_alerts",
+        "danger_plain_http_remote",
+    ];
+}
+
 /// Schema-only types for the loosely typed entries.
 macro_rules! schema_only {
     ($(#[doc = $doc:literal])* $name:ident, $schema:tt) => {
@@ -504,6 +572,7 @@ pub(crate) fn read(value: Value, errors: &mut Vec<ConfigError>) -> RawConfig {
             "dns" => raw.dns = section(v, "dns", RawDns::FIELDS, e),
             "inline" => raw.inline = section(v, "inline", RawInline::FIELDS, e),
             "home_net" => raw.home_net = Some(v),
+            "crowdsec" => raw.crowdsec = section(v, "crowdsec", RawCrowdsec::FIELDS, e),
             "$schema" => match v {
                 Value::String(s) => raw.schema = Some(s),
                 other => e.push(ConfigError::new(
@@ -591,6 +660,7 @@ mod tests {
         assert_eq!(props(&defs["RawEvents"]), sorted(RawEvents::FIELDS));
         assert_eq!(props(&defs["RawDns"]), sorted(RawDns::FIELDS));
         assert_eq!(props(&defs["RawInline"]), sorted(RawInline::FIELDS));
+        assert_eq!(props(&defs["RawCrowdsec"]), sorted(RawCrowdsec::FIELDS));
     }
 
     #[test]

@@ -195,7 +195,7 @@ fn structural_errors_are_reported_with_their_path() {
             "block.ports (line 2): unknown field `ports`, expected `ip`, `port`, `protocol`, `domain` or `domain_lists`",
             "scan.slow.windw (line 3): unknown field `windw`, expected `window` or `port_threshold`",
             "rules[0].dir (line 4): unknown field `dir`, expected `action`, `direction`, `ip`, `port`, `protocol` or `comment`",
-            "sacn (line 5): unknown field `sacn`, expected `block`, `allow`, `rules`, `policy`, `scan`, `events`, `dns`, `inline`, `home_net` or `$schema`",
+            "sacn (line 5): unknown field `sacn`, expected `block`, `allow`, `rules`, `policy`, `scan`, `events`, `dns`, `inline`, `home_net`, `crowdsec` or `$schema`",
         ],
         "\n{}",
         got.join("\n")
@@ -365,4 +365,95 @@ fn inline_section() {
     assert!(!d.inline.fail_closed, "fail-open by default");
     let e = errors(r#"{"inline": {"queue_all": ["SCTPX"], "fail_closed": true}}"#);
     assert_eq!(e.len(), 2, "{e:#?}");
+}
+
+#[test]
+fn crowdsec_section_compiles_with_defaults() {
+    let c = Config::from_json_str(
+        r#"{"crowdsec": {"lapi_url": "http://127.0.0.1:8080/", "api_key_file": "bouncer.key"}}"#,
+        &NoLists,
+    )
+    .unwrap();
+    let cs = c.crowdsec.unwrap();
+    assert_eq!(cs.lapi_url, "http://127.0.0.1:8080/");
+    assert_eq!(cs.api_key_file.as_deref(), Some("bouncer.key"));
+    assert!(!cs.push);
+    assert_eq!(cs.machine, None);
+    assert_eq!(cs.pull_interval, CrowdsecConfig::PULL_INTERVAL);
+    assert_eq!(cs.decision_types, ["ban"]);
+    assert_eq!(cs.max_decisions, CrowdsecConfig::MAX_DECISIONS);
+    assert_eq!(cs.max_queued_alerts, CrowdsecConfig::MAX_QUEUED_ALERTS);
+    assert!(Config::from_json_str("{}", &NoLists)
+        .unwrap()
+        .crowdsec
+        .is_none());
+
+    let full = Config::from_json_str(
+        r#"{"crowdsec": {"lapi_url": "https://lapi.example:8080/", "api_key_file": "k",
+            "machine_id": "host-a", "password_file": "pw", "pull_interval": "2s",
+            "decision_types": ["ban", "captcha", "ban"], "ca_file": "ca.pem",
+            "cert_file": "c.pem", "key_file": "c.key", "max_decisions": 100,
+            "max_queued_alerts": 5, "danger_plain_http_remote": false}}"#,
+        &NoLists,
+    )
+    .unwrap()
+    .crowdsec
+    .unwrap();
+    assert!(full.push, "push defaults to on with a machine login");
+    assert_eq!(full.machine, Some(("host-a".into(), "pw".into())));
+    assert_eq!(full.pull_interval, Duration::from_secs(2));
+    assert_eq!(full.decision_types, ["ban", "captcha"]);
+    assert_eq!(full.client_cert, Some(("c.pem".into(), "c.key".into())));
+    assert_eq!(full.max_decisions, 100);
+}
+
+#[test]
+fn crowdsec_section_errors_carry_their_path() {
+    assert_eq!(
+        errors(r#"{"crowdsec": {"api_key_file": "k"}}"#),
+        ["crowdsec (line 1): missing field `lapi_url` (e.g. \"http://127.0.0.1:8080/\")"]
+    );
+    let text = r#"{"crowdsec": {
+  "lapi_url": "ftp://x/",
+  "api_key_file": "",
+  "push": true,
+  "pull_interval": "0s",
+  "decision_types": ["ban", "tarpit"],
+  "max_decisions": 0,
+  "cert_file": "c.pem",
+  "lapi_key": 1
+}}"#;
+    let got = errors(text);
+    let want = [
+        "crowdsec.lapi_url (line 2): \"ftp://x/\" must start with http:// or https://",
+        "crowdsec.api_key_file (line 3): is empty: give a file path or leave the field out",
+        "crowdsec.pull_interval (line 5)",
+        "crowdsec.decision_types[1] (line 6): unknown decision type \"tarpit\"",
+        "crowdsec.max_decisions (line 7): must be more than zero",
+        "crowdsec.cert_file (line 8): needs `key_file` too",
+        "crowdsec.lapi_key (line 9): unknown field `lapi_key`",
+    ];
+    for w in want {
+        assert!(got.iter().any(|g| g.starts_with(w)), "{w} not in {got:#?}");
+    }
+    assert_eq!(
+        errors(
+            r#"{"crowdsec": {"lapi_url": "http://127.0.0.1:1/", "api_key_file": "k", "push": true}}"#
+        ),
+        ["crowdsec.push (line 1): is true but no machine login is set: add `machine_id` and `password_file` (`cscli machines add NAME --password ...`), or set push to false"]
+    );
+    assert_eq!(
+        errors(
+            r#"{"crowdsec": {"lapi_url": "http://127.0.0.1:1/", "api_key_file": "k", "ca_file": "ca.pem"}}"#
+        ),
+        ["crowdsec.lapi_url (line 1): TLS files are set but the URL is http://; use https://"]
+    );
+    assert!(
+        errors(r#"{"crowdsec": {"lapi_url": "http://127.0.0.1:1/"}}"#)[0]
+            .starts_with("crowdsec (line 1): missing field `api_key_file`")
+    );
+    assert!(
+        errors(r#"{"crowdsec": {"lapi_url": "http://127.0.0.1:1/", "api_key_file": "k", "pull_interval": "2h"}}"#)[0]
+            .starts_with("crowdsec.pull_interval (line 1): must be between 1s and 1h")
+    );
 }

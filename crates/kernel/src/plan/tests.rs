@@ -492,3 +492,38 @@ fn the_established_rule_excepts_dns_of_tcp_and_udp_only() {
         }
     }
 }
+
+#[test]
+fn crowdsec_sets_drop_after_our_bans_and_the_allowlist() {
+    let json = r#"{"allow": {"ip": ["198.18.0.3"]},
+        "crowdsec": {"lapi_url": "http://127.0.0.1:8080/", "api_key_file": "k", "max_decisions": 1234}}"#;
+    let p = plan(json);
+    assert_eq!(p.crowdsec, Some(1234));
+    let s = p.ruleset_text(QueuePath::NftQueue);
+    assert!(s.contains("\tset cs4 { type ipv4_addr; flags timeout; size 1234; }\n"));
+    assert!(s.contains("\tset csr6 { type ipv6_addr; flags interval, timeout; size 1234; }\n"));
+    let input = chain(&s, "input");
+    assert_eq!(
+        input[0],
+        "ct state established,related ip saddr != @ban4 ip saddr != @cs4 ip saddr != @csr4 meta l4proto . th dport != { tcp . 53, udp . 53 } accept"
+    );
+    assert!(input[1].starts_with(
+        "ct state established,related ip6 saddr != @ban6 ip6 saddr != @cs6 ip6 saddr != @csr6 "
+    ));
+    let pos = |needle: &str| input.iter().position(|r| r.contains(needle)).unwrap();
+    for set in ["cs4", "csr4", "cs6", "csr6"] {
+        assert!(pos("iif \"lo\"") < pos(&format!("@{set} counter drop")));
+        assert!(pos("@allow4") < pos(&format!("@{set} counter drop")));
+        assert!(pos("@ban6 counter drop") < pos(&format!("@{set} counter drop")));
+        assert!(pos(&format!("@{set} counter drop")) < pos("th dport 53"));
+    }
+    let fwd = chain(&s, "forward");
+    assert!(fwd.contains(&"ip daddr @csr4 counter drop".to_string()));
+    // A bans-only daemon enforces them too.
+    let b = KernelPlan::bans_only(&config(json), &KernelOptions::default())
+        .ruleset_text(QueuePath::NftQueue);
+    assert!(chain(&b, "input").contains(&"ip6 saddr @cs6 counter drop".to_string()));
+    // Without the section: no sets, no lookups.
+    let off = plan("{}").ruleset_text(QueuePath::NftQueue);
+    assert!(!off.contains("cs4") && !off.contains("csr6"));
+}

@@ -97,6 +97,7 @@ fn known() -> Status {
             retrying: 55,
             commands_dropped: 56,
         },
+        fleet: None,
     }
 }
 
