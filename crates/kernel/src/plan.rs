@@ -607,7 +607,7 @@ impl KernelPlan {
     /// at most `max_bans` bans; the rest is room for lifted bans whose
     /// element has timed out but still takes its slot until the kernel's
     /// garbage collection runs (an unban is a 1 ms timeout; collection
-    /// every [`BAN_GC_INTERVAL_MS`], not the kernel's default second), so
+    /// every 100 ms, not the kernel's default second), so
     /// that a churn of up to ten times `max_bans` bans a second under a
     /// spoofed flood does not find the set full. Should it (a faster
     /// churn), the kernel thread resynchronises the sets.

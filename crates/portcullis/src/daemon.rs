@@ -298,10 +298,11 @@ fn serve(
                 sets: ctl.crowdsec_sets.clone(),
                 state_dir: plan.state_dir.clone(),
                 events: event_tx.clone(),
+                repairs: Arc::clone(&ctl.kernel_stats),
             })
             .context("starting fleet mode (crowdsec)")?;
-            eprintln!(
-                "portcullis: fleet mode: CrowdSec decisions from {} every {}s{}",
+            log::info!(
+                "fleet mode: CrowdSec decisions from {} every {}s{}",
                 c.lapi_url,
                 c.pull_interval.as_secs(),
                 if c.push { "; scan findings pushed" } else { "" }

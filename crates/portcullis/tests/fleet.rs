@@ -403,6 +403,15 @@ fn two_daemons() -> Result<(), Failed> {
             && st["fleet"]["last_error"].is_string(),
         || format!("B's status does not say pulls fail: {}", st["fleet"]),
     )?;
+    // Something flushes B's whole ruleset while the LAPI is down: the
+    // kernel thread puts our table back, and the CrowdSec decisions with
+    // it (from what the daemon holds, not from the LAPI).
+    f.lab.exec("hb", "nft", &["flush", "ruleset"])?;
+    let took = f.wait_set("hb", "cs4", ATK, true, Duration::from_secs(4))?;
+    println!("  CrowdSec decisions back {took:?} after nft flush ruleset");
+    check(!f.ping("atk", HB), || {
+        "the scanner reaches B after the ruleset was flushed".into()
+    })?;
     // A finding while it is down waits on disk...
     f.nmap("atk2", HA);
     f.wait_set("ha", "ban4", ATK2, true, Duration::from_secs(5))?;

@@ -44,6 +44,7 @@ use portcullis_kernel::crowdsec::CrowdsecSets;
 
 use crate::clock::now;
 use crate::control::{Answer, Request};
+use crate::kernel_thread::KernelStats;
 pub use crate::status::FleetStatus;
 use model::Model;
 use queue::{AlertQueue, Finding};
@@ -179,6 +180,10 @@ pub struct Setup {
     /// `--state-dir`: the alert queue's folder.
     pub state_dir: PathBuf,
     pub events: Sender<Event>,
+    /// The kernel thread's repairs of our rules: when it has put the table
+    /// back (after `nft flush ruleset`, say), the CrowdSec sets came back
+    /// empty and are loaded whole again at once.
+    pub repairs: Arc<KernelStats>,
 }
 
 fn resolve(base: &Path, file: &str) -> PathBuf {
@@ -246,8 +251,8 @@ pub fn spawn(setup: Setup) -> Result<Fleet> {
         None => None,
     };
     if let Some(q) = queue.as_ref().filter(|q| q.damaged > 0) {
-        eprintln!(
-            "portcullis: warning: {}: {} damaged lines skipped",
+        log::warn!(
+            "{}: {} damaged lines skipped",
             q.path().display(),
             q.damaged
         );
@@ -286,6 +291,8 @@ pub fn spawn(setup: Setup) -> Result<Fleet> {
         lost,
         startup: true,
         resync: false,
+        repairs_seen: setup.repairs.rules_restored.load(Ordering::Relaxed),
+        repairs: setup.repairs,
         failing: 0,
         push_failing: 0,
         next_pull: Instant::now(),
@@ -319,6 +326,10 @@ struct Worker {
     startup: bool,
     /// The kernel refused a change: load whole at the next pull.
     resync: bool,
+    /// The kernel thread's repairs, and how many of them the sets have
+    /// been loaded after.
+    repairs: Arc<KernelStats>,
+    repairs_seen: u64,
     failing: u64,
     push_failing: u64,
     next_pull: Instant,
@@ -359,6 +370,13 @@ impl Worker {
             }
             while let Ok(f) = self.findings.try_recv() {
                 self.queue_finding(f);
+            }
+            let repaired = self.repairs.rules_restored.load(Ordering::Relaxed);
+            if repaired != self.repairs_seen {
+                // Our table was put back without the CrowdSec decisions.
+                self.repairs_seen = repaired;
+                self.resync = true;
+                self.kernel(&model::Applied::default(), now().as_micros() / 1000);
             }
             if Instant::now() >= self.next_pull {
                 self.pull();
@@ -401,7 +419,7 @@ impl Worker {
         };
         let before = q.dropped;
         if let Err(e) = q.push(f) {
-            eprintln!("portcullis: warning: crowdsec alert queue: {e:#}");
+            log::warn!("crowdsec alert queue: {e:#}");
             self.with_status(|s| s.alerts_dropped += 1);
             return;
         }
@@ -501,7 +519,7 @@ impl Worker {
             self.event(FleetAction::PullFailed, 0, message.clone());
         }
         if self.failing == 1 {
-            eprintln!("portcullis: warning: crowdsec: {message}");
+            log::warn!("crowdsec: {message}");
         }
         let failing = self.failing;
         self.with_status(|s| {
@@ -541,7 +559,7 @@ impl Worker {
                 // Load whole next time (an element may have expired under
                 // us, or something removed our table).
                 self.resync = true;
-                eprintln!("portcullis: error: crowdsec decisions into the kernel: {e}");
+                log::error!("crowdsec decisions into the kernel: {e}");
                 self.event(
                     FleetAction::KernelFailed,
                     0,
@@ -567,16 +585,14 @@ impl Worker {
                 Ok(_) => {
                     pushed += 1;
                     if let Err(e) = q.pop_pushed() {
-                        eprintln!("portcullis: warning: crowdsec alert queue: {e:#}");
+                        log::warn!("crowdsec alert queue: {e:#}");
                     }
                 }
                 Err(CrowdsecError::AlertRejected { status, message }) => {
                     // It would never go through: drop it, say so.
                     dropped += 1;
                     let _ = q.pop_pushed();
-                    eprintln!(
-                        "portcullis: warning: crowdsec refused an alert (HTTP {status}): {message}"
-                    );
+                    log::warn!("crowdsec refused an alert (HTTP {status}): {message}");
                 }
                 Err(e) => {
                     failure = Some(e.to_string());
