@@ -1142,6 +1142,9 @@ impl Engine {
                         suppressed: SuppressedInfo {
                             drop: self.suppressed_drop,
                             dns: self.suppressed_dns,
+                            scan: 0,
+                            ban: 0,
+                            unban: 0,
                             since,
                         },
                     }),

@@ -377,7 +377,19 @@ fn is_true(b: &bool) -> bool {
 pub struct SuppressedInfo {
     pub drop: u64,
     pub dns: u64,
+    /// `scan`, `ban` and `unban` events a live daemon held back (its own
+    /// limit; written only when not zero).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub scan: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ban: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unban: u64,
     pub since: Timestamp,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `queue.fate`: what became of packets the queue could not take.
@@ -1030,13 +1042,24 @@ impl fmt::Display for Event {
             }
             Body::Suppressed(e) => {
                 let s = &e.suppressed;
-                write!(
-                    f,
-                    "[SUPPRESSED] rate limit held back {} drop and {} dns events since {}",
-                    s.drop,
-                    s.dns,
-                    rfc3339(s.since)
-                )
+                if s.scan + s.ban + s.unban > 0 {
+                    write!(
+                        f,
+                        "[SUPPRESSED] rate limit held back {} scan, {} ban and {} unban events since {} (every ban still reached the kernel)",
+                        s.scan,
+                        s.ban,
+                        s.unban,
+                        rfc3339(s.since)
+                    )
+                } else {
+                    write!(
+                        f,
+                        "[SUPPRESSED] rate limit held back {} drop and {} dns events since {}",
+                        s.drop,
+                        s.dns,
+                        rfc3339(s.since)
+                    )
+                }
             }
         }
     }

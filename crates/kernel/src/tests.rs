@@ -437,7 +437,7 @@ fn kernel_and_permission_errors_are_explained() {
         .unwrap();
     assert!(install
         .1
-        .contains("\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tsize 32768\n\t\tgc-interval 100ms\n\t}\n"));
+        .contains("\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tsize 66560\n\t\tgc-interval 100ms\n\t}\n"));
 
     // Long stderr (nft quotes the input line) is cut.
     let e = runner::failure("nft", &["-f", "-"], "exit status: 1", &"x".repeat(100_000));

@@ -18,6 +18,7 @@ use crate::cli::{Cli, Command};
 use crate::control::Request;
 use crate::plan::RunPlan;
 
+mod alert_limit;
 mod cleanup;
 mod cli;
 mod client;

@@ -317,7 +317,7 @@ pub fn render(s: &Status) -> String {
     e.family(
         "portcullis_events_suppressed_total",
         Kind::Counter,
-        "Drop and dns events held back by the rate limit.",
+        "Events held back by the rate limits (drop and dns; scan, ban and unban in a live daemon, whose bans still reach the kernel).",
         [plain(p.events_suppressed)],
     );
     e.family(

@@ -33,6 +33,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use portcullis_engine::events::{Body, Event, PacketSourceEvent, SourceInfo, SourceState};
 use portcullis_engine::Engine;
 
+use crate::alert_limit::AlertLimiter;
 use crate::clock::now;
 use crate::config::DaemonConfig;
 use crate::control::{Answer, Pending, Request};
@@ -106,6 +107,8 @@ pub struct PacketLoop<'a> {
     commands_dropped: u64,
     /// The latest scan events, for `top`.
     scans: RecentScans,
+    /// The limit on `scan`, `ban` and `unban` events.
+    alerts: AlertLimiter,
     last_tick: Instant,
     last_stats: Option<Instant>,
     /// WatchdogSec= in the unit: how often to prove the loop turns.
@@ -123,7 +126,9 @@ impl<'a> PacketLoop<'a> {
         info: Info,
         config: DaemonConfig,
     ) -> Self {
+        let alerts = AlertLimiter::new(engine.config().events.max_events_per_second);
         Self {
+            alerts,
             engine,
             path,
             wiring,
@@ -347,6 +352,7 @@ impl<'a> PacketLoop<'a> {
             mut dropped_events,
             mut commands_dropped,
             mut scans,
+            mut alerts,
             ..
         } = self;
         let _ = wiring.notify.stopping();
@@ -363,6 +369,7 @@ impl<'a> PacketLoop<'a> {
             info.bans_enforced,
             &mut lost,
             &mut scans,
+            &mut alerts,
         );
         // The kernel thread's answers to the last bans: a moment for them.
         let deadline = Instant::now() + FINISH_WAIT;
@@ -392,6 +399,7 @@ impl<'a> PacketLoop<'a> {
             self.info.bans_enforced,
             &mut lost,
             &mut self.scans,
+            &mut self.alerts,
         );
     }
 
@@ -419,7 +427,11 @@ impl<'a> PacketLoop<'a> {
             uptime_seconds: info.started.elapsed().as_secs(),
             config: info.config.clone(),
             kernel_path: info.kernel_path.clone(),
-            packets: PacketCounters::from(engine.counters()),
+            packets: PacketCounters {
+                // The engine's limit (drop, dns) and ours (scan, ban, unban).
+                events_suppressed: engine.counters().events_suppressed + self.alerts.total,
+                ..PacketCounters::from(engine.counters())
+            },
             queue: None,
             observed: None,
             capture: Vec::new(),
@@ -484,11 +496,26 @@ fn forward(
     enforced: bool,
     lost: &mut Lost<'_>,
     scans: &mut RecentScans,
+    alerts: &mut AlertLimiter,
 ) {
-    let mut out: Vec<Event> = wiring.reports.try_iter().collect();
+    let t = now();
+    alerts.set_rate(engine.config().events.max_events_per_second);
+    // The kernel thread's reports: the `ban` events of the engine's bans
+    // (already let through below) with the kernel's answer, and its own:
+    // a ban the kernel took on a later try, which the limit sees now.
+    let mut out: Vec<Event> = wiring
+        .reports
+        .try_iter()
+        .filter(|ev| {
+            let late = matches!(&ev.body, Body::Ban(e) if e.ban.attempts.is_some());
+            !late || alerts.admit(ev, t)
+        })
+        .collect();
     let events: Vec<Event> = engine.drain_events().collect();
     for mut ev in events {
         scans.record(&ev);
+        // Held back or not, every ban and unban reaches the kernel.
+        let write = alerts.admit(&ev, t);
         match &mut ev.body {
             Body::Ban(e) => {
                 e.ban.enforced = enforced;
@@ -497,20 +524,17 @@ fn forward(
                     let cmd = KernelCmd::Ban {
                         ban: b,
                         ack: None,
-                        event: Some(Box::new(ev)),
+                        event: write.then(|| Box::new(ev.clone())),
                     };
                     match wiring.kernel.try_send(cmd) {
                         Ok(()) => continue,
                         Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => {
                             *lost.commands += 1;
                             log::error!("a ban was not handed to the kernel: {KERNEL_BUSY}");
-                            let KernelCmd::Ban {
-                                event: Some(back), ..
-                            } = c
-                            else {
+                            if !write {
                                 continue;
-                            };
-                            ev = *back;
+                            }
+                            drop(c);
                             if let Body::Ban(e) = &mut ev.body {
                                 e.ban.enforced = false;
                                 e.ban.error = Some(KERNEL_BUSY.to_owned());
@@ -547,8 +571,11 @@ fn forward(
             }
             _ => {}
         }
-        out.push(ev);
+        if write {
+            out.push(ev);
+        }
     }
+    out.extend(alerts.report(t));
     for ev in out {
         if let Err(TrySendError::Full(_)) = wiring.events.try_send(ev) {
             *lost.events += 1;

@@ -187,17 +187,17 @@ fn set_contents_are_merged_and_ipv6_kept_apart() {
     assert_eq!(elements(&s, "block_proto"), "47");
     assert_eq!(elements(&s, "queue_proto"), "");
     assert!(s.contains(
-        "\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tsize 32768\n\t\tgc-interval 100ms\n\t\tcounter\n\t}\n"
+        "\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tsize 66560\n\t\tgc-interval 100ms\n\t\tcounter\n\t}\n"
     ));
     assert!(s.contains(
-        "\tset ban6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tsize 32768\n\t\tgc-interval 100ms\n\t\tcounter\n\t}\n"
+        "\tset ban6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tsize 66560\n\t\tgc-interval 100ms\n\t\tcounter\n\t}\n"
     ));
     assert!(s.contains("\tset block_tcp {\n\t\ttype inet_service\n\t\tflags interval\n"));
     assert!(s.contains("\tset block_proto {\n\t\ttype inet_proto\n\t\telements"));
     // Without per-element counters.
     let s = p.render(QueuePath::IptablesNfqueue, false);
     assert!(
-        s.contains("\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tsize 32768\n\t\tgc-interval 100ms\n\t}\n")
+        s.contains("\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tsize 66560\n\t\tgc-interval 100ms\n\t}\n")
     );
 }
 
