@@ -242,21 +242,8 @@ impl CrowdsecSets {
     /// Elements in the address sets now (`nft -j list set`, two calls):
     /// for tests and benchmarks.
     pub fn addresses(&self) -> Result<Vec<crate::BanEntry>, KernelError> {
-        let mut out = Vec::new();
-        for set in ["cs4", "cs6"] {
-            let args = ["-j", "list", "set", "inet", TABLE, set];
-            let json = run(self.runner.as_ref(), "nft", &args, None)?;
-            let entries =
-                crate::nft::parse_ban_set(&json).map_err(|detail| KernelError::Output {
-                    command: format!("nft {}", args.join(" ")),
-                    detail,
-                })?;
-            out.extend(
-                entries
-                    .into_iter()
-                    .filter(|b| b.timeout != Some(Duration::ZERO)),
-            );
-        }
+        let mut out = crate::list_timed_set(self.runner.as_ref(), "cs4")?;
+        out.extend(crate::list_timed_set(self.runner.as_ref(), "cs6")?);
         Ok(out)
     }
 

@@ -518,23 +518,8 @@ impl Firewall {
     /// The bans in the kernel, with time left and (with per-element
     /// counters) what they dropped. Two `nft -j list set` calls.
     pub fn bans(&self) -> Result<Vec<BanEntry>, KernelError> {
-        let mut out = Vec::new();
-        for set in ["ban4", "ban6"] {
-            let args = ["-j", "list", "set", "inet", TABLE, set];
-            let json = run(self.runner.as_ref(), "nft", &args, None)?;
-            let entries = nft::parse_ban_set(&json).map_err(|detail| KernelError::Output {
-                command: format!("nft {}", args.join(" ")),
-                detail,
-            })?;
-            // `unban` re-adds an element with a 1 ms timeout; the kernel no
-            // longer matches it but lists it until its garbage collection
-            // runs. Its timeout reads as 0 s; every real ban has >= 1 s.
-            out.extend(
-                entries
-                    .into_iter()
-                    .filter(|b| b.timeout != Some(Duration::ZERO)),
-            );
-        }
+        let mut out = list_timed_set(self.runner.as_ref(), "ban4")?;
+        out.extend(list_timed_set(self.runner.as_ref(), "ban6")?);
         Ok(out)
     }
 
@@ -610,6 +595,24 @@ fn install_iptables(runner: &dyn Runner, a: &Applied) -> Result<(), KernelError>
         run(runner, fam.restore(), &["-w", "--noflush"], Some(&script))?;
     }
     Ok(())
+}
+
+/// The live elements of our address set `set` (`ban4`, `cs6`, ...) with
+/// their timeouts and counters. A lifted element (re-added with a 1 ms
+/// timeout) is no longer matched but listed until the kernel's garbage
+/// collection; its timeout reads as 0 s (every real one has >= 1 s), so it
+/// is left out.
+pub(crate) fn list_timed_set(runner: &dyn Runner, set: &str) -> Result<Vec<BanEntry>, KernelError> {
+    let args = ["-j", "list", "set", "inet", TABLE, set];
+    let json = run(runner, "nft", &args, None)?;
+    let entries = nft::parse_ban_set(&json).map_err(|detail| KernelError::Output {
+        command: format!("nft {}", args.join(" ")),
+        detail,
+    })?;
+    Ok(entries
+        .into_iter()
+        .filter(|b| b.timeout != Some(Duration::ZERO))
+        .collect())
 }
 
 /// Removes our iptables objects in both families; true if any existed.
