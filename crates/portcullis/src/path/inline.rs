@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use portcullis_engine::config::{BlockedDnsResponse, Config};
@@ -44,6 +44,11 @@ const LOG_BATCH: usize = 1024;
 /// connections, whole DNS queries).
 const LOG_COPY_RANGE: u32 = 512;
 
+/// While held packets keep the loop busy, how often the NFLOG socket is
+/// read at most (see [`InlinePath::step`]'s comment); an idle loop reads it
+/// as soon as poll says it has something.
+const OBSERVE_EVERY: Duration = Duration::from_millis(1);
+
 /// The NFLOG socket's flush timeout, in 1/100 s: an observed packet waits
 /// at most this long for its batch (the scan detector's ban latency).
 const LOG_FLUSH_CENTIS: u32 = 1;
@@ -69,6 +74,9 @@ pub struct InlinePath {
     overruns: u64,
     /// NXDOMAIN answers that could not be built or sent.
     dns_answers_failed: u64,
+    /// While the queue keeps the loop busy, the NFLOG socket is read no
+    /// earlier than this (it waits for poll otherwise).
+    next_observe: Instant,
 }
 
 impl InlinePath {
@@ -109,6 +117,7 @@ impl InlinePath {
             seen: QueueDrops::default(),
             overruns: 0,
             dns_answers_failed: 0,
+            next_observe: Instant::now(),
         })
     }
 }
@@ -128,10 +137,27 @@ impl PacketPath for InlinePath {
 
     fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<(), SourceFailure> {
         // Neither source may starve the other: read what each has without
-        // waiting, and wait on both only when both were empty.
-        let mut n = self.observe(engine)? + self.hold(engine, Duration::ZERO)?;
-        if n == 0 && self.wait_either(wait)? {
-            n = self.observe(engine)? + self.hold(engine, Duration::ZERO)?;
+        // waiting, and wait on both only when both were empty. The kernel
+        // sends the NFLOG group's copies in batches (`queue-threshold`, a
+        // 10 ms flush timeout), so while held packets keep the loop busy
+        // its socket is read at most every OBSERVE_EVERY rather than at
+        // every step: a read that finds nothing costs a poll and a
+        // recvmmsg, as much as the verdict of a held packet.
+        let t = Instant::now();
+        let mut n = 0;
+        if t >= self.next_observe {
+            self.next_observe = t + OBSERVE_EVERY;
+            n += self.observe(engine)?;
+        }
+        n += self.hold(engine, Duration::ZERO)?;
+        if n == 0 {
+            let (log_ready, queue_ready) = self.wait_either(wait)?;
+            if log_ready {
+                n += self.observe(engine)?;
+            }
+            if queue_ready {
+                n += self.hold(engine, Duration::ZERO)?;
+            }
         }
         if n > 0 {
             engine.flush_due();
@@ -286,20 +312,30 @@ impl InlinePath {
 
     /// Waits up to `wait` for the log or the queue to have something;
     /// false on timeout (or a signal). With both closed, sleeps `wait`.
-    fn wait_either(&self, wait: Duration) -> Result<bool, SourceFailure> {
+    /// Waits up to `wait` until the NFLOG or the NFQUEUE socket has
+    /// something (or an error) to read: (log ready, queue ready).
+    fn wait_either(&self, wait: Duration) -> Result<(bool, bool), SourceFailure> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
-        let mut fds: Vec<PollFd<'_>> = [
-            self.log.as_ref().map(Log::raw_fd),
-            self.queue.as_ref().map(Queue::raw_fd),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
-        .collect();
+        let log = self.log.as_ref().map(Log::raw_fd);
+        let queue = self.queue.as_ref().map(Queue::raw_fd);
+        let mut fds: Vec<PollFd<'_>> = [log, queue]
+            .into_iter()
+            .flatten()
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+            .collect();
+        // Readable, or an error the next read reports (and the loop then
+        // handles as the source's failure).
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
         match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(n) => Ok(n > 0),
-            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Ok(0) => Ok((false, false)),
+            Ok(_) => {
+                let mut it = fds.iter();
+                let log_ready = log.is_some() && it.next().is_some_and(ready);
+                let queue_ready = queue.is_some() && it.next().is_some_and(ready);
+                Ok((log_ready, queue_ready))
+            }
+            Err(nix::errno::Errno::EINTR) => Ok((false, false)),
             // Not one socket's fault: nothing to close, retried at the
             // next step (the loop backs off).
             Err(e) => Err(SourceFailure::new(
