@@ -44,10 +44,10 @@ const LOG_BATCH: usize = 1024;
 /// connections, whole DNS queries).
 const LOG_COPY_RANGE: u32 = 512;
 
-/// While held packets keep the loop busy, how often the NFLOG socket is
-/// read at most (see [`InlinePath::step`]'s comment); an idle loop reads it
-/// as soon as poll says it has something.
-const OBSERVE_EVERY: Duration = Duration::from_millis(1);
+/// While one socket keeps the loop busy, how often the other, idle one is
+/// read at most (see `InlinePath::step`); when both are idle, poll says
+/// which one has something.
+const READ_IDLE_EVERY: Duration = Duration::from_millis(1);
 
 /// The NFLOG socket's flush timeout, in 1/100 s: an observed packet waits
 /// at most this long for its batch (the scan detector's ban latency).
@@ -74,9 +74,14 @@ pub struct InlinePath {
     overruns: u64,
     /// NXDOMAIN answers that could not be built or sent.
     dns_answers_failed: u64,
-    /// While the queue keeps the loop busy, the NFLOG socket is read no
-    /// earlier than this (it waits for poll otherwise).
+    /// While the other socket keeps the loop busy, each socket is read
+    /// no earlier than this, unless its last read found something (poll
+    /// tells when both are idle).
     next_observe: Instant,
+    next_hold: Instant,
+    /// The last read of the socket found something.
+    log_busy: bool,
+    queue_busy: bool,
 }
 
 impl InlinePath {
@@ -118,6 +123,9 @@ impl InlinePath {
             overruns: 0,
             dns_answers_failed: 0,
             next_observe: Instant::now(),
+            next_hold: Instant::now(),
+            log_busy: false,
+            queue_busy: false,
         })
     }
 }
@@ -137,26 +145,38 @@ impl PacketPath for InlinePath {
 
     fn step(&mut self, engine: &mut Engine, wait: Duration) -> Result<(), SourceFailure> {
         // Neither source may starve the other: read what each has without
-        // waiting, and wait on both only when both were empty. The kernel
-        // sends the NFLOG group's copies in batches (`queue-threshold`, a
-        // 10 ms flush timeout), so while held packets keep the loop busy
-        // its socket is read at most every OBSERVE_EVERY rather than at
-        // every step: a read that finds nothing costs a poll and a
-        // recvmmsg, as much as the verdict of a held packet.
+        // waiting, and wait on both only when both were empty. A read that
+        // finds nothing costs a syscall or two, as much as handling a
+        // packet: while one socket keeps the loop busy, the other one is
+        // read only if its last read found something, or at most every
+        // READ_IDLE_EVERY (the kernel sends NFLOG copies in batches anyway:
+        // `queue-threshold`, a 10 ms flush timeout). A held packet then
+        // waits at most that long behind a burst of observed ones.
         let t = Instant::now();
         let mut n = 0;
-        if t >= self.next_observe {
-            self.next_observe = t + OBSERVE_EVERY;
-            n += self.observe(engine)?;
+        if self.log_busy || t >= self.next_observe {
+            self.next_observe = t + READ_IDLE_EVERY;
+            let k = self.observe(engine)?;
+            self.log_busy = k > 0;
+            n += k;
         }
-        n += self.hold(engine, Duration::ZERO)?;
+        if self.queue_busy || t >= self.next_hold {
+            self.next_hold = t + READ_IDLE_EVERY;
+            let k = self.hold(engine, Duration::ZERO)?;
+            self.queue_busy = k > 0;
+            n += k;
+        }
         if n == 0 {
             let (log_ready, queue_ready) = self.wait_either(wait)?;
             if log_ready {
-                n += self.observe(engine)?;
+                let k = self.observe(engine)?;
+                self.log_busy = k > 0;
+                n += k;
             }
             if queue_ready {
-                n += self.hold(engine, Duration::ZERO)?;
+                let k = self.hold(engine, Duration::ZERO)?;
+                self.queue_busy = k > 0;
+                n += k;
             }
         }
         if n > 0 {
