@@ -672,6 +672,140 @@ pub fn protected_nets(protect: &[IpNet], peers: &[(IpAddr, String)]) -> Vec<IpNe
 mod tests {
     use super::*;
 
+    /// A scripted LAPI on 127.0.0.1: answers each request with the next
+    /// body (HTTP 200), then closes.
+    fn lapi(bodies: Vec<String>) -> (String, std::thread::JoinHandle<()>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            for body in bodies {
+                let (stream, _) = listener.accept().unwrap();
+                let mut r = BufReader::new(stream);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap() > 0 && line.trim() != "" {
+                    line.clear();
+                }
+                let _ = write!(
+                    r.into_inner(),
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, h)
+    }
+
+    fn worker(url: String) -> (Worker, Receiver<Event>) {
+        let client = ClientConfig::new(url);
+        let (events, ev_rx) = crossbeam_channel::bounded(64);
+        let (_tx, findings) = crossbeam_channel::bounded(1);
+        let repairs = Arc::new(KernelStats::default());
+        let w = Worker {
+            interval: Duration::from_secs(1),
+            bouncer: Bouncer::new(&client, "key".to_owned()).unwrap(),
+            watcher: None,
+            queue: None,
+            sets: None,
+            model: Arc::new(Mutex::new(Model::new(
+                100,
+                vec![DecisionKind::Ban],
+                Vec::new(),
+            ))),
+            status: Arc::new(Mutex::new(FleetStatus::default())),
+            events,
+            findings,
+            lost: Arc::new(AtomicU64::new(0)),
+            startup: true,
+            resync: false,
+            repairs_seen: 0,
+            repairs,
+            failing: 0,
+            push_failing: 0,
+            next_pull: Instant::now(),
+            next_push: Instant::now(),
+            last_ok: None,
+        };
+        (w, ev_rx)
+    }
+
+    fn decision(id: u32, value: &str, scope: &str) -> String {
+        format!(
+            r#"{{"duration":"1h","id":{id},"origin":"cscli","scenario":"manual","scope":"{scope}","type":"ban","value":"{value}"}}"#
+        )
+    }
+
+    /// Issue 10, item 3: a malformed or hostile answer is refused with a
+    /// `fleet` event and lifts nothing; bad items are refused one by one
+    /// while the good ones of the same answer are taken.
+    #[test]
+    fn a_malformed_answer_is_rejected_and_lifts_nothing() {
+        let good = format!(
+            r#"{{"new":[{},{}],"deleted":null}}"#,
+            decision(1, "198.18.50.1", "Ip"),
+            decision(2, "198.18.60.0/24", "Range")
+        );
+        let bodies = vec![
+            good,
+            // Not a stream: wrong types everywhere.
+            r#"{"new": 42, "deleted": "everything"}"#.to_owned(),
+            // Not JSON at all.
+            "<html>502 Bad Gateway</html>".to_owned(),
+            // One bad CIDR, one bad scope, one good new decision, and a
+            // deletion of something never held.
+            format!(
+                r#"{{"new":[{},{},{}],"deleted":[{}]}}"#,
+                decision(3, "198.18.70.0/99", "Range"),
+                decision(4, "198.18.80.1", "Country"),
+                decision(5, "198.18.90.1", "Ip"),
+                decision(6, "198.18.99.99", "Ip")
+            ),
+        ];
+        let (url, server) = lapi(bodies);
+        let (mut w, events) = worker(url);
+        let held = |w: &Worker, a: &str| {
+            !w.model
+                .lock()
+                .unwrap()
+                .lookup(a.parse().unwrap())
+                .is_empty()
+        };
+        w.pull();
+        assert!(held(&w, "198.18.50.1") && held(&w, "198.18.60.7"));
+        assert_eq!(w.model.lock().unwrap().len(), 2);
+        let actions = |rx: &Receiver<Event>| -> Vec<FleetAction> {
+            rx.try_iter()
+                .filter_map(|e| match e.body {
+                    Body::Fleet(f) => Some(f.fleet.action),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(actions(&events), [FleetAction::Loaded]);
+        // The two broken answers: refused whole, with an event each;
+        // nothing held is lifted.
+        for _ in 0..2 {
+            w.pull();
+            assert_eq!(actions(&events), [FleetAction::Rejected]);
+            assert!(held(&w, "198.18.50.1") && held(&w, "198.18.60.7"));
+            assert_eq!(w.model.lock().unwrap().len(), 2);
+        }
+        assert_eq!(w.status.lock().unwrap().answers_rejected, 2);
+        // The next answer: the good item is taken, the bad ones refused
+        // and counted, the unknown deletion a no-op.
+        w.pull();
+        assert!(
+            held(&w, "198.18.90.1"),
+            "the good decision of a mixed answer"
+        );
+        assert!(!held(&w, "198.18.70.1") && !held(&w, "198.18.80.1"));
+        assert!(held(&w, "198.18.50.1") && held(&w, "198.18.60.7"));
+        let a = actions(&events);
+        assert!(a.contains(&FleetAction::Rejected), "{a:?}");
+        assert!(a.contains(&FleetAction::Recovered), "{a:?}");
+        server.join().unwrap();
+    }
+
     #[test]
     fn backoff_doubles_up_to_five_minutes() {
         let i = Duration::from_secs(10);
