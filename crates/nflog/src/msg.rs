@@ -19,27 +19,18 @@
 
 use std::ops::Range;
 
-// ---- netlink -------------------------------------------------------------
+// ---- netlink (framing shared with NFQUEUE: portcullis-netlink) ---------
 
-pub(crate) const NLMSG_HDRLEN: usize = 16;
-pub(crate) const NLMSG_NOOP: u16 = 1;
-pub(crate) const NLMSG_ERROR: u16 = 2;
-pub(crate) const NLMSG_DONE: u16 = 3;
-pub(crate) const NLMSG_OVERRUN: u16 = 4;
-
-pub(crate) const NLM_F_REQUEST: u16 = 0x1;
-pub(crate) const NLM_F_ACK: u16 = 0x4;
-
-const NLA_HDRLEN: usize = 4;
-/// `nla_type` carries two flag bits (nested, net byte order) above the type.
-const NLA_TYPE_MASK: u16 = 0x3fff;
+pub use portcullis_netlink::DecodeError;
+pub(crate) use portcullis_netlink::{
+    align4, error_code, error_request_seq, u16_be, u64_be, Attrs, NlMsgs, AF_UNSPEC, NFGENMSG_LEN,
+    NFNETLINK_V0, NLA_HDRLEN, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK,
+    NLM_F_REQUEST,
+};
 
 // ---- nfnetlink -----------------------------------------------------------
 
-const NFGENMSG_LEN: usize = 4;
-const NFNETLINK_V0: u8 = 0;
 const NFNL_SUBSYS_ULOG: u16 = 4;
-const AF_UNSPEC: u8 = 0;
 
 pub(crate) const NFULNL_MSG_PACKET: u16 = NFNL_SUBSYS_ULOG << 8;
 pub(crate) const NFULNL_MSG_CONFIG: u16 = (NFNL_SUBSYS_ULOG << 8) | 1;
@@ -80,11 +71,6 @@ pub(crate) const NFULNL_CFG_F_SEQ_GLOBAL: u16 = 2;
 /// NLA_HDRLEN`): the payload must fit a 16-bit attribute length.
 pub const MAX_COPY_RANGE: u32 = 0xffff - NLA_HDRLEN as u32;
 
-/// Round up to the 4-byte netlink alignment.
-pub(crate) const fn align4(len: usize) -> usize {
-    (len + 3) & !3
-}
-
 /// The netfilter hook a packet was logged from (`nfulnl_msg_packet_hdr.hook`).
 ///
 /// An open enum: a hook number this crate does not know is a value, not an
@@ -118,182 +104,7 @@ impl From<u8> for Hook {
     }
 }
 
-/// Why a netlink message could not be decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// The buffer ends before the header or attribute it announces.
-    #[error("netlink message truncated")]
-    Truncated,
-    /// A length field is smaller than its own header or larger than the buffer.
-    #[error("netlink length field out of range")]
-    BadLength,
-    /// Not an nfnetlink_log packet message.
-    #[error("not an NFULNL_MSG_PACKET message (type {0:#06x})")]
-    NotPacket(u16),
-    /// A packet message without `NFULA_PACKET_HDR`.
-    #[error("packet message without NFULA_PACKET_HDR")]
-    MissingPacketHeader,
-    /// An attribute whose value has the wrong size.
-    #[error("attribute {0} has a wrong size")]
-    BadAttribute(u16),
-}
-
 // ---- decoding ------------------------------------------------------------
-
-/// One netlink message, borrowed from the receive buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NlMsg<'a> {
-    pub ty: u16,
-    /// Everything after the 16-byte `nlmsghdr`.
-    pub payload: &'a [u8],
-}
-
-fn u16_ne(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-fn u32_ne(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn u16_be(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-fn u32_be(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn u64_be(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-/// Iterator over the netlink messages in one datagram. A framing error
-/// (a length that does not fit) is yielded once, with whatever bytes
-/// follow the bad header (for salvaging), and ends the iteration: nothing
-/// after it can be found again.
-#[derive(Debug)]
-pub(crate) struct NlMsgs<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> NlMsgs<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
-        NlMsgs { buf, pos: 0 }
-    }
-}
-
-/// A message whose framing is broken: its type (if readable) and the bytes
-/// after its header, up to the end of the datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BrokenMsg<'a> {
-    pub error: DecodeError,
-    pub ty: Option<u16>,
-    pub rest: &'a [u8],
-}
-
-impl<'a> Iterator for NlMsgs<'a> {
-    type Item = Result<NlMsg<'a>, BrokenMsg<'a>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let rest = self.buf.get(self.pos..)?;
-        if rest.is_empty() {
-            return None;
-        }
-        let start = self.pos;
-        // Any error ends the iteration.
-        self.pos = self.buf.len();
-        let ty = u16_ne(rest, 4);
-        let broken = |error| BrokenMsg {
-            error,
-            ty,
-            rest: rest.get(NLMSG_HDRLEN..).unwrap_or_default(),
-        };
-        let (Some(len), Some(ty)) = (u32_ne(rest, 0), ty) else {
-            return Some(Err(broken(DecodeError::Truncated)));
-        };
-        if rest.len() < NLMSG_HDRLEN {
-            return Some(Err(broken(DecodeError::Truncated)));
-        }
-        let len = len as usize;
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return Some(Err(broken(DecodeError::BadLength)));
-        }
-        self.pos = start + align4(len).min(rest.len());
-        Some(Ok(NlMsg {
-            ty,
-            payload: &rest[NLMSG_HDRLEN..len],
-        }))
-    }
-}
-
-/// The error code of an `NLMSG_ERROR` payload (`struct nlmsgerr`): 0 is an
-/// acknowledgement, a negative value is `-errno`.
-pub(crate) fn error_code(payload: &[u8]) -> Result<i32, DecodeError> {
-    u32_ne(payload, 0)
-        .map(|v| v as i32)
-        .ok_or(DecodeError::Truncated)
-}
-
-/// The sequence number of the request an `NLMSG_ERROR` answers (from the
-/// echoed `nlmsghdr` in `struct nlmsgerr`).
-pub(crate) fn error_request_seq(payload: &[u8]) -> Option<u32> {
-    u32_ne(payload, 4 + 8)
-}
-
-/// One attribute: type (flag bits stripped) and value.
-#[derive(Debug, Clone, Copy)]
-struct Attr<'a> {
-    ty: u16,
-    value: &'a [u8],
-    /// Offset of `value` within the buffer given to [`Attrs::new`].
-    value_offset: usize,
-}
-
-/// Iterator over a run of attributes. Stops after the first error. The last
-/// attribute may lack its padding.
-#[derive(Debug)]
-struct Attrs<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Attrs<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Attrs { buf, pos: 0 }
-    }
-}
-
-impl<'a> Iterator for Attrs<'a> {
-    type Item = Result<Attr<'a>, DecodeError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let rest = self.buf.get(self.pos..)?;
-        // Trailing bytes shorter than an attribute header are padding.
-        if rest.len() < NLA_HDRLEN {
-            return None;
-        }
-        let start = self.pos;
-        self.pos = self.buf.len();
-        let (Some(len), Some(ty)) = (u16_ne(rest, 0), u16_ne(rest, 2)) else {
-            return Some(Err(DecodeError::Truncated));
-        };
-        let len = usize::from(len);
-        if len < NLA_HDRLEN || len > rest.len() {
-            return Some(Err(DecodeError::BadLength));
-        }
-        self.pos = start + align4(len).min(rest.len());
-        Some(Ok(Attr {
-            ty: ty & NLA_TYPE_MASK,
-            value: &rest[NLA_HDRLEN..len],
-            value_offset: start + NLA_HDRLEN,
-        }))
-    }
-}
-
-fn attr_u32(a: &Attr<'_>) -> Result<u32, DecodeError> {
-    if a.value.len() != 4 {
-        return Err(DecodeError::BadAttribute(a.ty));
-    }
-    u32_be(a.value, 0).ok_or(DecodeError::BadAttribute(a.ty))
-}
 
 /// A decoded `NFULNL_MSG_PACKET`, with the byte fields as ranges into the
 /// message payload given to [`decode_packet`].
@@ -357,15 +168,15 @@ pub(crate) fn decode_packet(msg: &[u8]) -> Result<PacketMeta, DecodeError> {
                 meta.hook = Hook::from(hook);
                 have_hdr = true;
             }
-            NFULA_MARK => meta.mark = attr_u32(&a)?,
-            NFULA_IFINDEX_INDEV => meta.indev = Some(attr_u32(&a)?),
-            NFULA_IFINDEX_OUTDEV => meta.outdev = Some(attr_u32(&a)?),
-            NFULA_IFINDEX_PHYSINDEV => meta.phys_indev = Some(attr_u32(&a)?),
-            NFULA_IFINDEX_PHYSOUTDEV => meta.phys_outdev = Some(attr_u32(&a)?),
-            NFULA_UID => meta.uid = Some(attr_u32(&a)?),
-            NFULA_GID => meta.gid = Some(attr_u32(&a)?),
-            NFULA_SEQ => meta.seq = Some(attr_u32(&a)?),
-            NFULA_SEQ_GLOBAL => meta.seq_global = Some(attr_u32(&a)?),
+            NFULA_MARK => meta.mark = a.u32()?,
+            NFULA_IFINDEX_INDEV => meta.indev = Some(a.u32()?),
+            NFULA_IFINDEX_OUTDEV => meta.outdev = Some(a.u32()?),
+            NFULA_IFINDEX_PHYSINDEV => meta.phys_indev = Some(a.u32()?),
+            NFULA_IFINDEX_PHYSOUTDEV => meta.phys_outdev = Some(a.u32()?),
+            NFULA_UID => meta.uid = Some(a.u32()?),
+            NFULA_GID => meta.gid = Some(a.u32()?),
+            NFULA_SEQ => meta.seq = Some(a.u32()?),
+            NFULA_SEQ_GLOBAL => meta.seq_global = Some(a.u32()?),
             NFULA_TIMESTAMP => {
                 // struct nfulnl_msg_packet_timestamp: be64 sec, be64 usec.
                 let (Some(sec), Some(usec)) = (u64_be(a.value, 0), u64_be(a.value, 8)) else {
@@ -409,7 +220,7 @@ pub(crate) fn salvage_seq(msg: &[u8]) -> Option<u32> {
     Attrs::new(attrs)
         .map_while(Result::ok)
         .find(|a| a.ty == NFULA_SEQ)
-        .and_then(|a| attr_u32(&a).ok())
+        .and_then(|a| a.u32().ok())
 }
 
 // ---- encoding ------------------------------------------------------------

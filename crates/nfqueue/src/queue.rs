@@ -261,7 +261,7 @@ impl State {
                     self.counters.malformed += 1;
                     if truncated {
                         if let Some(id) = buf
-                            .get(msg::NLMSG_HDRLEN..)
+                            .get(portcullis_netlink::NLMSG_HDRLEN..)
                             .and_then(msg::salvage_packet_id)
                         {
                             self.accept_unseen(id);
@@ -452,7 +452,7 @@ impl Queue {
             };
             let mut answer = None;
             for m in NlMsgs::new(&self.rx[..n]) {
-                let m = m?;
+                let m = m.map_err(DecodeError::from)?;
                 match m.ty {
                     NLMSG_ERROR if msg::error_request_seq(m.payload) == Some(seq) => {
                         answer = Some(msg::error_code(m.payload)?);

@@ -144,7 +144,7 @@ fn a_malformed_packet_is_counted_skipped_and_not_lost() {
     // readable, between two good ones.
     let mut bad = seq_packet(Some(1));
     // Retype NFULA_PACKET_HDR (the first attribute) to an unknown type.
-    let at = crate::msg::NLMSG_HDRLEN + 4 + 2;
+    let at = portcullis_netlink::NLMSG_HDRLEN + 4 + 2;
     bad[at..at + 2].copy_from_slice(&200u16.to_ne_bytes());
     let d = concat(&[&seq_packet(Some(0)), &bad, &seq_packet(Some(2))]);
     let (st, seen) = ingest_all(&[&d]);

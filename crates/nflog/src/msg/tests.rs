@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::fixtures::{DGRAM_PING4, DGRAM_THREE};
+use portcullis_netlink::{NlMsg, NLMSG_HDRLEN};
 
 /// The config message `Log::open` sends for `LogConfig::new(5)`, as strace
 /// decoded it on the test machine: bind, copy packet 256, nlbufsiz 65536,

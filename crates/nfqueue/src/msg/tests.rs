@@ -3,6 +3,7 @@
 #![cfg(target_endian = "little")]
 
 use super::*;
+use portcullis_netlink::{NlMsg, NLMSG_DONE, NLMSG_NOOP};
 
 /// `NFQNL_MSG_VERDICT`: accept id 0x01020304 on queue 5, mark 0x2a, seq 7.
 static VERDICT_ACCEPT_MARK: [u8; 40] = [
@@ -259,13 +260,13 @@ fn attribute_length_past_the_end_is_an_error() {
 fn nlmsg_length_out_of_range_is_an_error() {
     let mut short = PACKET_MSG.to_vec();
     short[0] = 8; // shorter than nlmsghdr
-    assert_eq!(
-        NlMsgs::new(&short).next(),
-        Some(Err(DecodeError::BadLength))
-    );
+    fn error(buf: &[u8]) -> Option<Result<NlMsg<'_>, DecodeError>> {
+        NlMsgs::new(buf).next().map(|m| m.map_err(|b| b.error))
+    }
+    assert_eq!(error(&short), Some(Err(DecodeError::BadLength)));
     let mut long = PACKET_MSG.to_vec();
     long[0] = 200;
-    assert_eq!(NlMsgs::new(&long).next(), Some(Err(DecodeError::BadLength)));
+    assert_eq!(error(&long), Some(Err(DecodeError::BadLength)));
 }
 
 /// `NLMSG_ERROR` acknowledging seq 1 (error 0) and one answering seq 9 with
