@@ -521,20 +521,25 @@ fn forward(
                 e.ban.enforced = enforced;
                 let ban = engine.bans().get(&e.source.src_ip).cloned();
                 if let Some(b) = ban.filter(|_| enforced) {
+                    // The event travels with its ban (when it is written).
+                    let event = if write { Some(Box::new(ev)) } else { None };
                     let cmd = KernelCmd::Ban {
                         ban: b,
                         ack: None,
-                        event: write.then(|| Box::new(ev.clone())),
+                        event,
                     };
                     match wiring.kernel.try_send(cmd) {
                         Ok(()) => continue,
                         Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => {
                             *lost.commands += 1;
                             log::error!("a ban was not handed to the kernel: {KERNEL_BUSY}");
-                            if !write {
+                            let KernelCmd::Ban {
+                                event: Some(back), ..
+                            } = c
+                            else {
                                 continue;
-                            }
-                            drop(c);
+                            };
+                            ev = *back;
                             if let Body::Ban(e) = &mut ev.body {
                                 e.ban.enforced = false;
                                 e.ban.error = Some(KERNEL_BUSY.to_owned());
