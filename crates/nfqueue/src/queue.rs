@@ -533,6 +533,27 @@ impl Queue {
         }
     }
 
+    /// Receive what the socket holds now, never sleeping: up to
+    /// `cfg.batch` packets; when there is nothing and `spin` is true, keep
+    /// trying for up to `cfg.spin` first (worth it only while packets
+    /// keep coming: a caller that found the queue idle last time passes
+    /// false, and an idle queue then costs one `recvmmsg`, not a spin).
+    ///
+    /// Returns the number of packets, as [`recv_batch`](Self::recv_batch).
+    pub fn try_recv_batch(&mut self, spin: bool) -> Result<usize, NfqError> {
+        self.st.batch.clear();
+        self.read_available(MsgFlags::MSG_DONTWAIT)?;
+        if self.st.batch.is_empty() && spin && !self.cfg.spin.is_zero() {
+            self.spin()?;
+        }
+        let n = self.st.batch.len();
+        if n > 0 {
+            self.st.counters.batches += 1;
+            self.st.counters.max_batch = self.st.counters.max_batch.max(n);
+        }
+        Ok(n)
+    }
+
     /// Receive the next batch: wait up to `timeout` (`None`: forever) for a
     /// packet (`poll`), then take what the socket holds, up to `cfg.batch`
     /// packets, with `recvmmsg` (one call unless the socket refills while

@@ -46,6 +46,7 @@ fn main() {
         live("batches_form_under_load", batches_under_load),
         live("bypass_when_listener_gone", bypass_when_listener_gone),
         live("second_listener_is_refused", second_listener_refused),
+        live("try_recv_batch_spins_only_when_asked", try_recv_spin),
         live("fail_open_when_queue_full", fail_open_when_full),
         live("gso_super_packets_arrive_whole", gso_super_packets),
         live("throughput_batched_vs_single", throughput),
@@ -598,6 +599,67 @@ fn second_listener_refused() -> Result<(), Failed> {
         Queue::open(&QueueConfig::new(11)).map_err(|e| format!("rebinding after close: {e}"))?;
         Ok(())
     });
+    join(h)
+}
+
+/// `try_recv_batch` never sleeps: on an idle queue it returns at once
+/// unless asked to spin, and then only for `cfg.spin`; a queued packet is
+/// returned either way.
+fn try_recv_spin() -> Result<(), Failed> {
+    const SPIN: Duration = Duration::from_millis(300);
+    let lab = pair()?;
+    add_queue_rule(&lab, "b", false, 13, true)?;
+    let name = lab.ns("b");
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (sent_tx, sent_rx) = mpsc::channel::<()>();
+    let h = thread::spawn(move || -> Result<(), String> {
+        enter(&name)?;
+        let mut cfg = QueueConfig::new(13);
+        cfg.spin = SPIN;
+        let mut q = Queue::open(&cfg).map_err(|e| format!("open: {e}"))?;
+        let t = Instant::now();
+        let n = q.try_recv_batch(false).map_err(|e| e.to_string())?;
+        let idle = t.elapsed();
+        let t = Instant::now();
+        let m = q.try_recv_batch(true).map_err(|e| e.to_string())?;
+        let spun = t.elapsed();
+        println!("  idle queue: without spin {n} packets in {idle:?}, with spin {m} in {spun:?}");
+        if n != 0 || m != 0 {
+            return Err(format!("packets on an idle queue: {n}, {m}"));
+        }
+        if idle >= SPIN / 3 {
+            return Err(format!("an idle read without spin took {idle:?}"));
+        }
+        if spun < SPIN {
+            return Err(format!("the spin ended after {spun:?}, before {SPIN:?}"));
+        }
+        ready_tx.send(()).map_err(|e| e.to_string())?;
+        sent_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|e| format!("the sender: {e}"))?;
+        // The packet is queued by now (the sender's send returned after
+        // the input hook ran); no spin needed to find it.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if q.try_recv_batch(false).map_err(|e| e.to_string())? == 1 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err("the queued packet was not returned".into());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        q.decide_each(|_| (Verdict::Accept, None));
+        q.flush().map_err(|e| e.to_string())?;
+        Ok(())
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        // The thread's own error says why.
+        return join(h).and(Err("the queue thread stopped early".into()));
+    }
+    let s = send(&lab, "a", false, 0, 1, 32)?;
+    check(s.sent == 1, || "the packet was not sent".into())?;
+    sent_tx.send(()).map_err(|e| e.to_string())?;
     join(h)
 }
 

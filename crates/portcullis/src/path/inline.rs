@@ -162,7 +162,9 @@ impl PacketPath for InlinePath {
         }
         if self.queue_busy || t >= self.next_hold {
             self.next_hold = t + READ_IDLE_EVERY;
-            let k = self.hold(engine, Duration::ZERO)?;
+            // Spinning for the next held packet pays only while they keep
+            // coming: an idle queue costs one read.
+            let k = self.hold(engine, self.queue_busy)?;
             self.queue_busy = k > 0;
             n += k;
         }
@@ -174,7 +176,7 @@ impl PacketPath for InlinePath {
                 n += k;
             }
             if queue_ready {
-                let k = self.hold(engine, Duration::ZERO)?;
+                let k = self.hold(engine, false)?;
                 self.queue_busy = k > 0;
                 n += k;
             }
@@ -393,13 +395,14 @@ impl InlinePath {
         n.map_err(|e| self.close_log(e))
     }
 
-    /// Decides the queued packets that have arrived (waiting at most
-    /// `wait` for the first), and sends the verdicts.
-    fn hold(&mut self, engine: &mut Engine, wait: Duration) -> Result<usize, SourceFailure> {
+    /// Decides the queued packets that have arrived (never sleeping; with
+    /// `spin`, trying for the queue's spin time when none has), and sends
+    /// the verdicts.
+    fn hold(&mut self, engine: &mut Engine, spin: bool) -> Result<usize, SourceFailure> {
         let Some(queue) = self.queue.as_mut() else {
             return Ok(0);
         };
-        let n = match queue.recv_batch(Some(wait)).context("reading the NFQUEUE") {
+        let n = match queue.try_recv_batch(spin).context("reading the NFQUEUE") {
             Ok(n) => n,
             Err(e) => return Err(self.close_queue(e)),
         };
