@@ -474,6 +474,7 @@ impl KernelPlan {
         if hook == Hook::Output {
             r.push(format!("meta mark & {skip:#010x} == {skip:#010x} accept"));
         }
+        r.extend(self.held_established_rules(hook, peers));
         // Our bits mean what this table says, whatever set them before.
         r.push(format!("meta mark set meta mark & {ours:#010x}"));
         // 1. Loopback.
@@ -598,6 +599,55 @@ impl KernelPlan {
                     ));
                     r.push(format!("icmpv6 type echo-request ct state {NEW} {see}"));
                 }
+            }
+        }
+        r
+    }
+
+    /// 0b. Established packets user space must decide (DNS queries under
+    /// domain rules, `queue_all` protocols) of peers that are neither
+    /// banned nor allowlisted, not on loopback: held at once. Steps 1-4
+    /// would decide them alike (loopback and the allowlist accept, bans
+    /// drop, then the same hold), but each packet of a held flow would
+    /// walk six or more rules first; measured on 64-byte UDP with
+    /// `queue_all`, that walk cost 10 % of the held packet rate. New
+    /// packets still take the whole chain (scan detection, logging).
+    fn held_established_rules(&self, hook: Hook, peers: &[&str]) -> Vec<String> {
+        if !self.user_space {
+            return Vec::new();
+        }
+        let mut held = Vec::new();
+        if self.queue_dns && !self.dns_observed() {
+            held.push("meta l4proto . th dport { tcp . 53, udp . 53 }");
+        }
+        if !self.queue_all.is_empty() {
+            held.push("meta l4proto @queue_proto");
+        }
+        let lo = match hook {
+            Hook::Input => "iif != \"lo\" ",
+            Hook::Output => "oif != \"lo\" ",
+            Hook::Forward => "",
+        };
+        let mut r = Vec::new();
+        for (fam, ban, allow, allow_empty) in [
+            ("ip", "ban4", "allow4", self.allow4.is_empty()),
+            ("ip6", "ban6", "allow6", self.allow6.is_empty()),
+        ] {
+            let mut not_in = vec![ban];
+            if self.crowdsec.is_some() {
+                not_in.extend(crate::crowdsec::sets_of(fam));
+            }
+            if !allow_empty {
+                not_in.push(allow);
+            }
+            let not_in: String = not_in
+                .iter()
+                .flat_map(|set| peers.iter().map(move |p| format!(" {fam} {p} != @{set}")))
+                .collect();
+            for m in &held {
+                r.push(format!(
+                    "{lo}ct state established,related{not_in} {m} goto to_user"
+                ));
             }
         }
         r

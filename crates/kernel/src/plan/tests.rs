@@ -391,10 +391,7 @@ fn marks_are_configurable_and_checked() {
         chain(&s, "input")[0],
         "ct state established,related ip saddr != @ban4 meta l4proto . th dport != { tcp . 53, udp . 53 } meta mark set meta mark & 0xfffffffc accept"
     );
-    assert_eq!(
-        chain(&s, "input")[2],
-        "meta mark set meta mark & 0xfffffffc"
-    );
+    assert!(chain(&s, "input").contains(&"meta mark set meta mark & 0xfffffffc".to_owned()));
     assert_eq!(
         chain(&s, "to_user"),
         ["meta mark set meta mark | 0x00000002 accept"]
@@ -526,4 +523,52 @@ fn crowdsec_sets_drop_after_our_bans_and_the_allowlist() {
     // Without the section: no sets, no lookups.
     let off = plan("{}").ruleset_text(QueuePath::NftQueue);
     assert!(!off.contains("cs4") && !off.contains("csr6"));
+}
+
+#[test]
+fn established_held_packets_skip_the_chain_but_not_bans_allowlist_or_loopback() {
+    let cfg = config(
+        r#"{"block": {"domain": ["ads.example"]}, "allow": {"ip": ["198.18.0.7"]},
+            "inline": {"queue_all": ["UDP"]}}"#,
+    );
+    let p = KernelPlan::from_config(&cfg, &KernelOptions::default());
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    let input = chain(&s, "input");
+    let dns = "iif != \"lo\" ct state established,related ip saddr != @ban4 ip saddr != @allow4 meta l4proto . th dport { tcp . 53, udp . 53 } goto to_user";
+    let udp = "iif != \"lo\" ct state established,related ip saddr != @ban4 ip saddr != @allow4 meta l4proto @queue_proto goto to_user";
+    // Right after the established-flow accepts (ip, ip6), before the
+    // mark reset, loopback, allowlist and bans.
+    assert_eq!(input[2], dns, "{input:#?}");
+    assert_eq!(input[3], udp, "{input:#?}");
+    assert!(input[4].starts_with(
+        "iif != \"lo\" ct state established,related ip6 saddr != @ban6 meta l4proto . th"
+    ));
+    // Forwarded: neither end banned or allowlisted.
+    let fwd = chain(&s, "forward");
+    assert!(fwd.contains(&"ct state established,related ip saddr != @ban4 ip daddr != @ban4 ip saddr != @allow4 ip daddr != @allow4 meta l4proto @queue_proto goto to_user".to_owned()), "{fwd:#?}");
+    // Outbound: after the rule that lets our own NXDOMAIN answers pass.
+    let out = chain(&s, "output");
+    let skip = out
+        .iter()
+        .position(|r| r.starts_with("meta mark & "))
+        .unwrap();
+    let held = out
+        .iter()
+        .position(|r| r.ends_with("@queue_proto goto to_user") && r.contains("established"))
+        .unwrap();
+    assert!(skip < held, "{out:#?}");
+    assert!(out[held].starts_with("oif != \"lo\" "));
+
+    // Nothing held (the default policy copies DNS queries): no such rule.
+    let p = KernelPlan::from_config(&config("{}"), &KernelOptions::default());
+    let s = p.ruleset_text(QueuePath::IptablesNfqueue);
+    for hook in ["input", "forward", "output"] {
+        assert!(
+            !chain(&s, hook)
+                .iter()
+                .any(|r| r.contains("established") && r.contains("to_user")),
+            "{hook}: {:#?}",
+            chain(&s, hook)
+        );
+    }
 }
