@@ -16,6 +16,8 @@
 #   nfq    an iptables NFQUEUE rule (this kernel has no nft `queue`) with the
 #          selection the test names, read by the accept-all reader
 #          ($NFQ_READER, default nfq_accept --quiet)
+#   nfqct  the same reader with conntrack running (the conntrack-only table
+#          loaded too): what holding costs under any stateful firewall
 #   pc     the real `portcullis run`
 #   pcblk  (DNS only) the same portcullis, queried for blocked names
 #
@@ -24,8 +26,8 @@
 #   udp   64-byte UDP packets/s, one established flow,
 #         unlimited iperf3 sender, nothing queued       none ct nflog nfq pc
 #   tcp   TCP bulk throughput (iperf3, one stream)      none ct pc
-#   udpq  64-byte UDP, every UDP packet queued          none nfq pc
-#   dns   DNS queries/s (dnsperf -> dnsmasq)            none nfq pc pcblk
+#   udpq  64-byte UDP, every UDP packet queued          none nfq nfqct pc
+#   dns   DNS queries/s (dnsperf -> dnsmasq)            none nfq nfqct pc pcblk
 #
 # Rounds are interleaved: round r measures every path of a test once, in
 # an order rotated by one each round. The report gives per path the median
@@ -63,8 +65,8 @@ TESTS=" ${TESTS:-conn udp tcp udpq dns} "
 PATHS_CONN=${PATHS_CONN:-none ct nflog nfq pc}
 PATHS_UDP=${PATHS_UDP:-none ct nflog nfq pc}
 PATHS_TCP=${PATHS_TCP:-none ct pc}
-PATHS_UDPQ=${PATHS_UDPQ:-none nfq pc}
-PATHS_DNS=${PATHS_DNS:-none nfq pc pcblk}
+PATHS_UDPQ=${PATHS_UDPQ:-none nfq nfqct pc}
+PATHS_DNS=${PATHS_DNS:-none nfq nfqct pc pcblk}
 CONN_COUNT=${CONN_COUNT:-60000}
 CONN_CONCURRENCY=${CONN_CONCURRENCY:-16}
 CONN_SECS=${CONN_SECS:-10}
@@ -202,13 +204,13 @@ done
 
 # The paths each test may measure, and which it does (PATHS_<TEST>).
 declare -A ALLOWED=([conn]="none ct nflog nfq pc" [udp]="none ct nflog nfq pc"
-    [tcp]="none ct nflog nfq pc" [udpq]="none ct nfq pc" [dns]="none ct nfq pc pcblk")
+    [tcp]="none ct nflog nfq pc" [udpq]="none ct nfq nfqct pc" [dns]="none ct nfq nfqct pc pcblk")
 declare -A PATHS=([conn]=$PATHS_CONN [udp]=$PATHS_UDP [tcp]=$PATHS_TCP [udpq]=$PATHS_UDPQ [dns]=$PATHS_DNS)
 NEED_PC=0 NEED_NFQ=0 NEED_NFLOG=0
 for t in $TESTS; do
     for p in ${PATHS[$t]}; do
         [[ " ${ALLOWED[$t]} " == *" $p "* ]] || die "path '$p' is not one of test $t's: ${ALLOWED[$t]}"
-        case $p in pc | pcblk) NEED_PC=1 ;; nfq) NEED_NFQ=1 ;; nflog) NEED_NFLOG=1 ;; esac
+        case $p in pc | pcblk) NEED_PC=1 ;; nfq | nfqct) NEED_NFQ=1 ;; nflog) NEED_NFLOG=1 ;; esac
     done
 done
 
@@ -351,7 +353,10 @@ path_up() {
         CUR_PID=$BG
         reader_ready "NFLOG reader (group $NFLOG_GROUP)" "$WORK/reader-$tag.log" nflog_bound
         ;;
-    nfq)
+    nfq | nfqct)
+        # nfqct: the same reader with conntrack running (the conntrack-only
+        # table), as it runs under any stateful firewall.
+        [[ $path == nfqct ]] && ct_table | in_s nft -f -
         # shellcheck disable=SC2086 # the selection is several words
         in_s iptables -I INPUT ${NFQ_SELECT[$test]} -m comment --comment "$TABLE" \
             -j NFQUEUE --queue-num "$NFQ_QUEUE" --queue-bypass
@@ -416,11 +421,12 @@ path_down() {
         READER_TAIL=$(grep -E 'captured|dropped by kernel' "$WORK/reader-$TAG.log" | paste -sd, - || true)
         in_s nft delete table inet "$TABLE"
         ;;
-    nfq)
+    nfq | nfqct)
         stop_pid "$CUR_PID" || log "  (the accept-all reader needed SIGKILL)"
         # shellcheck disable=SC2086
         in_s iptables -D INPUT ${NFQ_SELECT[$TEST]} -m comment --comment "$TABLE" \
             -j NFQUEUE --queue-num "$NFQ_QUEUE" --queue-bypass
+        [[ $path == nfqct ]] && in_s nft delete table inet "$TABLE"
         ;;
     pc | pcblk)
         stop_pid "$CUR_PID" || die "portcullis did not stop within 15 s of SIGTERM"
@@ -677,7 +683,7 @@ fi
 
 # ---------------------------------------------------------------- report
 declare -A NAME=([none]="no rule" [ct]="conntrack-only" [nflog]="NFLOG reader" [nfq]="accept-all NFQUEUE reader"
-    [pc]="portcullis" [pcblk]="portcullis, blocked names")
+    [nfqct]="reader + conntrack" [pc]="portcullis" [pcblk]="portcullis, blocked names")
 declare -A TITLE=(
     [conn]="new TCP connections/s (connrate, $CONN_COUNT x $CONN_CONCURRENCY threads, <= $CONN_SECS s)"
     [udp]="64-byte UDP packets/s, one established flow, nothing queued (iperf3 -u -l 64, unlimited, $UDP_PACKETS per run)"
@@ -693,6 +699,8 @@ TARGETS=(
     "udpq pc nfq 0.95 zero-drops"
     "dns pc nfq 0.95"
     "dns pcblk nfq 0.95"
+    "udpq pc nfqct 0.95"
+    "dns pc nfqct 0.95"
 )
 
 vals() { # vals TEST PATH -> the single values, in round order
@@ -727,16 +735,17 @@ echo "NFLOG reader: ${NFLOG_READER//@GROUP@/$NFLOG_GROUP}; accept-all reader: ${
 for test in $TESTS; do
     echo
     echo "${TITLE[$test]}"
-    printf '  %-28s %10s  %-44s %7s %7s %7s\n' path median "rounds" "/none" "/ct" "/nfq"
+    printf '  %-28s %10s  %-44s %7s %7s %7s %7s\n' path median "rounds" "/none" "/ct" "/nfq" "/nfq+ct"
     for p in ${PATHS[$test]}; do
         m=$(med "$test" "$p")
         singles=$(vals "$test" "$p" | while read -r v; do fmt "$v" "${FMT[$test]}"; done | tr '\n' ' ')
-        rn=- rc=- rq=-
+        rn=- rc=- rq=- rqc=-
         measured "$test" none && rn=$(ratio "$m" "$(med "$test" none)")
         measured "$test" ct && rc=$(ratio "$m" "$(med "$test" ct)")
         measured "$test" nfq && rq=$(ratio "$m" "$(med "$test" nfq)")
-        printf '  %-28s %10s  %-44s %7s %7s %7s\n' "${NAME[$p]}" "$(fmt "$m" "${FMT[$test]}")" \
-            "[${singles% }]" "$rn" "$rc" "$rq"
+        measured "$test" nfqct && rqc=$(ratio "$m" "$(med "$test" nfqct)")
+        printf '  %-28s %10s  %-44s %7s %7s %7s %7s\n' "${NAME[$p]}" "$(fmt "$m" "${FMT[$test]}")" \
+            "[${singles% }]" "$rn" "$rc" "$rq" "$rqc"
     done
     # Losses and queue counters, summed over the rounds.
     for p in ${PATHS[$test]}; do
@@ -768,7 +777,7 @@ for test in $TESTS; do
             extra="queries lost $l, answers NOERROR $ok, NXDOMAIN $nx"
             ;;
         esac
-        if [[ $p == nfq || $p == pc || $p == pcblk ]]; then
+        if [[ $p == nfq || $p == nfqct || $p == pc || $p == pcblk ]]; then
             read -r a b c d <<<"$(drops "$test" "$p")"
             extra+="${extra:+; }queue: queue_dropped $a, user_dropped $b, passed uninspected $d, handed to user space $c"
         fi
