@@ -84,6 +84,7 @@ use std::time::Duration;
 
 pub mod crowdsec;
 mod error;
+mod genid;
 pub mod iptables;
 mod nft;
 mod plan;
@@ -190,6 +191,16 @@ pub struct Firewall {
     /// iptables-nft `security` tables (by family) that did not exist before
     /// our install: removed again at teardown if nothing else is in them.
     created_tables: Mutex<Vec<Family>>,
+    /// The ruleset generation, when watched ([`Firewall::watch_generation`]).
+    generation: Mutex<GenWatch>,
+}
+
+/// The ruleset generation's socket and the generation at which the last
+/// check found our rules whole.
+#[derive(Debug, Default)]
+struct GenWatch {
+    source: Option<genid::Generation>,
+    clean: Option<u32>,
 }
 
 impl Firewall {
@@ -231,7 +242,26 @@ impl Firewall {
     /// iptables chain and jumps). If the iptables step fails, the table is
     /// removed again.
     pub fn install(plan: &KernelPlan) -> Result<Self, KernelError> {
-        Self::install_with(plan, Arc::new(SystemRunner::default()))
+        let fw = Self::install_with(plan, Arc::new(SystemRunner::default()))?;
+        // Without it, every check lists the rules: slower, not wrong.
+        let _ = fw.watch_generation();
+        Ok(fw)
+    }
+
+    /// From now on [`Firewall::check`] lists our rules only when the
+    /// namespace's ruleset generation (one netlink request) moved since a
+    /// check found them whole: any change to any table moves it, ours
+    /// included. The socket belongs to the calling thread's network
+    /// namespace, which must be the one the runner works in.
+    pub fn watch_generation(&self) -> std::io::Result<()> {
+        let g = genid::Generation::open()?;
+        if let Ok(mut w) = self.generation.lock() {
+            *w = GenWatch {
+                source: Some(g),
+                clean: None,
+            };
+        }
+        Ok(())
     }
 
     /// [`Firewall::install`] through `runner`.
@@ -247,6 +277,7 @@ impl Firewall {
             path,
             applied: Mutex::new(Applied::of(plan)),
             created_tables: Mutex::new(Vec::new()),
+            generation: Mutex::new(GenWatch::default()),
         };
         let r = fw.runner.as_ref();
         let iptables = match path {
@@ -311,8 +342,29 @@ impl Firewall {
     /// rule and the three jumps in both families. Something else (`nft
     /// flush ruleset`, a firewall manager's reload, `iptables -t security
     /// -F`) may have removed them; then [`Firewall::repair`] puts them
-    /// back. Two or three program runs (a few ms).
+    /// back. Two or three program runs (a few ms), or, once
+    /// [`Firewall::watch_generation`] is on and nothing changed in the
+    /// namespace's ruleset since a check found everything, one netlink
+    /// request.
     pub fn check(&self) -> Result<Damage, KernelError> {
+        // Read before the listing: a change made while it runs moves the
+        // generation past this one, and the next check lists again.
+        let generation = self.generation.lock().ok().and_then(|mut w| {
+            let g = w.source.as_mut()?.read().ok()?;
+            Some((g, w.clean == Some(g)))
+        });
+        if let Some((_, true)) = generation {
+            return Ok(Damage::default());
+        }
+        let damage = self.check_listing()?;
+        if let Ok(mut w) = self.generation.lock() {
+            w.clean = generation.filter(|_| !damage.any()).map(|(g, _)| g);
+        }
+        Ok(damage)
+    }
+
+    /// [`Firewall::check`] by listing our objects.
+    fn check_listing(&self) -> Result<Damage, KernelError> {
         let r = self.runner.as_ref();
         let holds = self.applied.lock().map_or(true, |a| a.holds);
         let mut missing = Vec::new();

@@ -11,7 +11,7 @@
 use std::io;
 use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -52,6 +52,10 @@ fn main() {
         live(
             "ban_churn_at_max_bans_never_finds_the_set_full_and_resync_is_exact",
             ban_churn_and_resync,
+        ),
+        live(
+            "checks_list_rules_only_after_the_ruleset_generation_moved",
+            generation_gated_check,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
@@ -1149,5 +1153,90 @@ fn crowdsec_sets() -> Result<(), Failed> {
         format!("{n} addresses listed, want 100000")
     })?;
     fw.teardown()?;
+    Ok(())
+}
+
+/// [`InNs`], counting the programs it runs.
+#[derive(Debug)]
+struct Counting {
+    inner: InNs,
+    runs: AtomicUsize,
+}
+
+impl Runner for Counting {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> io::Result<Output> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        self.inner.run(program, args, stdin)
+    }
+}
+
+/// With the ruleset generation watched, a check of unchanged rules runs no
+/// program; any change in the namespace (someone else's table, our chain
+/// flushed, our own ban) makes the next check list again, and damage is
+/// still found.
+fn generation_gated_check() -> Result<(), Failed> {
+    let lab = pair()?;
+    let r = Arc::new(Counting {
+        inner: InNs(lab.ns("b")),
+        runs: AtomicUsize::new(0),
+    });
+    let p = plan(&["198.18.0.1"], &[]);
+    let fw = Firewall::install_with(&p, r.clone())?;
+    // The socket belongs to the namespace of the thread that opens it.
+    let name = lab.ns("b");
+    thread::scope(|sc| {
+        sc.spawn(|| -> Result<(), String> {
+            portcullis_testnet::enter(&name)?;
+            fw.watch_generation()
+                .map_err(|e| format!("watch_generation: {e}"))
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the thread panicked".into()))
+    })?;
+    let runs = || r.runs.load(Ordering::SeqCst);
+    check(!fw.check()?.any(), || "damage right after install".into())?;
+    let listed = runs();
+    for _ in 0..3 {
+        check(!fw.check()?.any(), || "damage without a change".into())?;
+    }
+    check(runs() == listed, || {
+        format!("{} programs ran for unchanged rules", runs() - listed)
+    })?;
+    // Someone else's change: listed again, nothing of ours missing.
+    exec(&lab, "b", "nft", &["add", "table", "inet", "someone_else"])?;
+    check(!fw.check()?.any(), || "damage after a foreign table".into())?;
+    check(runs() > listed, || {
+        "a foreign change was not looked at".into()
+    })?;
+    let listed = runs();
+    check(!fw.check()?.any(), || "damage".into())?;
+    check(runs() == listed, || "listed again without a change".into())?;
+    // Our input chain flushed: found.
+    exec(
+        &lab,
+        "b",
+        "nft",
+        &["flush", "chain", "inet", "portcullis", "input"],
+    )?;
+    let damage = fw.check()?;
+    check(damage.missing == ["rules:input"], || format!("{damage:?}"))?;
+    // Damage found is looked for again until repaired.
+    check(fw.check()?.any(), || "damage forgotten".into())?;
+    fw.repair(&p, damage, &[])?;
+    check(!fw.check()?.any(), || "still damaged after repair".into())?;
+    // Our own ban moves the generation too: one more listing, then quiet.
+    fw.ban(&[(ip(A4[3]), Duration::from_secs(60))])?;
+    let listed = runs();
+    check(!fw.check()?.any(), || "damage after a ban".into())?;
+    check(runs() > listed, || {
+        "a ban did not move the generation".into()
+    })?;
+    let listed = runs();
+    check(!fw.check()?.any(), || "damage".into())?;
+    check(runs() == listed, || "listed again without a change".into())?;
+    fw.teardown()?;
+    check(!present_with(r.as_ref())?, || {
+        "rules left after teardown".into()
+    })?;
     Ok(())
 }
