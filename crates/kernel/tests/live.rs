@@ -1041,14 +1041,7 @@ fn flushed_and_repaired() -> Result<(), Failed> {
         }
     }
     // Only our input chain flushed: named as such, repaired the same way.
-    exec(
-        &lab,
-        "b",
-        "nft",
-        &["flush", "chain", "inet", "portcullis", "input"],
-    )?;
-    let damage = fw.check()?;
-    check(damage.missing == ["rules:input"], || format!("{damage:?}"))?;
+    let damage = flush_our_input(&lab, &fw)?;
     fw.repair(&p, damage, &[(ban.0, Duration::from_secs(580))])?;
     check(!fw.check()?.any(), || "still damaged after repair".into())?;
     pings(&lab, &[("a", A4[3], B4, false)])?;
@@ -1057,6 +1050,20 @@ fn flushed_and_repaired() -> Result<(), Failed> {
         "rules left after teardown".into()
     })?;
     Ok(())
+}
+
+/// Flushes our input chain in namespace `b`; `check` must name exactly
+/// that.
+fn flush_our_input(lab: &Lab, fw: &Firewall) -> Result<portcullis_kernel::Damage, Failed> {
+    exec(
+        lab,
+        "b",
+        "nft",
+        &["flush", "chain", "inet", "portcullis", "input"],
+    )?;
+    let damage = fw.check()?;
+    check(damage.missing == ["rules:input"], || format!("{damage:?}"))?;
+    Ok(damage)
 }
 
 /// Fleet mode's CrowdSec sets: an address and a range drop (IPv4 and
@@ -1212,14 +1219,7 @@ fn generation_gated_check() -> Result<(), Failed> {
     check(!fw.check()?.any(), || "damage".into())?;
     check(runs() == listed, || "listed again without a change".into())?;
     // Our input chain flushed: found.
-    exec(
-        &lab,
-        "b",
-        "nft",
-        &["flush", "chain", "inet", "portcullis", "input"],
-    )?;
-    let damage = fw.check()?;
-    check(damage.missing == ["rules:input"], || format!("{damage:?}"))?;
+    let damage = flush_our_input(&lab, &fw)?;
     // Damage found is looked for again until repaired.
     check(fw.check()?.any(), || "damage forgotten".into())?;
     fw.repair(&p, damage, &[])?;
