@@ -16,13 +16,15 @@
 #   nfq    an iptables NFQUEUE rule (this kernel has no nft `queue`) with the
 #          selection the test names, read by the accept-all reader
 #          ($NFQ_READER, default nfq_accept --quiet)
+#   ctlog  the conntrack-only ruleset whose input chain also copies new flows
+#          to the NFLOG reader: observing every new flow under conntrack
 #   nfqct  the same reader with conntrack running (the conntrack-only table
 #          loaded too): what holding costs under any stateful firewall
 #   pc     the real `portcullis run`
 #   pcblk  (DNS only) the same portcullis, queried for blocked names
 #
 # Tests (TESTS, default all):
-#   conn  new TCP connections/s (connrate)             none ct nflog nfq pc
+#   conn  new TCP connections/s (connrate)             none ct nflog ctlog nfq pc
 #   udp   64-byte UDP packets/s, one established flow,
 #         unlimited iperf3 sender, nothing queued       none ct nflog nfq pc
 #   tcp   TCP bulk throughput (iperf3, one stream)      none ct pc
@@ -38,7 +40,7 @@
 # Settings (environment), with defaults:
 #   ROUNDS=5                    interleaved rounds
 #   TESTS="conn udp tcp udpq dns"
-#   PATHS_CONN="none ct nflog nfq pc"  (PATHS_UDP, PATHS_TCP, PATHS_UDPQ,
+#   PATHS_CONN="none ct nflog ctlog nfq pc"  (PATHS_UDP, PATHS_TCP, PATHS_UDPQ,
 #                               PATHS_DNS likewise: a subset of each test's paths)
 #   CONN_COUNT=60000 CONN_CONCURRENCY=16 CONN_SECS=10
 #   UDP_PACKETS=1000000         datagrams per established-flow run (iperf3 -k)
@@ -62,7 +64,7 @@ set -Eeuo pipefail
 
 ROUNDS=${ROUNDS:-5}
 TESTS=" ${TESTS:-conn udp tcp udpq dns} "
-PATHS_CONN=${PATHS_CONN:-none ct nflog nfq pc}
+PATHS_CONN=${PATHS_CONN:-none ct nflog ctlog nfq pc}
 PATHS_UDP=${PATHS_UDP:-none ct nflog nfq pc}
 PATHS_TCP=${PATHS_TCP:-none ct pc}
 PATHS_UDPQ=${PATHS_UDPQ:-none nfq nfqct pc}
@@ -203,14 +205,14 @@ done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive number"
 
 # The paths each test may measure, and which it does (PATHS_<TEST>).
-declare -A ALLOWED=([conn]="none ct nflog nfq pc" [udp]="none ct nflog nfq pc"
+declare -A ALLOWED=([conn]="none ct nflog ctlog nfq pc" [udp]="none ct nflog ctlog nfq pc"
     [tcp]="none ct nflog nfq pc" [udpq]="none ct nfq nfqct pc" [dns]="none ct nfq nfqct pc pcblk")
 declare -A PATHS=([conn]=$PATHS_CONN [udp]=$PATHS_UDP [tcp]=$PATHS_TCP [udpq]=$PATHS_UDPQ [dns]=$PATHS_DNS)
 NEED_PC=0 NEED_NFQ=0 NEED_NFLOG=0
 for t in $TESTS; do
     for p in ${PATHS[$t]}; do
         [[ " ${ALLOWED[$t]} " == *" $p "* ]] || die "path '$p' is not one of test $t's: ${ALLOWED[$t]}"
-        case $p in pc | pcblk) NEED_PC=1 ;; nfq | nfqct) NEED_NFQ=1 ;; nflog) NEED_NFLOG=1 ;; esac
+        case $p in pc | pcblk) NEED_PC=1 ;; nfq | nfqct) NEED_NFQ=1 ;; nflog | ctlog) NEED_NFLOG=1 ;; esac
     done
 done
 
@@ -326,6 +328,17 @@ nflog_table() { # copies of new flows to NFLOG group NFLOG_GROUP, nothing else
     echo "}"
 }
 
+ctlog_table() { # the conntrack-only table, its input chain copying new flows too
+    local h
+    echo "table inet $TABLE {"
+    for h in input forward output; do
+        echo "  chain $h { type filter hook $h priority 0; policy accept; ct state established,related accept;"
+        [[ $h == input ]] && echo "    ct state new log group $NFLOG_GROUP queue-threshold $NFLOG_THRESHOLD;"
+        echo "  }"
+    done
+    echo "}"
+}
+
 # reader_ready WHAT LOG COMMAND...: the reader just started (CUR_PID) has
 # bound, i.e. COMMAND succeeds; dies with its log if it exits first.
 reader_ready() {
@@ -346,8 +359,8 @@ path_up() {
     case $path in
     none) ;;
     ct) ct_table | in_s nft -f - ;;
-    nflog)
-        nflog_table | in_s nft -f -
+    nflog | ctlog)
+        if [[ $path == nflog ]]; then nflog_table | in_s nft -f -; else ctlog_table | in_s nft -f -; fi
         read -r -a cmd <<<"${NFLOG_READER//@GROUP@/$NFLOG_GROUP}"
         bg "$WORK/reader-$tag.log" "${SRV[@]}" "${cmd[@]}"
         CUR_PID=$BG
@@ -416,7 +429,7 @@ path_down() {
     case $path in
     none) ;;
     ct) in_s nft delete table inet "$TABLE" ;;
-    nflog)
+    nflog | ctlog)
         stop_pid "$CUR_PID" || log "  (the NFLOG reader needed SIGKILL)"
         READER_TAIL=$(grep -E 'captured|dropped by kernel' "$WORK/reader-$TAG.log" | paste -sd, - || true)
         in_s nft delete table inet "$TABLE"
@@ -683,7 +696,7 @@ fi
 
 # ---------------------------------------------------------------- report
 declare -A NAME=([none]="no rule" [ct]="conntrack-only" [nflog]="NFLOG reader" [nfq]="accept-all NFQUEUE reader"
-    [nfqct]="reader + conntrack" [pc]="portcullis" [pcblk]="portcullis, blocked names")
+    [nfqct]="reader + conntrack" [ctlog]="conntrack + NFLOG reader" [pc]="portcullis" [pcblk]="portcullis, blocked names")
 declare -A TITLE=(
     [conn]="new TCP connections/s (connrate, $CONN_COUNT x $CONN_CONCURRENCY threads, <= $CONN_SECS s)"
     [udp]="64-byte UDP packets/s, one established flow, nothing queued (iperf3 -u -l 64, unlimited, $UDP_PACKETS per run)"
@@ -694,6 +707,7 @@ declare -A FMT=([conn]="%d" [udp]="%d" [tcp]="%.2f" [udpq]="%d" [dns]="%d")
 # Targets: "TEST PATH REFERENCE MIN-RATIO [zero-drops]".
 TARGETS=(
     "conn pc ct 0.95"
+    "conn pc ctlog 0.95"
     "udp pc ct 0.95"
     "tcp pc ct 0.97"
     "udpq pc nfq 0.95 zero-drops"
@@ -792,7 +806,7 @@ for test in $TESTS; do
             done
             extra+="; portcullis' own counters per round (queue_dropped/user_dropped/uninspected/overruns/events_dropped/probes_dropped/held/observed/observed_lost): ${st[*]}; CPU s: ${cpu[*]}"
         fi
-        if [[ $p == nflog ]]; then
+        if [[ $p == nflog || $p == ctlog ]]; then
             # What tcpdump says at exit, per round: captured/dropped by kernel.
             rd=()
             for ((r = 1; r <= ROUNDS; r++)); do
