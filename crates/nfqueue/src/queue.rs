@@ -546,12 +546,17 @@ impl Queue {
         if self.st.batch.is_empty() && spin && !self.cfg.spin.is_zero() {
             self.spin()?;
         }
+        Ok(self.count_batch())
+    }
+
+    /// Counts the batch just read; its size.
+    fn count_batch(&mut self) -> usize {
         let n = self.st.batch.len();
         if n > 0 {
             self.st.counters.batches += 1;
             self.st.counters.max_batch = self.st.counters.max_batch.max(n);
         }
-        Ok(n)
+        n
     }
 
     /// Receive the next batch: wait up to `timeout` (`None`: forever) for a
@@ -584,12 +589,7 @@ impl Queue {
             // Without a timeout, block for the first datagram only.
             self.read_available(MsgFlags::MSG_WAITFORONE)?;
         }
-        let n = self.st.batch.len();
-        if n > 0 {
-            self.st.counters.batches += 1;
-            self.st.counters.max_batch = self.st.counters.max_batch.max(n);
-        }
-        Ok(n)
+        Ok(self.count_batch())
     }
 
     /// Spins up to `cfg.spin` for a datagram, then reads what is there.
