@@ -455,14 +455,7 @@ impl KernelPlan {
                 String::new()
             };
             for (fam, set) in [("ip", "ban4"), ("ip6", "ban6")] {
-                let mut sets = vec![set];
-                if self.crowdsec.is_some() {
-                    sets.extend(crate::crowdsec::sets_of(fam));
-                }
-                let not_banned: String = sets
-                    .iter()
-                    .flat_map(|set| peers.iter().map(move |p| format!(" {fam} {p} != @{set}")))
-                    .collect();
+                let not_banned = self.not_in(fam, set, None, peers);
                 r.push(format!(
                     "ct state established,related{not_banned}{keep}{clear} accept"
                 ));
@@ -633,17 +626,7 @@ impl KernelPlan {
             ("ip", "ban4", "allow4", self.allow4.is_empty()),
             ("ip6", "ban6", "allow6", self.allow6.is_empty()),
         ] {
-            let mut not_in = vec![ban];
-            if self.crowdsec.is_some() {
-                not_in.extend(crate::crowdsec::sets_of(fam));
-            }
-            if !allow_empty {
-                not_in.push(allow);
-            }
-            let not_in: String = not_in
-                .iter()
-                .flat_map(|set| peers.iter().map(move |p| format!(" {fam} {p} != @{set}")))
-                .collect();
+            let not_in = self.not_in(fam, ban, (!allow_empty).then_some(allow), peers);
             for m in &held {
                 r.push(format!(
                     "{lo}ct state established,related{not_in} {m} goto to_user"
@@ -651,6 +634,20 @@ impl KernelPlan {
             }
         }
         r
+    }
+
+    /// ` {fam} {peer} != @{set}` for every peer and every set a peer must
+    /// not be in: the ban set `ban`, the CrowdSec sets in fleet mode, and
+    /// `allow` when given.
+    fn not_in(&self, fam: &str, ban: &str, allow: Option<&str>, peers: &[&str]) -> String {
+        let mut sets = vec![ban];
+        if self.crowdsec.is_some() {
+            sets.extend(crate::crowdsec::sets_of(fam));
+        }
+        sets.extend(allow);
+        sets.iter()
+            .flat_map(|set| peers.iter().map(move |p| format!(" {fam} {p} != @{set}")))
+            .collect()
     }
 
     /// Elements each ban set can hold: four times `max_bans`, plus 1,024.
