@@ -113,9 +113,7 @@ fn parse(buf: &[u8], seq: u32) -> Answer {
         let Ok(m) = m else {
             return Answer::Malformed;
         };
-        let msg_seq =
-            portcullis_netlink::u32_ne(buf, m.payload_offset.saturating_sub(NLMSG_HDRLEN) + 8);
-        if msg_seq != Some(seq) {
+        if m.seq != seq {
             continue;
         }
         if m.ty == NLMSG_ERROR {

@@ -80,6 +80,8 @@ pub fn u64_be(b: &[u8], at: usize) -> Option<u64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NlMsg<'a> {
     pub ty: u16,
+    /// `nlmsg_seq`: which request an answer belongs to.
+    pub seq: u32,
     /// Everything after the 16-byte `nlmsghdr`.
     pub payload: &'a [u8],
     /// Offset of `payload` within the buffer given to [`NlMsgs::new`].
@@ -146,6 +148,8 @@ impl<'a> Iterator for NlMsgs<'a> {
         self.pos = start + align4(len).min(rest.len());
         Some(Ok(NlMsg {
             ty,
+            // Within the header, whose length was checked above.
+            seq: u32_ne(rest, 8).unwrap_or_default(),
             payload: &rest[NLMSG_HDRLEN..len],
             payload_offset: start + NLMSG_HDRLEN,
         }))
@@ -237,7 +241,10 @@ mod tests {
         let mut v = Vec::new();
         v.extend((len as u32).to_ne_bytes());
         v.extend(ty.to_ne_bytes());
-        v.extend([0; 10]);
+        v.extend([0; 2]);
+        // Sequence number: the type times 100, to tell messages apart.
+        v.extend((u32::from(ty) * 100).to_ne_bytes());
+        v.extend([0; 4]);
         v.extend(payload);
         v.resize(align4(v.len()), 0);
         v
@@ -252,8 +259,8 @@ mod tests {
         assert_eq!(m.len(), 2);
         let first = m[0].unwrap();
         assert_eq!(
-            (first.ty, first.payload, first.payload_offset),
-            (7, &[1, 2, 3][..], 16)
+            (first.ty, first.seq, first.payload, first.payload_offset),
+            (7, 700, &[1, 2, 3][..], 16)
         );
         assert_eq!(m[1].unwrap().payload_offset, second + NLMSG_HDRLEN);
         // A length past the end: one error with the bytes after the header.
