@@ -242,10 +242,7 @@ impl Firewall {
     /// iptables chain and jumps). If the iptables step fails, the table is
     /// removed again.
     pub fn install(plan: &KernelPlan) -> Result<Self, KernelError> {
-        let fw = Self::install_with(plan, Arc::new(SystemRunner::default()))?;
-        // Without it, every check lists the rules: slower, not wrong.
-        let _ = fw.watch_generation();
-        Ok(fw)
+        Self::install_with(plan, Arc::new(SystemRunner::default()))
     }
 
     /// From now on [`Firewall::check`] lists our rules only when the

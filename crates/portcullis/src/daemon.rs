@@ -137,6 +137,10 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
     let (firewall, kernel_path) = match rules {
         Some(r) => {
             let fw = Firewall::install(&r.plan(&cfg)).context("installing kernel rules")?;
+            if let Err(e) = fw.watch_generation() {
+                // Slower, not wrong: every check then lists our rules.
+                log::warn!("cannot read the ruleset generation ({e}); our kernel rules are listed every second to check them");
+            }
             let path = match r {
                 KernelRules::Full => fw.queue_path().to_string(),
                 KernelRules::BansOnly => "nftables ban sets only (passive)".to_owned(),
