@@ -23,8 +23,14 @@ pub const NLMSG_OVERRUN: u16 = 4;
 
 pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_ACK: u16 = 0x4;
+/// `NLM_F_ROOT | NLM_F_MATCH`: every object (a dump).
+pub const NLM_F_DUMP: u16 = 0x300;
+pub const NLM_F_CREATE: u16 = 0x400;
+pub const NLM_F_APPEND: u16 = 0x800;
 
 pub const NLA_HDRLEN: usize = 4;
+/// Set in the type of an attribute that holds attributes.
+pub const NLA_F_NESTED: u16 = 0x8000;
 /// `NLA_F_NESTED | NLA_F_NET_BYTEORDER` stripped from attribute types.
 pub const NLA_TYPE_MASK: u16 = 0x3fff;
 
@@ -230,6 +236,96 @@ impl<'a> Iterator for Attrs<'a> {
     }
 }
 
+// ---- encoding ------------------------------------------------------------
+
+/// Appends one nfnetlink message to a buffer: `nlmsghdr`, `nfgenmsg`,
+/// attributes (nested ones too). Lengths are patched when a nest or the
+/// message ends.
+///
+/// An attribute or nest must stay under 64 KiB (netlink's `u16` length):
+/// a longer one is written with length 0, which the kernel refuses as
+/// invalid rather than reading it as something else.
+#[derive(Debug)]
+pub struct MsgWriter<'b> {
+    buf: &'b mut Vec<u8>,
+    start: usize,
+}
+
+impl<'b> MsgWriter<'b> {
+    /// Starts a message (its length is patched in [`finish`](Self::finish)),
+    /// addressed to the kernel, with `nfgenmsg { family, version 0, res_id }`.
+    #[inline]
+    pub fn begin(
+        buf: &'b mut Vec<u8>,
+        ty: u16,
+        flags: u16,
+        seq: u32,
+        family: u8,
+        res_id: u16,
+    ) -> Self {
+        let start = buf.len();
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        buf.extend_from_slice(&ty.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // destination: the kernel
+        buf.push(family);
+        buf.push(NFNETLINK_V0);
+        buf.extend_from_slice(&res_id.to_be_bytes());
+        MsgWriter { buf, start }
+    }
+
+    /// One attribute with `value`, padded to 4 bytes.
+    #[inline]
+    pub fn attr(&mut self, ty: u16, value: &[u8]) -> &mut Self {
+        let len = u16::try_from(NLA_HDRLEN + value.len()).unwrap_or(0);
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(value);
+        let pad = align4(value.len()) - value.len();
+        self.buf.extend_from_slice(&[0u8; 3][..pad]);
+        self
+    }
+
+    /// A big-endian `u32` attribute.
+    #[inline]
+    pub fn attr_u32(&mut self, ty: u16, v: u32) -> &mut Self {
+        self.attr(ty, &v.to_be_bytes())
+    }
+
+    /// A big-endian `u64` attribute.
+    pub fn attr_u64(&mut self, ty: u16, v: u64) -> &mut Self {
+        self.attr(ty, &v.to_be_bytes())
+    }
+
+    /// A NUL-terminated string attribute.
+    pub fn attr_str(&mut self, ty: u16, s: &str) -> &mut Self {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+        self.attr(ty, &v)
+    }
+
+    /// A nested attribute (`NLA_F_NESTED`) holding what `inner` writes.
+    pub fn nest(&mut self, ty: u16, inner: impl FnOnce(&mut Self)) -> &mut Self {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        inner(self);
+        let len = u16::try_from(self.buf.len() - at).unwrap_or(0);
+        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+        self
+    }
+
+    /// Patches the length; the message is complete.
+    #[inline]
+    pub fn finish(self) {
+        let len = u32::try_from(self.buf.len() - self.start).unwrap_or(0);
+        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -303,6 +399,51 @@ mod tests {
         );
         // Trailing padding is not an attribute.
         assert!(Attrs::new(&[0, 0]).next().is_none());
+    }
+
+    #[test]
+    fn written_messages_read_back_with_nests_and_padding() {
+        let mut buf = Vec::new();
+        let mut w = MsgWriter::begin(&mut buf, 0x0a06, NLM_F_REQUEST | NLM_F_ACK, 9, 1, 10);
+        w.attr_str(1, "ab").nest(4, |w| {
+            w.attr_u32(2, 3).attr_u64(3, 1 << 40);
+        });
+        w.attr(5, &[7]);
+        w.finish();
+        let m: Vec<_> = NlMsgs::new(&buf).map(Result::unwrap).collect();
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].ty, m[0].seq), (0x0a06, 9));
+        assert_eq!(u16_ne(&buf, 6), Some(NLM_F_REQUEST | NLM_F_ACK));
+        assert_eq!(m[0].payload.len(), buf.len() - NLMSG_HDRLEN);
+        assert_eq!(&m[0].payload[..4], &[1, 0, 0, 10]);
+        let a: Vec<_> = Attrs::new(&m[0].payload[NFGENMSG_LEN..])
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!((a[0].ty, a[0].value), (1, &b"ab\0"[..]));
+        assert_eq!(a[1].ty, 4);
+        // The nested flag is in the raw type.
+        assert_eq!(
+            u16_ne(&buf, a[1].value_offset + NLMSG_HDRLEN + NFGENMSG_LEN - 2),
+            Some(4 | NLA_F_NESTED)
+        );
+        let inner: Vec<_> = Attrs::new(a[1].value).map(Result::unwrap).collect();
+        assert_eq!((inner[0].ty, inner[0].u32()), (2, Ok(3)));
+        assert_eq!((inner[1].ty, u64_be(inner[1].value, 0)), (3, Some(1 << 40)));
+        assert_eq!((a[2].ty, a[2].value), (5, &[7][..]));
+        assert_eq!(buf.len() % 4, 0);
+        // Too long for a u16 length: written as 0, which readers refuse.
+        let mut big = Vec::new();
+        let mut w = MsgWriter::begin(&mut big, 1, 0, 0, 0, 0);
+        w.attr(1, &vec![0; 70_000]);
+        w.finish();
+        let m = NlMsgs::new(&big).next().unwrap().unwrap();
+        assert_eq!(
+            Attrs::new(&m.payload[NFGENMSG_LEN..])
+                .next()
+                .unwrap()
+                .unwrap_err(),
+            DecodeError::BadLength
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@ use std::ops::Range;
 
 pub use portcullis_netlink::DecodeError;
 pub(crate) use portcullis_netlink::{
-    align4, error_code, error_request_seq, u16_be, u64_be, Attrs, NlMsgs, AF_UNSPEC, NFGENMSG_LEN,
-    NFNETLINK_V0, NLA_HDRLEN, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK,
+    align4, error_code, error_request_seq, u16_be, u64_be, Attrs, MsgWriter, NlMsgs, AF_UNSPEC,
+    NFGENMSG_LEN, NLA_HDRLEN, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK,
     NLM_F_REQUEST,
 };
 
@@ -225,52 +225,6 @@ pub(crate) fn salvage_seq(msg: &[u8]) -> Option<u32> {
 
 // ---- encoding ------------------------------------------------------------
 
-/// Appends netlink messages to a buffer.
-#[derive(Debug)]
-pub(crate) struct MsgWriter<'b> {
-    buf: &'b mut Vec<u8>,
-    start: usize,
-}
-
-impl<'b> MsgWriter<'b> {
-    /// Start a message: `nlmsghdr` (length patched in [`finish`](Self::finish))
-    /// and `nfgenmsg` for `group`.
-    pub(crate) fn begin(buf: &'b mut Vec<u8>, ty: u16, flags: u16, seq: u32, group: u16) -> Self {
-        let start = buf.len();
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        buf.extend_from_slice(&ty.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // destination: the kernel
-        buf.push(AF_UNSPEC);
-        buf.push(NFNETLINK_V0);
-        buf.extend_from_slice(&group.to_be_bytes());
-        MsgWriter { buf, start }
-    }
-
-    pub(crate) fn attr(&mut self, ty: u16, value: &[u8]) -> &mut Self {
-        // Values here are at most 8 bytes (tests: a few hundred): the
-        // length always fits.
-        let len = (NLA_HDRLEN + value.len()) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(value);
-        let pad = align4(value.len()) - value.len();
-        self.buf.extend_from_slice(&[0u8; 3][..pad]);
-        self
-    }
-
-    fn attr_u32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.attr(ty, &v.to_be_bytes())
-    }
-
-    /// Patch the length; the message is complete.
-    pub(crate) fn finish(self) {
-        let len = (self.buf.len() - self.start) as u32;
-        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
-    }
-}
-
 /// What [`encode_config`] sets up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ConfigRequest {
@@ -293,6 +247,7 @@ pub(crate) fn encode_config(buf: &mut Vec<u8>, seq: u32, req: &ConfigRequest) {
         NFULNL_MSG_CONFIG,
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
+        AF_UNSPEC,
         req.group,
     );
     // struct nfulnl_msg_config_cmd { u8 command; } (packed)

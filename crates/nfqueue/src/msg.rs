@@ -19,8 +19,8 @@ use std::ops::Range;
 
 pub use portcullis_netlink::DecodeError;
 pub(crate) use portcullis_netlink::{
-    align4, error_code, error_request_seq, u16_be, u16_ne, u32_be, u64_be, Attrs, NlMsgs,
-    AF_UNSPEC, NFGENMSG_LEN, NFNETLINK_V0, NLA_HDRLEN, NLA_TYPE_MASK, NLMSG_ERROR, NLMSG_HDRLEN,
+    align4, error_code, error_request_seq, u16_be, u16_ne, u32_be, u64_be, Attrs, MsgWriter,
+    NlMsgs, AF_UNSPEC, NFGENMSG_LEN, NLA_HDRLEN, NLA_TYPE_MASK, NLMSG_ERROR, NLMSG_HDRLEN,
     NLM_F_ACK, NLM_F_REQUEST,
 };
 
@@ -276,56 +276,6 @@ impl SkbInfo {
 
 // ---- encoding ------------------------------------------------------------
 
-/// Appends netlink messages to a buffer.
-#[derive(Debug)]
-pub(crate) struct MsgWriter<'b> {
-    buf: &'b mut Vec<u8>,
-    start: usize,
-}
-
-impl<'b> MsgWriter<'b> {
-    /// Start a message: `nlmsghdr` (length patched in [`finish`](Self::finish))
-    /// and `nfgenmsg` for `queue`.
-    pub(crate) fn begin(buf: &'b mut Vec<u8>, ty: u16, flags: u16, seq: u32, queue: u16) -> Self {
-        let start = buf.len();
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        buf.extend_from_slice(&ty.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // destination: the kernel
-        buf.push(AF_UNSPEC);
-        buf.push(NFNETLINK_V0);
-        buf.extend_from_slice(&queue.to_be_bytes());
-        MsgWriter { buf, start }
-    }
-
-    fn attr(&mut self, ty: u16, value: &[u8]) -> &mut Self {
-        // Values here are at most 8 bytes: the length always fits.
-        let len = (NLA_HDRLEN + value.len()) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(value);
-        let pad = align4(value.len()) - value.len();
-        self.buf.extend_from_slice(&[0u8; 3][..pad]);
-        self
-    }
-
-    #[cfg(test)]
-    pub(crate) fn attr_for_tests(&mut self, ty: u16, value: &[u8]) -> &mut Self {
-        self.attr(ty, value)
-    }
-
-    fn attr_u32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.attr(ty, &v.to_be_bytes())
-    }
-
-    /// Patch the length; the message is complete.
-    pub(crate) fn finish(self) {
-        let len = (self.buf.len() - self.start) as u32;
-        self.buf[self.start..self.start + 4].copy_from_slice(&len.to_ne_bytes());
-    }
-}
-
 /// What [`encode_config`] sets up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ConfigRequest {
@@ -344,6 +294,7 @@ pub(crate) fn encode_config(buf: &mut Vec<u8>, seq: u32, req: &ConfigRequest) {
         NFQNL_MSG_CONFIG,
         NLM_F_REQUEST | NLM_F_ACK,
         seq,
+        AF_UNSPEC,
         req.queue,
     );
     // struct nfqnl_msg_config_cmd { u8 command; u8 pad; be16 pf; }
@@ -376,7 +327,7 @@ pub(crate) fn encode_verdict(
     } else {
         NFQNL_MSG_VERDICT
     };
-    let mut w = MsgWriter::begin(buf, ty, NLM_F_REQUEST, seq, queue);
+    let mut w = MsgWriter::begin(buf, ty, NLM_F_REQUEST, seq, AF_UNSPEC, queue);
     // struct nfqnl_msg_verdict_hdr { be32 verdict; be32 id; }
     let v = verdict.code().to_be_bytes();
     let i = id.to_be_bytes();

@@ -28,7 +28,7 @@ static CONFIG_BIND: [u8; 72] = [
 /// nfgenmsg for `family` and group 5.
 pub(crate) fn packet_msg(family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
     let mut buf = Vec::new();
-    let mut w = MsgWriter::begin(&mut buf, NFULNL_MSG_PACKET, 0, 0, 5);
+    let mut w = MsgWriter::begin(&mut buf, NFULNL_MSG_PACKET, 0, 0, AF_UNSPEC, 5);
     for (ty, v) in attrs {
         w.attr(*ty, v);
     }
@@ -57,7 +57,7 @@ pub(crate) static IP4_UDP: [u8; 29] = [
 /// A message of type `ty` with a bare nfgenmsg.
 pub(crate) fn control_msg(ty: u16, body: &[u8]) -> Vec<u8> {
     let mut buf = Vec::new();
-    let w = MsgWriter::begin(&mut buf, ty, 0, 0, 0);
+    let w = MsgWriter::begin(&mut buf, ty, 0, 0, AF_UNSPEC, 0);
     w.finish();
     buf.extend_from_slice(body);
     let len = buf.len() as u32;

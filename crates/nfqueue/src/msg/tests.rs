@@ -157,7 +157,7 @@ fn decodes_packet_message() {
 /// A packet message built from attributes, for the cases not in `PACKET_MSG`.
 pub(crate) fn packet_msg(attrs: &[(u16, &[u8])]) -> Vec<u8> {
     let mut buf = Vec::new();
-    let mut w = MsgWriter::begin(&mut buf, NFQNL_MSG_PACKET, 0, 0, 3);
+    let mut w = MsgWriter::begin(&mut buf, NFQNL_MSG_PACKET, 0, 0, AF_UNSPEC, 3);
     for (ty, v) in attrs {
         w.attr(*ty, v);
     }

@@ -196,9 +196,9 @@ fn every_outstanding_id_is_decided_exactly_once_or_kept() {
 fn ingest_takes_packets_and_counts_errors() {
     let mut buf = Vec::new();
     // A packet message with id 77 and an 8-byte payload.
-    let mut w = msg::MsgWriter::begin(&mut buf, NFQNL_MSG_PACKET, 0, 0, 1);
-    w.attr_for_tests(1, &[0, 0, 0, 77, 0x08, 0x00, 1]);
-    w.attr_for_tests(10, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    let mut w = msg::MsgWriter::begin(&mut buf, NFQNL_MSG_PACKET, 0, 0, msg::AF_UNSPEC, 1);
+    w.attr(1, &[0, 0, 0, 77, 0x08, 0x00, 1]);
+    w.attr(10, &[1, 2, 3, 4, 5, 6, 7, 8]);
     w.finish();
     // An NLMSG_ERROR with -ENOENT (a verdict for an unknown id).
     buf.extend_from_slice(&36u32.to_ne_bytes());
