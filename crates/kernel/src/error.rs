@@ -1,4 +1,5 @@
-//! [`KernelError`]: what can go wrong talking to nftables and iptables.
+//! [`KernelError`]: what can go wrong talking to nftables (programs and
+//! netlink) and iptables.
 
 use std::net::IpAddr;
 
@@ -40,6 +41,13 @@ pub enum KernelError {
         program: String,
         source: std::io::Error,
     },
+    /// A netlink request to nf_tables failed (`errno` from the kernel, or
+    /// no socket in the runner's namespace).
+    #[error("nf_tables netlink request ({what}) failed: {source}")]
+    Netlink {
+        what: &'static str,
+        source: std::io::Error,
+    },
     /// A program's output was not what we expected.
     #[error("unexpected output from `{command}`: {detail}")]
     Output { command: String, detail: String },
@@ -49,11 +57,12 @@ pub enum KernelError {
     /// A ban that cannot be set.
     #[error("cannot ban {addr}: {reason}")]
     InvalidBan { addr: IpAddr, reason: &'static str },
-    /// Neither the nft `queue` statement nor iptables' NFQUEUE target is
-    /// available.
+    /// Neither the nft `queue` statement, the xt NFQUEUE target in our
+    /// table nor iptables' NFQUEUE target is available.
     #[error(
         "no way to hand packets to user space: this kernel has no nft `queue` statement \
-         (CONFIG_NFT_QUEUE) and {0}"
+         (CONFIG_NFT_QUEUE), refuses the xt NFQUEUE target in an inet table \
+         (CONFIG_NETFILTER_XT_TARGET_NFQUEUE, CONFIG_NFT_COMPAT) and {0}"
     )]
     NoQueuePath(String),
 }

@@ -13,17 +13,12 @@
 //! ```
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
-use nix::sys::socket::{
-    self, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
-};
-use portcullis_netlink::{
-    error_code, Attrs, NlMsgs, AF_UNSPEC, NFGENMSG_LEN, NFNETLINK_V0, NLMSG_ERROR, NLMSG_HDRLEN,
-    NLM_F_REQUEST,
-};
+use portcullis_netlink::{error_code, Attrs, NlMsgs, AF_UNSPEC, NFGENMSG_LEN, NLMSG_ERROR};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+use crate::nfnl::{nft_type, Nfnl};
+
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_GEN_ID: u16 = 1;
@@ -31,70 +26,28 @@ const NFTA_GEN_ID: u16 = 1;
 /// A netlink socket that reads the namespace's ruleset generation.
 #[derive(Debug)]
 pub struct Generation {
-    fd: OwnedFd,
-    seq: u32,
-    buf: Vec<u8>,
+    nl: Nfnl,
 }
 
 impl Generation {
-    /// Opens the socket in the calling thread's network namespace, which it
-    /// keeps reading whatever namespace later calls come from.
-    pub fn open() -> io::Result<Self> {
-        let fd = socket::socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )?;
-        socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-        // An answer that never comes must not hang the kernel thread.
-        let limit = nix::sys::time::TimeVal::new(1, 0);
-        socket::setsockopt(&fd, socket::sockopt::ReceiveTimeout, &limit)?;
-        Ok(Self {
-            fd,
-            seq: 0,
-            buf: vec![0; 8192],
-        })
+    /// Reads through `fd` (a `NETLINK_NETFILTER` socket: its namespace is
+    /// the one read, whatever thread reads).
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        Ok(Self { nl: Nfnl::new(fd)? })
     }
 
     /// The current generation.
     pub fn read(&mut self) -> io::Result<u32> {
-        self.seq = self.seq.wrapping_add(1);
-        let req = request(self.seq);
-        socket::send(self.fd.as_raw_fd(), &req, MsgFlags::empty())?;
-        // Answers to an earlier request that timed out may come first.
-        for _ in 0..8 {
-            let n = socket::recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())?;
-            match parse(&self.buf[..n.min(self.buf.len())], self.seq) {
-                Answer::Generation(g) => return Ok(g),
-                Answer::Error(errno) => return Err(io::Error::from_raw_os_error(errno)),
-                Answer::Other => {}
-                Answer::Malformed => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed NFT_MSG_NEWGEN answer",
-                    ))
-                }
-            }
+        let (seq, answer) = self.nl.request(NFT_MSG_GETGEN, 0, AF_UNSPEC, |_| {})?;
+        match parse(&answer, seq) {
+            Answer::Generation(g) => Ok(g),
+            Answer::Error(errno) => Err(io::Error::from_raw_os_error(errno)),
+            Answer::Other | Answer::Malformed => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed NFT_MSG_NEWGEN answer",
+            )),
         }
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no answer to NFT_MSG_GETGEN",
-        ))
     }
-}
-
-/// The `NFT_MSG_GETGEN` request with sequence number `seq`.
-fn request(seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + NFGENMSG_LEN;
-    let mut b = Vec::with_capacity(len);
-    b.extend_from_slice(&(len as u32).to_ne_bytes());
-    b.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN).to_ne_bytes());
-    b.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&[AF_UNSPEC, NFNETLINK_V0, 0, 0]);
-    b
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -123,7 +76,7 @@ fn parse(buf: &[u8], seq: u32) -> Answer {
                 Err(_) => Answer::Malformed,
             };
         }
-        if m.ty != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+        if m.ty != nft_type(NFT_MSG_NEWGEN) {
             continue;
         }
         let Some(attrs) = m.payload.get(NFGENMSG_LEN..) else {
@@ -146,6 +99,7 @@ fn parse(buf: &[u8], seq: u32) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_netlink::{NFNETLINK_V0, NLMSG_HDRLEN};
 
     /// A NEWGEN message: id, then the pid and name attributes the kernel
     /// adds.
@@ -162,7 +116,7 @@ mod tests {
         let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
         let mut b = Vec::new();
         b.extend_from_slice(&(len as u32).to_ne_bytes());
-        b.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN).to_ne_bytes());
+        b.extend_from_slice(&nft_type(NFT_MSG_NEWGEN).to_ne_bytes());
         b.extend_from_slice(&0u16.to_ne_bytes());
         b.extend_from_slice(&seq.to_ne_bytes());
         b.extend_from_slice(&0u32.to_ne_bytes());
@@ -180,13 +134,13 @@ mod tests {
         b.extend_from_slice(&seq.to_ne_bytes());
         b.extend_from_slice(&0u32.to_ne_bytes());
         b.extend_from_slice(&(-errno).to_ne_bytes());
-        b.extend_from_slice(&request(seq)[..NLMSG_HDRLEN]);
+        b.extend_from_slice(&[0; NLMSG_HDRLEN]);
         b
     }
 
     #[test]
     fn the_request_is_a_getgen_of_the_right_length() {
-        let r = request(7);
+        let r = crate::nfnl::encode_request(NFT_MSG_GETGEN, 0, AF_UNSPEC, 7, |_| {});
         assert_eq!(r.len(), 20);
         assert_eq!(u32::from_ne_bytes([r[0], r[1], r[2], r[3]]), 20);
         assert_eq!(u16::from_ne_bytes([r[4], r[5]]), 0x0a10);

@@ -86,21 +86,27 @@ pub mod crowdsec;
 mod error;
 mod genid;
 pub mod iptables;
+mod nfnl;
 mod nft;
 mod plan;
 pub mod ranges;
 mod runner;
+mod xtqueue;
 
 pub use error::KernelError;
+pub use nfnl::open_netfilter_socket;
 pub use nft::{BanEntry, MAX_BAN};
 pub use plan::{
     KernelOptions, KernelPlan, QueuePath, DEFAULT_QUEUE_MARK, DEFAULT_SKIP_MARK, LOG_THRESHOLD,
     PRIORITY, TABLE,
 };
 pub use runner::{Runner, SystemRunner};
+pub use xtqueue::QUEUE_CHAIN;
 
 use iptables::Family;
+use nfnl::Nfnl;
 use runner::run;
+use xtqueue::XtQueue;
 
 /// What this kernel and this system offer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,8 +123,12 @@ pub struct Capabilities {
     /// (and nft 1.0.6's `delete element` first reads every interval set:
     /// most of a second beside 100,000 listed prefixes).
     pub timeout_update: bool,
+    /// The kernel takes xtables' `NFQUEUE` target in an `inet` table
+    /// (nft_compat, xt_NFQUEUE), written over the runner's netlink socket;
+    /// probed only without [`Capabilities::nft_queue`].
+    pub xt_queue: bool,
     /// `iptables`, `ip6tables` and their `-restore` programs are installed
-    /// (needed only without [`Capabilities::nft_queue`]).
+    /// (needed only without the two above).
     pub iptables: bool,
 }
 
@@ -127,6 +137,8 @@ impl Capabilities {
     pub fn queue_path(&self) -> Result<QueuePath, KernelError> {
         if self.nft_queue {
             Ok(QueuePath::NftQueue)
+        } else if self.xt_queue {
+            Ok(QueuePath::XtQueue)
         } else if self.iptables {
             Ok(QueuePath::IptablesNfqueue)
         } else {
@@ -144,11 +156,14 @@ impl Capabilities {
 pub struct Damage {
     /// The table, or its chains' rules.
     pub table: bool,
+    /// The xt `NFQUEUE` rule in chain `nfqueue` ([`QueuePath::XtQueue`]).
+    pub queue_rule: bool,
     /// Our iptables chain, its NFQUEUE rule or a jump to it.
     pub iptables: bool,
     /// Each missing object by name: `table` (no `table inet portcullis`),
     /// `chain:input` (the table without its chain), `rules:input` (the
-    /// chain, flushed), and on the iptables path per family (`ipv4`,
+    /// chain, flushed), `chain:nfqueue` and `queue_rule` (the xt path's
+    /// chain, its rule), and on the iptables path per family (`ipv4`,
     /// `ipv6`) `iptables_chain:ipv4`, `iptables_rule:ipv4` (its NFQUEUE
     /// rule) and `iptables_jump:ipv4:INPUT` (a hook's jump to it).
     pub missing: Vec<String>,
@@ -156,7 +171,7 @@ pub struct Damage {
 
 impl Damage {
     pub fn any(&self) -> bool {
-        self.table || self.iptables
+        self.table || self.queue_rule || self.iptables
     }
 }
 
@@ -166,8 +181,17 @@ struct Applied {
     fail_open: bool,
     queue_mark: u32,
     /// Something is held ([`KernelPlan::holds`]): on the iptables path,
-    /// our iptables chain and jumps exist.
+    /// our iptables chain and jumps exist; on the xt path, the queue rule.
     holds: bool,
+}
+
+impl Applied {
+    fn xt_queue(&self) -> XtQueue {
+        XtQueue {
+            num: self.queue_num,
+            bypass: self.fail_open,
+        }
+    }
 }
 
 impl Applied {
@@ -193,6 +217,9 @@ pub struct Firewall {
     created_tables: Mutex<Vec<Family>>,
     /// The ruleset generation, when watched ([`Firewall::watch_generation`]).
     generation: Mutex<GenWatch>,
+    /// The netlink socket for the xt queue rule ([`QueuePath::XtQueue`]),
+    /// opened on first use.
+    nl: Mutex<Option<Nfnl>>,
 }
 
 /// The ruleset generation's socket and the generation at which the last
@@ -227,10 +254,12 @@ impl Firewall {
             },
         };
         let nft_queue = check(nft::probe_queue()).is_ok();
+        let xt_queue = !nft_queue && probe_xt_queue(runner);
         let timeout_update = probe_timeout_update(runner)?;
         Ok(Capabilities {
             nft_version: version,
             nft_queue,
+            xt_queue,
             set_counters,
             timeout_update,
             iptables: iptables_installed(runner),
@@ -248,10 +277,10 @@ impl Firewall {
     /// From now on [`Firewall::check`] lists our rules only when the
     /// namespace's ruleset generation (one netlink request) moved since a
     /// check found them whole: any change to any table moves it, ours
-    /// included. The socket belongs to the calling thread's network
-    /// namespace, which must be the one the runner works in.
+    /// included. The socket comes from the runner
+    /// ([`Runner::netfilter_socket`]).
     pub fn watch_generation(&self) -> std::io::Result<()> {
-        let g = genid::Generation::open()?;
+        let g = genid::Generation::new(self.runner.netfilter_socket()?)?;
         if let Ok(mut w) = self.generation.lock() {
             *w = GenWatch {
                 source: Some(g),
@@ -275,15 +304,22 @@ impl Firewall {
             applied: Mutex::new(Applied::of(plan)),
             created_tables: Mutex::new(Vec::new()),
             generation: Mutex::new(GenWatch::default()),
+            nl: Mutex::new(None),
         };
         let r = fw.runner.as_ref();
-        let iptables = match path {
+        let applied = Applied::of(plan);
+        let queue = match path {
             QueuePath::IptablesNfqueue if plan.holds() => fw.install_iptables_noting_tables(plan),
-            // Leftovers of an earlier fallback run (before a kernel upgrade).
+            // Leftovers of an earlier fallback run (before a kernel upgrade
+            // or this version).
             _ if fw.caps.iptables => remove_iptables(r).map(drop),
             _ => Ok(()),
-        };
-        if let Err(e) = iptables {
+        }
+        .and_then(|()| match path {
+            QueuePath::XtQueue if plan.holds() => fw.put_xt_rule(&applied),
+            _ => Ok(()),
+        });
+        if let Err(e) = queue {
             let _ = run(
                 fw.runner.as_ref(),
                 "nft",
@@ -293,6 +329,83 @@ impl Firewall {
             return Err(e);
         }
         Ok(fw)
+    }
+
+    /// Makes our queue chain hold exactly the xt `NFQUEUE` rule for `a`
+    /// (one netlink transaction).
+    fn put_xt_rule(&self, a: &Applied) -> Result<(), KernelError> {
+        let q = a.xt_queue();
+        self.with_netlink("replace the xt NFQUEUE rule", |nl| {
+            nl.transaction(|b| xtqueue::write_replace(b, q))
+        })
+    }
+
+    /// The rules of our queue chain: `None` if the chain (or the table)
+    /// does not exist.
+    fn xt_rules(&self) -> Result<Option<Vec<xtqueue::Seen>>, KernelError> {
+        let dumped = self.with_netlink("list the queue chain", |nl| {
+            let rules = match nl.dump(
+                xtqueue::NFT_MSG_GETRULE,
+                xtqueue::NFT_MSG_NEWRULE,
+                nfnl::NFPROTO_INET,
+                xtqueue::write_dump_filter,
+            ) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
+                other => other?,
+            };
+            if !rules.is_empty() {
+                return Ok(Some(rules));
+            }
+            // A dump filtered by a missing chain is merely empty: ask for
+            // the chain itself.
+            let (seq, answer) = nl.request(
+                xtqueue::NFT_MSG_GETCHAIN,
+                0,
+                nfnl::NFPROTO_INET,
+                xtqueue::write_chain_name,
+            )?;
+            match nfnl::error_of(&answer, seq).map_err(std::io::Error::from)? {
+                Some(nix::libc::ENOENT) => Ok(None),
+                Some(e) => Err(std::io::Error::from_raw_os_error(e)),
+                None => Ok(Some(rules)),
+            }
+        })?;
+        let Some(rules) = dumped else {
+            return Ok(None);
+        };
+        rules
+            .iter()
+            .map(|r| xtqueue::parse_rule(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+            .map_err(|e| KernelError::Netlink {
+                what: "read the queue chain",
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })
+    }
+
+    /// Runs `f` on the netlink socket, opening it (in the runner's
+    /// namespace) on first use.
+    fn with_netlink<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut Nfnl) -> std::io::Result<T>,
+    ) -> Result<T, KernelError> {
+        let mut nl = self.nl.lock().unwrap_or_else(|e| e.into_inner());
+        if nl.is_none() {
+            let fd = self
+                .runner
+                .netfilter_socket()
+                .map_err(|source| KernelError::Netlink { what, source })?;
+            *nl = Some(Nfnl::new(fd).map_err(|source| KernelError::Netlink { what, source })?);
+        }
+        let Some(nl) = nl.as_mut() else {
+            return Err(KernelError::Netlink {
+                what,
+                source: std::io::ErrorKind::NotConnected.into(),
+            });
+        };
+        f(nl).map_err(|source| KernelError::Netlink { what, source })
     }
 
     /// [`install_iptables`], noting which `security` tables it creates.
@@ -381,7 +494,23 @@ impl Firewall {
             }
             Err(e) => return Err(e),
         }
-        let table = !missing.is_empty();
+        let mut table = !missing.is_empty();
+        let mut queue_rule = false;
+        if self.path == QueuePath::XtQueue && holds && !table {
+            let want = self.applied.lock().map(|a| a.xt_queue()).ok();
+            match self.xt_rules()? {
+                None => {
+                    missing.push("chain:nfqueue".to_owned());
+                    table = true;
+                }
+                Some(rules) => {
+                    if !rules.iter().any(|r| r.queue.is_some() && r.queue == want) {
+                        missing.push("queue_rule".to_owned());
+                        queue_rule = true;
+                    }
+                }
+            }
+        }
         let mut iptables = false;
         if self.path == QueuePath::IptablesNfqueue && holds {
             for fam in Family::BOTH {
@@ -415,6 +544,7 @@ impl Firewall {
         }
         Ok(Damage {
             table,
+            queue_rule,
             iptables,
             missing,
         })
@@ -439,6 +569,9 @@ impl Firewall {
                 self.ban(&live)?;
             }
         }
+        if (damage.table || damage.queue_rule) && self.path == QueuePath::XtQueue && plan.holds() {
+            self.put_xt_rule(&Applied::of(plan))?;
+        }
         if damage.iptables {
             install_iptables(r, &Applied::of(plan))?;
         }
@@ -450,14 +583,29 @@ impl Firewall {
         self.path
     }
 
-    /// Packets our rules have sent toward NFQUEUE since install, from the
-    /// iptables NFQUEUE rules' counters (IPv4 and IPv6). With fail-open,
-    /// packets the kernel lets past a full queue show up here and in no
-    /// queue counter: this minus what the daemon received is what passed
-    /// uninspected. `None` on the nft `queue` path (not counted there yet).
+    /// Packets our rules have sent toward NFQUEUE since install (or since
+    /// the queue rule was last put back), from the queue rule's counter:
+    /// the xt rule's (one netlink dump), or the iptables NFQUEUE rules'
+    /// (IPv4 and IPv6, two programs). With fail-open, packets the kernel
+    /// lets past a full queue show up here and in no queue counter: this
+    /// minus what the daemon received is what passed uninspected. `None`
+    /// on the nft `queue` path (not counted there yet).
     pub fn queue_rule_packets(&self) -> Result<Option<u64>, KernelError> {
         let holds = self.applied.lock().map_or(true, |a| a.holds);
-        if self.path != QueuePath::IptablesNfqueue || !holds {
+        if !holds {
+            return Ok(None);
+        }
+        if self.path == QueuePath::XtQueue {
+            let rules = self.xt_rules()?.unwrap_or_default();
+            return Ok(Some(
+                rules
+                    .iter()
+                    .filter(|r| r.queue.is_some())
+                    .filter_map(|r| r.packets)
+                    .sum(),
+            ));
+        }
+        if self.path != QueuePath::IptablesNfqueue {
             return Ok(None);
         }
         let mut total = 0;
@@ -496,6 +644,9 @@ impl Firewall {
         let new = Applied::of(plan);
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         self.nft_script(&script)?;
+        if self.path == QueuePath::XtQueue && new.holds && *applied != new {
+            self.put_xt_rule(&new)?;
+        }
         if self.path == QueuePath::IptablesNfqueue && *applied != new {
             if new.holds && !applied.holds {
                 self.install_iptables_noting_tables(plan)?;
@@ -737,6 +888,17 @@ fn probe_timeout_update(runner: &dyn Runner) -> Result<bool, KernelError> {
         detail,
     })?;
     Ok(elems.first().and_then(|e| e.timeout) == Some(Duration::from_secs(7200)))
+}
+
+/// Whether the kernel takes the xt `NFQUEUE` rule in an `inet` table: a
+/// throwaway table with the rule, created and deleted in one netlink
+/// transaction through the runner's socket (none: no).
+fn probe_xt_queue(runner: &dyn Runner) -> bool {
+    runner
+        .netfilter_socket()
+        .and_then(Nfnl::new)
+        .and_then(|mut nl| nl.transaction(xtqueue::write_probe))
+        .is_ok()
 }
 
 fn iptables_installed(runner: &dyn Runner) -> bool {

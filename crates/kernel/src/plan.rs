@@ -45,8 +45,12 @@ pub(crate) const CHAINS: [&str; 6] = [
 pub enum QueuePath {
     /// Our chains end with nft's own `queue` statement (CONFIG_NFT_QUEUE).
     NftQueue,
-    /// The kernel has no nft `queue`: our chains mark the packet, and one
-    /// rule of ours in iptables-nft's `filter` INPUT/FORWARD/OUTPUT chains
+    /// The kernel has no nft `queue` but takes xtables' `NFQUEUE` target in
+    /// an `inet` table (nft_compat): `to_user` jumps to chain `nfqueue`,
+    /// whose one rule (written over netlink, module `xtqueue`) queues.
+    XtQueue,
+    /// Neither: our chains mark the packet, and one
+    /// rule of ours in iptables-nft's `security` INPUT/FORWARD/OUTPUT chains
     /// (IPv4 and IPv6) jumps to chain `PORTCULLIS`, whose NFQUEUE target
     /// queues marked packets.
     IptablesNfqueue,
@@ -56,6 +60,7 @@ impl fmt::Display for QueuePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::NftQueue => "nftables `queue` statement",
+            Self::XtQueue => "xt NFQUEUE target in our own table (this kernel has no nft `queue`)",
             Self::IptablesNfqueue => {
                 "iptables NFQUEUE target on marked packets (this kernel has no nft `queue`)"
             }
@@ -409,6 +414,17 @@ impl KernelPlan {
             }
             s.push_str("\t}\n");
         }
+        if self.user_space && path == QueuePath::XtQueue {
+            // Declared empty: updates never flush it, and its one rule
+            // comes over netlink.
+            let _ = writeln!(
+                s,
+                "\tchain {} {{\n\t\t# counter, xt NFQUEUE num {}{} (added over netlink)\n\t}}",
+                crate::xtqueue::QUEUE_CHAIN,
+                self.queue_num,
+                if self.fail_open { " bypass" } else { "" }
+            );
+        }
         s.push_str("}\n");
         s
     }
@@ -737,14 +753,23 @@ impl KernelPlan {
 
     fn to_user_rules(&self, path: QueuePath) -> Vec<String> {
         let mark = format!("meta mark set meta mark | {:#010x}", self.queue_mark);
-        vec![match path {
-            QueuePath::NftQueue => format!(
+        match path {
+            QueuePath::NftQueue => vec![format!(
                 "{mark} queue num {}{}",
                 self.queue_num,
                 if self.fail_open { " bypass" } else { "" }
-            ),
-            QueuePath::IptablesNfqueue => format!("{mark} accept"),
-        }]
+            )],
+            QueuePath::IptablesNfqueue => vec![format!("{mark} accept")],
+            QueuePath::XtQueue => {
+                let mut r = vec![format!("{mark} jump {}", crate::xtqueue::QUEUE_CHAIN)];
+                // Fail-closed: without the queue rule (being installed,
+                // or removed by someone) nothing passes either.
+                if !self.fail_open {
+                    r.push("drop".into());
+                }
+                r
+            }
+        }
     }
 }
 

@@ -1,12 +1,14 @@
 //! Running `nft`, `iptables` and friends.
 //!
 //! Everything this crate does to the kernel goes through a [`Runner`]:
-//! [`SystemRunner`] runs the programs in the caller's network namespace;
+//! [`SystemRunner`] runs the programs (and opens netlink sockets) in the
+//! caller's network namespace;
 //! tests inject one that prefixes `ip netns exec NS`, or a fake that
 //! records the calls.
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -19,6 +21,19 @@ pub trait Runner: fmt::Debug + Send + Sync {
     /// input; returns its exit status and output. A program that cannot be
     /// found must give an error of kind [`io::ErrorKind::NotFound`].
     fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> io::Result<Output>;
+
+    /// A `NETLINK_NETFILTER` socket in the network namespace this runner's
+    /// programs run in, for the requests that go over netlink (the ruleset
+    /// generation, the xt `NFQUEUE` rule and its counter): a socket stays
+    /// in the namespace it was opened in. The default gives none (fakes
+    /// that only record programs): the probe then finds no xt queue path
+    /// and the generation cannot be watched.
+    fn netfilter_socket(&self) -> io::Result<OwnedFd> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this runner opens no netlink socket",
+        ))
+    }
 }
 
 /// Runs programs in this process's network namespace (the namespace of the
@@ -88,6 +103,11 @@ fn is_executable(p: &Path) -> bool {
 }
 
 impl Runner for SystemRunner {
+    /// Opened in the calling thread's network namespace.
+    fn netfilter_socket(&self) -> io::Result<OwnedFd> {
+        crate::nfnl::open_netfilter_socket()
+    }
+
     fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> io::Result<Output> {
         let path = self.resolve(program).ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("{program} not found"))

@@ -353,7 +353,9 @@ fn missing_programs_name_their_package() {
     assert_eq!(
         e.to_string(),
         "no way to hand packets to user space: this kernel has no nft `queue` statement \
-         (CONFIG_NFT_QUEUE) and iptables is not installed for the fallback: apt-get install iptables"
+         (CONFIG_NFT_QUEUE), refuses the xt NFQUEUE target in an inet table \
+         (CONFIG_NETFILTER_XT_TARGET_NFQUEUE, CONFIG_NFT_COMPAT) and iptables is not \
+         installed for the fallback: apt-get install iptables"
     );
     // Nothing of ours was written (only the probe table came and went).
     assert!(!fake

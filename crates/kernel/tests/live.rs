@@ -28,17 +28,29 @@ fn main() {
     args.test_threads = Some(1);
     let tests = vec![
         live("probe_finds_the_queue_path", probe),
-        live("install_creates_exactly_our_objects", install_exact),
+        live("install_creates_exactly_our_objects", || {
+            install_exact(Via::Best)
+        }),
+        live(
+            "install_creates_exactly_our_objects_iptables_fallback",
+            || install_exact(Via::Iptables),
+        ),
         live("foreign_tables_and_rules_stay_untouched", foreign_untouched),
         live("block_allow_ban_ipv4_ipv6_input_output", block_allow_ban),
         live("ban_refresh_unban_and_listing", ban_refresh),
         live("update_replaces_lists_and_keeps_bans", update_keeps_bans),
         live("forward_checks_both_ends", forward_both_ends),
         live("leftovers_of_a_crash_are_cleaned", leftovers),
-        live("queued_packets_reach_nfqueue", nfqueue_reach),
+        live("queued_packets_reach_nfqueue", || nfqueue_reach(Via::Best)),
+        live("queued_packets_reach_nfqueue_iptables_fallback", || {
+            nfqueue_reach(Via::Iptables)
+        }),
+        live("no_listener_fail_open_passes_fail_closed_drops", || {
+            fail_open_closed(Via::Best)
+        }),
         live(
-            "no_listener_fail_open_passes_fail_closed_drops",
-            fail_open_closed,
+            "no_listener_fail_open_passes_fail_closed_drops_iptables_fallback",
+            || fail_open_closed(Via::Iptables),
         ),
         live("load_100k_cidrs", load_100k),
         live(
@@ -47,7 +59,11 @@ fn main() {
         ),
         live(
             "a_flushed_ruleset_is_found_and_repaired_with_its_bans",
-            flushed_and_repaired,
+            || flushed_and_repaired(Via::Best),
+        ),
+        live(
+            "a_flushed_ruleset_is_found_and_repaired_with_its_bans_iptables_fallback",
+            || flushed_and_repaired(Via::Iptables),
         ),
         live(
             "ban_churn_at_max_bans_never_finds_the_set_full_and_resync_is_exact",
@@ -74,20 +90,65 @@ fn live(name: &str, f: fn() -> Result<(), Failed>) -> Trial {
 
 // ---- helpers -------------------------------------------------------------
 
-/// Runs the library's commands inside namespace `ns`.
+/// Runs the library's commands inside namespace `ns`, and opens its
+/// netlink sockets there (unless `netlink` is false: then the library
+/// finds no xt queue path and takes the iptables fallback).
 #[derive(Debug)]
-struct InNs(String);
+struct InNs {
+    ns: String,
+    netlink: bool,
+}
 
 impl Runner for InNs {
     fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> io::Result<Output> {
-        let mut all = vec!["netns", "exec", self.0.as_str(), program];
+        let mut all = vec!["netns", "exec", self.ns.as_str(), program];
         all.extend_from_slice(args);
         SystemRunner::default().run("ip", &all, stdin)
     }
+
+    fn netfilter_socket(&self) -> io::Result<std::os::fd::OwnedFd> {
+        if !self.netlink {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        // A socket stays in the namespace of the thread that opened it.
+        let ns = self.ns.clone();
+        thread::spawn(move || {
+            enter(&ns).map_err(io::Error::other)?;
+            portcullis_kernel::open_netfilter_socket()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the thread panicked")))
+    }
+}
+
+/// The queue path a test runs on: whatever the kernel offers first, or
+/// the iptables fallback (a runner without netlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Best,
+    Iptables,
 }
 
 fn runner(lab: &Lab, short: &str) -> Arc<InNs> {
-    Arc::new(InNs(lab.ns(short)))
+    runner_via(lab, short, Via::Best)
+}
+
+fn runner_via(lab: &Lab, short: &str, via: Via) -> Arc<InNs> {
+    Arc::new(InNs {
+        ns: lab.ns(short),
+        netlink: via == Via::Best,
+    })
+}
+
+/// The queue path `via` must give on this kernel.
+fn expect_path(fw: &Firewall, via: Via) -> Result<(), Failed> {
+    let path = fw.queue_path();
+    let ok = match via {
+        Via::Best => path != QueuePath::IptablesNfqueue || !fw.capabilities().xt_queue,
+        Via::Iptables => path != QueuePath::XtQueue,
+    };
+    println!("  queue path: {path}");
+    check(ok, || format!("{via:?} gave {path}"))
 }
 
 fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
@@ -217,10 +278,12 @@ fn probe() -> Result<(), Failed> {
     })
 }
 
-fn install_exact() -> Result<(), Failed> {
+fn install_exact(via: Via) -> Result<(), Failed> {
     let lab = pair()?;
-    let r = runner(&lab, "b");
+    let r = runner_via(&lab, "b", via);
     let fw = Firewall::install_with(&plan(&["198.18.0.0/29"], &["198.18.0.3"]), r.clone())?;
+    expect_path(&fw, via)?;
+    let xt = fw.queue_path() == QueuePath::XtQueue;
     let table = exec(&lab, "b", "nft", &["list", "table", "inet", "portcullis"])?;
     let objects: Vec<&str> = table
         .lines()
@@ -249,7 +312,10 @@ fn install_exact() -> Result<(), Failed> {
                 "chain allowed {",
                 "chain blocked {",
                 "chain to_user {",
-            ],
+            ]
+            .into_iter()
+            .chain(xt.then_some("chain nfqueue {"))
+            .collect::<Vec<_>>(),
         || format!("objects {objects:?}"),
     )?;
     check(
@@ -264,8 +330,23 @@ fn install_exact() -> Result<(), Failed> {
              -A OUTPUT -m comment --comment portcullis -j PORTCULLIS\n\
              -A PORTCULLIS -m mark --mark 0x20000000/0x20000000 -m comment --comment portcullis -j NFQUEUE --queue-num 0 --queue-bypass\n"
         ),
-        QueuePath::NftQueue => FRESH.to_string(),
+        QueuePath::NftQueue | QueuePath::XtQueue => FRESH.to_string(),
     };
+    if xt {
+        // The rule that came over netlink, as nft shows it; to_user jumps
+        // to it.
+        let queue = exec(
+            &lab,
+            "b",
+            "nft",
+            &["list", "chain", "inet", "portcullis", "nfqueue"],
+        )?;
+        check(
+            queue.contains("counter packets 0 bytes 0") && queue.contains("queue num 0 bypass"),
+            || queue.clone(),
+        )?;
+        check(table.contains("jump nfqueue"), || table.clone())?;
+    }
     for prog in ["iptables", "ip6tables"] {
         let got = exec(&lab, "b", prog, &["-t", "security", "-S"])?;
         check(got == want_ipt, || {
@@ -273,7 +354,6 @@ fn install_exact() -> Result<(), Failed> {
         })?;
     }
     check(present_with(r.as_ref())?, || "present() is false".into())?;
-    println!("  queue path: {}", fw.queue_path());
 
     fw.teardown()?;
     check(!present_with(r.as_ref())?, || {
@@ -704,7 +784,7 @@ fn in_ns<T: Send + 'static>(
     Ok(h)
 }
 
-fn nfqueue_reach() -> Result<(), Failed> {
+fn nfqueue_reach(via: Via) -> Result<(), Failed> {
     const QUEUE: u16 = 5;
     let lab = pair()?;
     let mut p = plan(&[], &[]);
@@ -712,7 +792,8 @@ fn nfqueue_reach() -> Result<(), Failed> {
     p.fail_open = false;
     p.block_ports = vec![(7777, 7777)];
     p.block_log_rate = 5;
-    let fw = Firewall::install_with(&p, runner(&lab, "b"))?;
+    let fw = Firewall::install_with(&p, runner_via(&lab, "b", via))?;
+    expect_path(&fw, via)?;
     let mark = p.queue_mark;
 
     // The listener: accepts everything but port 7777.
@@ -851,17 +932,31 @@ fn nfqueue_reach() -> Result<(), Failed> {
     check(log.iter().all(|s| s.proto == 6 || s.proto == 17), || {
         format!("{log:?}")
     })?;
+    // The queue rule counted what it queued (IPv4 here; neighbour
+    // discovery is not queued).
+    let counted = fw.queue_rule_packets()?;
+    println!(
+        "  queue rule counter: {counted:?}, listener saw {}",
+        log.len()
+    );
+    check(counted == Some(log.len() as u64), || {
+        format!(
+            "queue rule counted {counted:?}, the listener saw {}",
+            log.len()
+        )
+    })?;
     fw.teardown()?;
     Ok(())
 }
 
-fn fail_open_closed() -> Result<(), Failed> {
+fn fail_open_closed(via: Via) -> Result<(), Failed> {
     let lab = pair()?;
     let mut p = plan(&[], &["198.18.0.3"]);
     p.queue_num = 6;
     // Ping is a new ICMP flow: queue every protocol's new packets.
     p.queue_new_all_protocols = true;
-    let fw = Firewall::install_with(&p, runner(&lab, "b"))?;
+    let fw = Firewall::install_with(&p, runner_via(&lab, "b", via))?;
+    expect_path(&fw, via)?;
     // No listener, fail-open: queued packets pass.
     pings(&lab, &[("a", A4[2], B4, true), ("a", A4[1], B4, true)])?;
     // Fail-closed (an update rewrites the queue rule): they are dropped;
@@ -882,6 +977,39 @@ fn fail_open_closed() -> Result<(), Failed> {
             s.contains("--queue-num 6\n") && !s.contains("bypass"),
             || s.clone(),
         )?;
+    }
+    if fw.queue_path() == QueuePath::XtQueue {
+        let s = exec(
+            &lab,
+            "b",
+            "nft",
+            &["list", "chain", "inet", "portcullis", "nfqueue"],
+        )?;
+        check(
+            s.matches("queue num").count() == 1
+                && s.contains("queue num 6")
+                && !s.contains("bypass"),
+            || s.clone(),
+        )?;
+        // Fail-closed without the queue rule: still nothing passes.
+        exec(
+            &lab,
+            "b",
+            "nft",
+            &["flush", "chain", "inet", "portcullis", "nfqueue"],
+        )?;
+        pings(&lab, &[("a", A4[2], B4, false)])?;
+        let damage = fw.check()?;
+        check(damage.missing == ["queue_rule"], || format!("{damage:?}"))?;
+        fw.repair(
+            &KernelPlan {
+                fail_open: false,
+                ..p.clone()
+            },
+            damage,
+            &[],
+        )?;
+        check(!fw.check()?.any(), || "still damaged after repair".into())?;
     }
     fw.update(&p)?;
     pings(&lab, &[("a", A4[2], B4, true)])?;
@@ -981,11 +1109,12 @@ fn load_100k() -> Result<(), Failed> {
 /// takes our table, ban sets and iptables jumps away; `check` notices,
 /// `repair` puts them back with the bans' remaining time, once, and the
 /// teardown after it is still exact.
-fn flushed_and_repaired() -> Result<(), Failed> {
+fn flushed_and_repaired(via: Via) -> Result<(), Failed> {
     let lab = pair()?;
-    let r = runner(&lab, "b");
+    let r = runner_via(&lab, "b", via);
     let p = plan(&["198.18.0.1"], &[]);
     let fw = Firewall::install_with(&p, r.clone())?;
+    expect_path(&fw, via)?;
     let ban = (ip(A4[3]), Duration::from_secs(600));
     fw.ban(&[ban])?;
     check(!fw.check()?.any(), || "damage right after install".into())?;
@@ -1039,6 +1168,34 @@ fn flushed_and_repaired() -> Result<(), Failed> {
                 .count();
             check(n == 1, || format!("{chain}: {n} jumps\n{s}"))?;
         }
+    }
+    if fw.queue_path() == QueuePath::XtQueue {
+        let s = exec(
+            &lab,
+            "b",
+            "nft",
+            &["list", "chain", "inet", "portcullis", "nfqueue"],
+        )?;
+        check(s.matches("queue num 0 bypass").count() == 1, || s.clone())?;
+        // The queue chain gone with its rule: the table is rebuilt.
+        exec(
+            &lab,
+            "b",
+            "nft",
+            &["flush", "chain", "inet", "portcullis", "to_user"],
+        )?;
+        exec(
+            &lab,
+            "b",
+            "nft",
+            &["delete", "chain", "inet", "portcullis", "nfqueue"],
+        )?;
+        let damage = fw.check()?;
+        check(damage.table && damage.missing == ["chain:nfqueue"], || {
+            format!("{damage:?}")
+        })?;
+        fw.repair(&p, damage, &[(ban.0, Duration::from_secs(585))])?;
+        check(!fw.check()?.any(), || "still damaged after repair".into())?;
     }
     // Only our input chain flushed: named as such, repaired the same way.
     let damage = flush_our_input(&lab, &fw)?;
@@ -1175,6 +1332,10 @@ impl Runner for Counting {
         self.runs.fetch_add(1, Ordering::SeqCst);
         self.inner.run(program, args, stdin)
     }
+
+    fn netfilter_socket(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.inner.netfilter_socket()
+    }
 }
 
 /// With the ruleset generation watched, a check of unchanged rules runs no
@@ -1184,22 +1345,17 @@ impl Runner for Counting {
 fn generation_gated_check() -> Result<(), Failed> {
     let lab = pair()?;
     let r = Arc::new(Counting {
-        inner: InNs(lab.ns("b")),
+        inner: InNs {
+            ns: lab.ns("b"),
+            netlink: true,
+        },
         runs: AtomicUsize::new(0),
     });
     let p = plan(&["198.18.0.1"], &[]);
     let fw = Firewall::install_with(&p, r.clone())?;
-    // The socket belongs to the namespace of the thread that opens it.
-    let name = lab.ns("b");
-    thread::scope(|sc| {
-        sc.spawn(|| -> Result<(), String> {
-            portcullis_testnet::enter(&name)?;
-            fw.watch_generation()
-                .map_err(|e| format!("watch_generation: {e}"))
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the thread panicked".into()))
-    })?;
+    // The socket comes from the runner, in its namespace.
+    fw.watch_generation()
+        .map_err(|e| format!("watch_generation: {e}"))?;
     // A check that finds nothing of ours missing; whether it ran programs.
     let whole = |when: &str| -> Result<bool, Failed> {
         let before = r.runs.load(Ordering::SeqCst);
