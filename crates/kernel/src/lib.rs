@@ -25,7 +25,8 @@
 //!   composite rules or a default policy of drop need every protocol;
 //!   outbound only when those need it); the rest (established, related)
 //!   is accepted. Rules on empty sets are left out;
-//! - chains `allowed`, `blocked` and `to_user` that those rules jump to.
+//! - chains `allowed`, `blocked` and `to_user` that those rules jump to
+//!   (and `nfqueue` on the xt path, below).
 //!
 //! The peer is the source in `input`, the destination in `output`, either
 //! end in `forward` (as in the engine). [`KernelPlan::ruleset_text`] shows
@@ -34,12 +35,23 @@
 //! # How packets reach user space
 //!
 //! One NFQUEUE number for every hook (the queued packet's hook tells the
-//! direction). [`Firewall::probe`] finds out whether this kernel has nft's
-//! `queue` statement ([`QueuePath::NftQueue`]); if not, our chains mark the
-//! packet and one jump of ours in iptables-nft's `security` INPUT, FORWARD
-//! and OUTPUT chains (IPv4 and IPv6) queues marked packets
-//! ([`QueuePath::IptablesNfqueue`], module [`iptables`]). Fail-open (the
-//! default) queues with `bypass`, so a dead daemon never cuts the host off.
+//! direction). [`Firewall::probe`] finds out, in this order:
+//!
+//! 1. whether this kernel has nft's `queue` statement
+//!    ([`QueuePath::NftQueue`]): `to_user` queues;
+//! 2. if not, whether it takes xtables' `NFQUEUE` target in an `inet`
+//!    table (nft_compat, as iptables-nft uses it; Debian's 6.x kernels
+//!    do): `to_user` jumps to our chain `nfqueue`, whose one rule (a
+//!    counter and the target) is written over netlink, since `nft` cannot
+//!    write xt targets ([`QueuePath::XtQueue`], module `xtqueue`);
+//! 3. if not, our chains mark the packet and one jump of ours in
+//!    iptables-nft's `security` INPUT, FORWARD and OUTPUT chains (IPv4
+//!    and IPv6) queues marked packets ([`QueuePath::IptablesNfqueue`],
+//!    module [`iptables`]).
+//!
+//! Fail-open (the default) queues with `bypass`, so a dead daemon never
+//! cuts the host off; fail-closed drops (on the xt path also while the
+//! `nfqueue` rule is missing).
 //!
 //! # Guarantees
 //!
@@ -47,15 +59,16 @@
 //!   commented jumps to it. Nothing else is flushed or edited.
 //! - **Every change is one transaction**: install (which first removes what
 //!   a crashed run left), update, ban, unban and teardown are each one
-//!   `nft -f -` call (and one `iptables-restore` per family where the
-//!   fallback needs it). A failed change leaves the previous state.
+//!   `nft -f -` call (and, where the queue rule needs it, one netlink
+//!   transaction for the xt rule or one `iptables-restore` per family for
+//!   the fallback). A failed change leaves the previous state.
 //! - **Dropping a [`Firewall`] leaves the rules in place** (a daemon that
 //!   dies keeps its fail-open or fail-closed behaviour); call
 //!   [`Firewall::teardown`]. The next [`Firewall::install`] or
 //!   [`Firewall::remove_leftovers`] removes leftovers.
-//! - The library runs its commands in the network namespace of the calling
-//!   thread, through a [`Runner`]; tests inject one that runs them inside a
-//!   test namespace.
+//! - The library runs its commands, and opens its netlink sockets, through a
+//!   [`Runner`] ([`SystemRunner`]: the calling thread's network namespace);
+//!   tests inject one that does both inside a test namespace.
 //!
 //! # Cost
 //!
@@ -67,13 +80,17 @@
 //! set's elements back from the kernel, as it does for `add element`,
 //! `delete element` and `list tables`.
 //!
-//! # Why the `security` table
+//! # Where held packets leave, and the host's own rules
 //!
 //! A packet the daemon accepts from NFQUEUE continues with the next hook
-//! function: it skips the rest of the table that queued it. Queuing from
-//! `security` (priority 50) rather than `filter` (0) means the host's own
-//! iptables filter rules have already decided when portcullis sees the
-//! packet, so portcullis never lets through what they drop.
+//! function: it skips the rest of the table that queued it, never the
+//! others. On the nft and xt paths it leaves from our table (priority
+//! -10), so the host's own filter rules (priority 0) still see it after
+//! portcullis' verdict. On the iptables fallback it leaves from `security`
+//! (priority 50) rather than `filter` (0), so the host's filter rules have
+//! already decided. Either way portcullis never lets through what they
+//! drop; the xt path also spares every packet the fallback's second base
+//! chain and mark match.
 
 #![forbid(unsafe_code)]
 
