@@ -99,6 +99,7 @@ fn parse(buf: &[u8], seq: u32) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nfnl::tests::ack as error;
     use portcullis_netlink::{NFNETLINK_V0, NLMSG_HDRLEN};
 
     /// A NEWGEN message: id, then the pid and name attributes the kernel
@@ -122,19 +123,6 @@ mod tests {
         b.extend_from_slice(&0u32.to_ne_bytes());
         b.extend_from_slice(&[AF_UNSPEC, NFNETLINK_V0, 0, 0]);
         b.extend_from_slice(&attrs);
-        b
-    }
-
-    fn error(seq: u32, errno: i32) -> Vec<u8> {
-        let len = NLMSG_HDRLEN + 4 + NLMSG_HDRLEN;
-        let mut b = Vec::new();
-        b.extend_from_slice(&(len as u32).to_ne_bytes());
-        b.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        b.extend_from_slice(&0u16.to_ne_bytes());
-        b.extend_from_slice(&seq.to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        b.extend_from_slice(&(-errno).to_ne_bytes());
-        b.extend_from_slice(&[0; NLMSG_HDRLEN]);
         b
     }
 

@@ -258,6 +258,16 @@ fn set_elements(lab: &Lab, ns: &str, set: &str) -> Result<String, Failed> {
         .to_string())
 }
 
+/// `nft VERB chain inet portcullis CHAIN` in namespace `ns`.
+fn our_chain(lab: &Lab, ns: &str, verb: &str, chain: &str) -> Result<String, Failed> {
+    exec(
+        lab,
+        ns,
+        "nft",
+        &[verb, "chain", "inet", "portcullis", chain],
+    )
+}
+
 const FRESH: &str = "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n";
 
 // ---- tests ---------------------------------------------------------------
@@ -335,12 +345,7 @@ fn install_exact(via: Via) -> Result<(), Failed> {
     if xt {
         // The rule that came over netlink, as nft shows it; to_user jumps
         // to it.
-        let queue = exec(
-            &lab,
-            "b",
-            "nft",
-            &["list", "chain", "inet", "portcullis", "nfqueue"],
-        )?;
+        let queue = our_chain(&lab, "b", "list", "nfqueue")?;
         check(
             queue.contains("counter packets 0 bytes 0") && queue.contains("queue num 0 bypass"),
             || queue.clone(),
@@ -469,12 +474,7 @@ fn block_allow_ban() -> Result<(), Failed> {
             ("b", B6, A6[1], true),
         ],
     )?;
-    let blocked = exec(
-        &lab,
-        "b",
-        "nft",
-        &["list", "chain", "inet", "portcullis", "blocked"],
-    )?;
+    let blocked = our_chain(&lab, "b", "list", "blocked")?;
     check(!blocked.contains("counter packets 0 "), || {
         format!("no drops counted in `blocked`:\n{blocked}")
     })?;
@@ -646,12 +646,7 @@ fn update_keeps_bans() -> Result<(), Failed> {
         format!("{bans:?}")
     })?;
     // The chains were replaced, not appended to.
-    let input = exec(
-        &lab,
-        "b",
-        "nft",
-        &["list", "chain", "inet", "portcullis", "input"],
-    )?;
+    let input = our_chain(&lab, "b", "list", "input")?;
     check(input.matches("@ban4 counter").count() == 1, || {
         input.clone()
     })?;
@@ -914,12 +909,7 @@ fn nfqueue_reach(via: Via) -> Result<(), Failed> {
     check((5..=14).contains(&n), || {
         format!("udp/7777 queued {n} times")
     })?;
-    let blocked = exec(
-        &lab,
-        "b",
-        "nft",
-        &["list", "chain", "inet", "portcullis", "blocked"],
-    )?;
+    let blocked = our_chain(&lab, "b", "list", "blocked")?;
     let dropped: u64 = blocked
         .split("counter packets ")
         .nth(1)
@@ -979,12 +969,7 @@ fn fail_open_closed(via: Via) -> Result<(), Failed> {
         )?;
     }
     if fw.queue_path() == QueuePath::XtQueue {
-        let s = exec(
-            &lab,
-            "b",
-            "nft",
-            &["list", "chain", "inet", "portcullis", "nfqueue"],
-        )?;
+        let s = our_chain(&lab, "b", "list", "nfqueue")?;
         check(
             s.matches("queue num").count() == 1
                 && s.contains("queue num 6")
@@ -992,12 +977,7 @@ fn fail_open_closed(via: Via) -> Result<(), Failed> {
             || s.clone(),
         )?;
         // Fail-closed without the queue rule: still nothing passes.
-        exec(
-            &lab,
-            "b",
-            "nft",
-            &["flush", "chain", "inet", "portcullis", "nfqueue"],
-        )?;
+        our_chain(&lab, "b", "flush", "nfqueue")?;
         pings(&lab, &[("a", A4[2], B4, false)])?;
         let damage = fw.check()?;
         check(damage.missing == ["queue_rule"], || format!("{damage:?}"))?;
@@ -1170,26 +1150,11 @@ fn flushed_and_repaired(via: Via) -> Result<(), Failed> {
         }
     }
     if fw.queue_path() == QueuePath::XtQueue {
-        let s = exec(
-            &lab,
-            "b",
-            "nft",
-            &["list", "chain", "inet", "portcullis", "nfqueue"],
-        )?;
+        let s = our_chain(&lab, "b", "list", "nfqueue")?;
         check(s.matches("queue num 0 bypass").count() == 1, || s.clone())?;
         // The queue chain gone with its rule: the table is rebuilt.
-        exec(
-            &lab,
-            "b",
-            "nft",
-            &["flush", "chain", "inet", "portcullis", "to_user"],
-        )?;
-        exec(
-            &lab,
-            "b",
-            "nft",
-            &["delete", "chain", "inet", "portcullis", "nfqueue"],
-        )?;
+        our_chain(&lab, "b", "flush", "to_user")?;
+        our_chain(&lab, "b", "delete", "nfqueue")?;
         let damage = fw.check()?;
         check(damage.table && damage.missing == ["chain:nfqueue"], || {
             format!("{damage:?}")
@@ -1212,12 +1177,7 @@ fn flushed_and_repaired(via: Via) -> Result<(), Failed> {
 /// Flushes our input chain in namespace `b`; `check` must name exactly
 /// that.
 fn flush_our_input(lab: &Lab, fw: &Firewall) -> Result<portcullis_kernel::Damage, Failed> {
-    exec(
-        lab,
-        "b",
-        "nft",
-        &["flush", "chain", "inet", "portcullis", "input"],
-    )?;
+    our_chain(lab, "b", "flush", "input")?;
     let damage = fw.check()?;
     check(damage.missing == ["rules:input"], || format!("{damage:?}"))?;
     Ok(damage)
