@@ -22,6 +22,8 @@
 #          loaded too): what holding costs under any stateful firewall
 #   pc     the real `portcullis run`
 #   pcblk  (DNS only) the same portcullis, queried for blocked names
+#   pcb    another build of portcullis ($PORTCULLIS_B), for an A/B of two
+#          builds in the same rounds (any test; not in the defaults)
 #
 # Tests (TESTS, default all):
 #   conn  new TCP connections/s (connrate)             none ct nflog ctlog nfq pc
@@ -57,6 +59,7 @@
 #   NFQ_READER='<nfq_accept> --quiet --spin 50 @QUEUE@ 86400'
 #   PORTCULLIS CONNRATE NFQ_ACCEPT   binaries (default
 #                               ${CARGO_TARGET_DIR:-target}/release/...; built if missing)
+#   PORTCULLIS_B                the build path pcb runs (required for pcb)
 #   PIN=1                       client side on CPU 0, server side on CPU 1
 #   KEEP_LOGS=1                 keep the work directory (kept anyway on failure)
 
@@ -205,14 +208,18 @@ done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive number"
 
 # The paths each test may measure, and which it does (PATHS_<TEST>).
-declare -A ALLOWED=([conn]="none ct nflog ctlog nfq pc" [udp]="none ct nflog ctlog nfq pc"
-    [tcp]="none ct nflog nfq pc" [udpq]="none ct nfq nfqct pc" [dns]="none ct nfq nfqct pc pcblk")
+declare -A ALLOWED=([conn]="none ct nflog ctlog nfq pc pcb" [udp]="none ct nflog ctlog nfq pc pcb"
+    [tcp]="none ct nflog nfq pc pcb" [udpq]="none ct nfq nfqct pc pcb" [dns]="none ct nfq nfqct pc pcblk pcb")
 declare -A PATHS=([conn]=$PATHS_CONN [udp]=$PATHS_UDP [tcp]=$PATHS_TCP [udpq]=$PATHS_UDPQ [dns]=$PATHS_DNS)
 NEED_PC=0 NEED_NFQ=0 NEED_NFLOG=0
 for t in $TESTS; do
     for p in ${PATHS[$t]}; do
         [[ " ${ALLOWED[$t]} " == *" $p "* ]] || die "path '$p' is not one of test $t's: ${ALLOWED[$t]}"
         case $p in pc | pcblk) NEED_PC=1 ;; nfq | nfqct) NEED_NFQ=1 ;; nflog | ctlog) NEED_NFLOG=1 ;; esac
+        if [[ $p == pcb ]]; then
+            NEED_PC=1
+            [[ -x ${PORTCULLIS_B:-} ]] || die "path pcb needs PORTCULLIS_B, an executable portcullis build"
+        fi
     done
 done
 
@@ -291,9 +298,18 @@ qcounters() {
 # (IPv4 + IPv6), or "-" when there is none (portcullis on a kernel with
 # nft `queue`).
 rule_hits() {
-    { in_s iptables-save -c 2>/dev/null; in_s ip6tables-save -c 2>/dev/null; } |
+    local n
+    n=$({ in_s iptables-save -c 2>/dev/null; in_s ip6tables-save -c 2>/dev/null; } |
         awk -v c="$1" '/-j NFQUEUE/ && index($0, c) {split(substr($1, 2), n, ":"); s += n[1]; f = 1}
-             END {if (f) print s; else print "-"}'
+             END {if (f) print s; else print "-"}')
+    if [[ $n == - && $1 == portcullis ]]; then
+        # portcullis' xt path: the counter of the queue rule in its own
+        # table's chain nfqueue.
+        n=$(in_s nft list chain inet portcullis nfqueue 2>/dev/null |
+            awk '/queue num/ {for (i = 1; i < NF; i++) if ($i == "packets") {s += $(i + 1); f = 1}}
+                 END {if (f) print s; else print "-"}')
+    fi
+    echo "$n"
 }
 
 # ---------------------------------------------------------------- paths
@@ -379,10 +395,11 @@ path_up() {
         QNUM=$NFQ_QUEUE QRULE=$TABLE
         reader_ready "accept-all reader (queue $NFQ_QUEUE)" "$WORK/reader-$tag.log" qcounters "$NFQ_QUEUE"
         ;;
-    pc | pcblk)
-        local args=(run --events "$WORK/events-$tag.jsonl" "${PC_EXTRA[@]}")
+    pc | pcblk | pcb)
+        local args=(run --events "$WORK/events-$tag.jsonl" "${PC_EXTRA[@]}") bin=$PORTCULLIS
         [[ -n ${PC_CONFIG[$test]} ]] && args+=(--config "${PC_CONFIG[$test]}")
-        bg "$WORK/portcullis-$tag.log" "${SRV[@]}" "$PORTCULLIS" "${args[@]}"
+        [[ $path == pcb ]] && bin=$PORTCULLIS_B
+        bg "$WORK/portcullis-$tag.log" "${SRV[@]}" "$bin" "${args[@]}"
         CUR_PID=$BG
         local end=$((SECONDS + 15))
         while :; do
@@ -441,7 +458,7 @@ path_down() {
             -j NFQUEUE --queue-num "$NFQ_QUEUE" --queue-bypass
         [[ $path == nfqct ]] && in_s nft delete table inet "$TABLE"
         ;;
-    pc | pcblk)
+    pc | pcblk | pcb)
         stop_pid "$CUR_PID" || die "portcullis did not stop within 15 s of SIGTERM"
         ;;
     esac
@@ -584,7 +601,7 @@ measure() {
         [[ $rh0 != - && $rh1 != - ]] && bypass=$(((rh1 - rh0) - (id1 - id0)))
         QSTAT[$key]="$((qd1 - qd0)) $((ud1 - ud0)) $((id1 - id0)) $bypass"
     fi
-    if [[ $PATH_ == pc || $PATH_ == pcblk ]]; then
+    if [[ $PATH_ == pc || $PATH_ == pcblk || $PATH_ == pcb ]]; then
         PCSTAT[$key]=$(pc_status)
         PCCPU[$key]="$(pc_cpu) $(pc_wakeups)"
     fi
@@ -696,7 +713,8 @@ fi
 
 # ---------------------------------------------------------------- report
 declare -A NAME=([none]="no rule" [ct]="conntrack-only" [nflog]="NFLOG reader" [nfq]="accept-all NFQUEUE reader"
-    [nfqct]="reader + conntrack" [ctlog]="conntrack + NFLOG reader" [pc]="portcullis" [pcblk]="portcullis, blocked names")
+    [nfqct]="reader + conntrack" [ctlog]="conntrack + NFLOG reader" [pc]="portcullis" [pcblk]="portcullis, blocked names"
+    [pcb]="portcullis B (\$PORTCULLIS_B)")
 declare -A TITLE=(
     [conn]="new TCP connections/s (connrate, $CONN_COUNT x $CONN_CONCURRENCY threads, <= $CONN_SECS s)"
     [udp]="64-byte UDP packets/s, one established flow, nothing queued (iperf3 -u -l 64, unlimited, $UDP_PACKETS per run)"
@@ -791,11 +809,11 @@ for test in $TESTS; do
             extra="queries lost $l, answers NOERROR $ok, NXDOMAIN $nx"
             ;;
         esac
-        if [[ $p == nfq || $p == nfqct || $p == pc || $p == pcblk ]]; then
+        if [[ $p == nfq || $p == nfqct || $p == pc || $p == pcblk || $p == pcb ]]; then
             read -r a b c d <<<"$(drops "$test" "$p")"
             extra+="${extra:+; }queue: queue_dropped $a, user_dropped $b, passed uninspected $d, handed to user space $c"
         fi
-        if [[ $p == pc || $p == pcblk ]]; then
+        if [[ $p == pc || $p == pcblk || $p == pcb ]]; then
             st=() cpu=()
             for ((r = 1; r <= ROUNDS; r++)); do
                 [[ -n ${PCSTAT[$test:$p:$r]:-} ]] || continue

@@ -453,16 +453,25 @@ impl KernelPlan {
         //    step 3, so a ban also ends its open connections), DNS queries
         //    on a reused socket or a TCP connection, `queue_all` protocols.
         if self.user_space {
-            let mut keep = String::new();
-            if self.queue_dns {
-                // `th dport` alone reads bytes 2-3 of any transport header
-                // (nft shows it on ICMP as `icmp checksum`): only TCP and
-                // UDP have ports.
-                keep.push_str(" meta l4proto . th dport != { tcp . 53, udp . 53 }");
-            }
-            if !self.queue_all.is_empty() {
-                keep.push_str(" meta l4proto != @queue_proto");
-            }
+            let queue_all = if self.queue_all.is_empty() {
+                ""
+            } else {
+                " meta l4proto != @queue_proto"
+            };
+            // Keeping DNS queries out: `th dport != 53` is one load and
+            // compare where `meta l4proto . th dport != { tcp . 53, udp .
+            // 53 }` is a set lookup on every established packet (5 % of
+            // 64-byte UDP throughput, measured). But `th dport` reads bytes
+            // 2-3 of any transport header (nft shows it on ICMP as `icmp
+            // checksum`), so a second rule accepts what has those bytes at
+            // 53 without being TCP or UDP. It comes after both families'
+            // first rules: the common packet still costs one rule (two for
+            // IPv6).
+            let keep: &[&str] = if self.queue_dns {
+                &[" th dport != 53", " meta l4proto != { tcp, udp }"]
+            } else {
+                &[""]
+            };
             // Our mark bits only matter to a queue rule that matches them:
             // when nothing is held, none exists, and the write is saved.
             let clear = if self.holds() {
@@ -470,11 +479,13 @@ impl KernelPlan {
             } else {
                 String::new()
             };
-            for (fam, set) in [("ip", "ban4"), ("ip6", "ban6")] {
-                let not_banned = self.not_in(fam, set, None, peers);
-                r.push(format!(
-                    "ct state established,related{not_banned}{keep}{clear} accept"
-                ));
+            for keep in keep {
+                for (fam, set) in [("ip", "ban4"), ("ip6", "ban6")] {
+                    let not_banned = self.not_in(fam, set, None, peers);
+                    r.push(format!(
+                        "ct state established,related{not_banned}{keep}{queue_all}{clear} accept"
+                    ));
+                }
             }
         }
         // Packets portcullis itself sends (NXDOMAIN answers, socket mark
