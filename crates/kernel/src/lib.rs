@@ -209,9 +209,7 @@ impl Applied {
             bypass: self.fail_open,
         }
     }
-}
 
-impl Applied {
     fn of(plan: &KernelPlan) -> Self {
         Self {
             queue_num: plan.queue_num,
@@ -237,6 +235,16 @@ pub struct Firewall {
     /// The netlink socket for the xt queue rule ([`QueuePath::XtQueue`]),
     /// opened on first use.
     nl: Mutex<Option<Nfnl>>,
+    /// The xt rule's counter as last read, and what earlier rules (before
+    /// it was put back) had counted: [`Firewall::queue_rule_packets`]
+    /// stays a count since install.
+    xt_hits: Mutex<XtHits>,
+}
+
+#[derive(Debug, Default)]
+struct XtHits {
+    base: u64,
+    last: u64,
 }
 
 /// The ruleset generation's socket and the generation at which the last
@@ -322,6 +330,7 @@ impl Firewall {
             created_tables: Mutex::new(Vec::new()),
             generation: Mutex::new(GenWatch::default()),
             nl: Mutex::new(None),
+            xt_hits: Mutex::new(XtHits::default()),
         };
         let r = fw.runner.as_ref();
         let applied = Applied::of(plan);
@@ -354,7 +363,13 @@ impl Firewall {
         let q = a.xt_queue();
         self.with_netlink("replace the xt NFQUEUE rule", |nl| {
             nl.transaction(|b| xtqueue::write_replace(b, q))
-        })
+        })?;
+        // The new rule counts from zero: keep what the old one had
+        // counted when last read.
+        if let Ok(mut h) = self.xt_hits.lock() {
+            h.base = h.base.saturating_add(std::mem::take(&mut h.last));
+        }
+        Ok(())
     }
 
     /// The rules of our queue chain: `None` if the chain (or the table)
@@ -600,10 +615,11 @@ impl Firewall {
         self.path
     }
 
-    /// Packets our rules have sent toward NFQUEUE since install (or since
-    /// the queue rule was last put back), from the queue rule's counter:
-    /// the xt rule's (one netlink dump), or the iptables NFQUEUE rules'
-    /// (IPv4 and IPv6, two programs). With fail-open, packets the kernel
+    /// Packets our rules have sent toward NFQUEUE since install, from the
+    /// queue rule's counter: the xt rule's (one netlink dump; a rule put
+    /// back adds to what the old one had counted when last read), or the
+    /// iptables NFQUEUE rules' (IPv4 and IPv6, two programs; since they
+    /// were last put back). With fail-open, packets the kernel
     /// lets past a full queue show up here and in no queue counter: this
     /// minus what the daemon received is what passed uninspected. `None`
     /// on the nft `queue` path (not counted there yet).
@@ -614,13 +630,14 @@ impl Firewall {
         }
         if self.path == QueuePath::XtQueue {
             let rules = self.xt_rules()?.unwrap_or_default();
-            return Ok(Some(
-                rules
-                    .iter()
-                    .filter(|r| r.queue.is_some())
-                    .filter_map(|r| r.packets)
-                    .sum(),
-            ));
+            let now: u64 = rules
+                .iter()
+                .filter(|r| r.queue.is_some())
+                .filter_map(|r| r.packets)
+                .sum();
+            let mut h = self.xt_hits.lock().unwrap_or_else(|e| e.into_inner());
+            h.last = now;
+            return Ok(Some(h.base.saturating_add(now)));
         }
         if self.path != QueuePath::IptablesNfqueue {
             return Ok(None);
