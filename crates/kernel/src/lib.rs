@@ -423,21 +423,18 @@ impl Firewall {
         what: &'static str,
         f: impl FnOnce(&mut Nfnl) -> std::io::Result<T>,
     ) -> Result<T, KernelError> {
-        let mut nl = self.nl.lock().unwrap_or_else(|e| e.into_inner());
-        if nl.is_none() {
-            let fd = self
-                .runner
-                .netfilter_socket()
-                .map_err(|source| KernelError::Netlink { what, source })?;
-            *nl = Some(Nfnl::new(fd).map_err(|source| KernelError::Netlink { what, source })?);
-        }
-        let Some(nl) = nl.as_mut() else {
-            return Err(KernelError::Netlink {
-                what,
-                source: std::io::ErrorKind::NotConnected.into(),
-            });
+        let err = |source| KernelError::Netlink { what, source };
+        let mut slot = self.nl.lock().unwrap_or_else(|e| e.into_inner());
+        let nl = match slot.take() {
+            Some(nl) => slot.insert(nl),
+            None => slot.insert(
+                self.runner
+                    .netfilter_socket()
+                    .and_then(Nfnl::new)
+                    .map_err(err)?,
+            ),
         };
-        f(nl).map_err(|source| KernelError::Netlink { what, source })
+        f(nl).map_err(err)
     }
 
     /// [`install_iptables`], noting which `security` tables it creates.
