@@ -67,6 +67,10 @@ fn main() {
             own_iptables_rules,
         ),
         live(
+            "the_hosts_own_iptables_rules_still_apply_to_held_packets",
+            own_iptables_rules_held,
+        ),
+        live(
             "control_socket_status_ban_bans_unban_and_refusals",
             control_socket,
         ),
@@ -762,6 +766,62 @@ fn own_iptables_rules() -> Result<(), Failed> {
     // And ours is gone while theirs stays.
     let rules = net.fw("iptables", &["-S", "INPUT"]);
     assert!(rules.contains("--dport 8082 -j DROP"), "{rules}");
+    Ok(())
+}
+
+/// Held packets leave our table for the queue (on this kernel by the xt
+/// `NFQUEUE` rule at priority -10); portcullis' accept must not skip the
+/// host's own filter rules (priority 0) that come after.
+fn own_iptables_rules_held() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    net.lab.exec(
+        "fw",
+        "iptables",
+        &["-A", "INPUT", "-p", "udp", "--dport", "8092", "-j", "DROP"],
+    )?;
+    for port in ["8091", "8092"] {
+        net.lab.spawn(
+            "fw",
+            "nc",
+            &["-lku", port],
+            &net.path(&format!("udp{port}.log")),
+        )?;
+    }
+    // Every UDP packet is held for portcullis' verdict.
+    net.start(r#"{"inline": {"queue_all": ["UDP"]}, "events": {"dns_queries": false}}"#)?;
+    let (_, status) = net.ctl(&["status", "--json"]);
+    let held_before = json(&status)["queue"]["received"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(300));
+    for port in ["8091", "8092"] {
+        net.lab.exec(
+            "b",
+            "sh",
+            &[
+                "-c",
+                &format!("echo held-{port} | nc -u -w 1 {FW_B} {port}"),
+            ],
+        )?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let got = |port: &str| std::fs::read_to_string(net.path(&format!("udp{port}.log")));
+    let (a, b) = (got("8091")?, got("8092")?);
+    let (_, status) = net.ctl(&["status", "--json"]);
+    let held = json(&status)["queue"]["received"].as_u64().unwrap_or(0) - held_before;
+    eprintln!("kernel path: {}; held {held}", json(&status)["kernel_path"]);
+    // Both went through portcullis; the host's DROP still wins for 8092.
+    assert!(held >= 2, "the datagrams were not held: {held}");
+    assert!(
+        a.contains("held-8091"),
+        "an ordinary port got nothing: {a:?}"
+    );
+    assert!(
+        !b.contains("held-8092"),
+        "portcullis let through what the host's iptables drops: {b:?}"
+    );
+    net.stop()?;
+    net.assert_clean()?;
+    let rules = net.fw("iptables", &["-S", "INPUT"]);
+    assert!(rules.contains("--dport 8092 -j DROP"), "{rules}");
     Ok(())
 }
 
