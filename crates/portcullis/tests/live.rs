@@ -733,22 +733,39 @@ fn full_queue_reported() -> Result<(), Failed> {
     net.assert_clean()
 }
 
-fn own_iptables_rules() -> Result<(), Failed> {
-    let mut net = Net::new()?;
-    // The host's own rule, before and independent of portcullis.
+/// The host's own iptables rule, before and independent of portcullis:
+/// `proto` to port `dropped` is dropped in `INPUT`. Listeners (nc) on
+/// `open` and `dropped` write what they receive to `<proto><port>.log`.
+fn host_drops(net: &mut Net, proto: &str, open: &str, dropped: &str) -> Result<(), Failed> {
     net.lab.exec(
         "fw",
         "iptables",
-        &["-A", "INPUT", "-p", "tcp", "--dport", "8082", "-j", "DROP"],
+        &["-A", "INPUT", "-p", proto, "--dport", dropped, "-j", "DROP"],
     )?;
-    for port in ["8080", "8082"] {
-        net.lab.spawn(
-            "fw",
-            "nc",
-            &["-lk", port],
-            &net.path(&format!("nc{port}.log")),
-        )?;
+    let listen = if proto == "udp" { "-lku" } else { "-lk" };
+    for port in [open, dropped] {
+        let log = net.path(&format!("{proto}{port}.log"));
+        net.lab.spawn("fw", "nc", &[listen, port], &log)?;
     }
+    Ok(())
+}
+
+/// Stops the daemon: nothing of ours is left, the host's rule dropping
+/// port `dropped` still is.
+fn stop_keeping_host_rule(net: &mut Net, dropped: &str) -> Result<(), Failed> {
+    net.stop()?;
+    net.assert_clean()?;
+    let rules = net.fw("iptables", &["-S", "INPUT"]);
+    assert!(
+        rules.contains(&format!("--dport {dropped} -j DROP")),
+        "{rules}"
+    );
+    Ok(())
+}
+
+fn own_iptables_rules() -> Result<(), Failed> {
+    let mut net = Net::new()?;
+    host_drops(&mut net, "tcp", "8080", "8082")?;
     net.start(r#"{"events": {"dns_queries": false}}"#)?;
     std::thread::sleep(Duration::from_millis(300));
     // New connections go through portcullis, which accepts both; the
@@ -761,12 +778,8 @@ fn own_iptables_rules() -> Result<(), Failed> {
         !net.connect("b", FW_B, "8082"),
         "portcullis let through what the host's iptables drops"
     );
-    net.stop()?;
-    net.assert_clean()?;
     // And ours is gone while theirs stays.
-    let rules = net.fw("iptables", &["-S", "INPUT"]);
-    assert!(rules.contains("--dport 8082 -j DROP"), "{rules}");
-    Ok(())
+    stop_keeping_host_rule(&mut net, "8082")
 }
 
 /// Held packets leave our table for the queue (on this kernel by the xt
@@ -774,19 +787,7 @@ fn own_iptables_rules() -> Result<(), Failed> {
 /// host's own filter rules (priority 0) that come after.
 fn own_iptables_rules_held() -> Result<(), Failed> {
     let mut net = Net::new()?;
-    net.lab.exec(
-        "fw",
-        "iptables",
-        &["-A", "INPUT", "-p", "udp", "--dport", "8092", "-j", "DROP"],
-    )?;
-    for port in ["8091", "8092"] {
-        net.lab.spawn(
-            "fw",
-            "nc",
-            &["-lku", port],
-            &net.path(&format!("udp{port}.log")),
-        )?;
-    }
+    host_drops(&mut net, "udp", "8091", "8092")?;
     // Every UDP packet is held for portcullis' verdict.
     net.start(r#"{"inline": {"queue_all": ["UDP"]}, "events": {"dns_queries": false}}"#)?;
     let (_, status) = net.ctl(&["status", "--json"]);
@@ -806,7 +807,10 @@ fn own_iptables_rules_held() -> Result<(), Failed> {
     let got = |port: &str| std::fs::read_to_string(net.path(&format!("udp{port}.log")));
     let (a, b) = (got("8091")?, got("8092")?);
     let (_, status) = net.ctl(&["status", "--json"]);
-    let held = json(&status)["queue"]["received"].as_u64().unwrap_or(0) - held_before;
+    let held = json(&status)["queue"]["received"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(held_before);
     eprintln!("kernel path: {}; held {held}", json(&status)["kernel_path"]);
     // Both went through portcullis; the host's DROP still wins for 8092.
     assert!(held >= 2, "the datagrams were not held: {held}");
@@ -818,11 +822,7 @@ fn own_iptables_rules_held() -> Result<(), Failed> {
         !b.contains("held-8092"),
         "portcullis let through what the host's iptables drops: {b:?}"
     );
-    net.stop()?;
-    net.assert_clean()?;
-    let rules = net.fw("iptables", &["-S", "INPUT"]);
-    assert!(rules.contains("--dport 8092 -j DROP"), "{rules}");
-    Ok(())
+    stop_keeping_host_rule(&mut net, "8092")
 }
 
 fn json(text: &str) -> Value {
