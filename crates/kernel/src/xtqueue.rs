@@ -67,10 +67,10 @@ const PROBE_TABLE: &str = "portcullis_probe";
 
 /// What the rule queues to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct XtQueue {
-    pub num: u16,
+pub(crate) struct XtQueue {
+    pub(crate) num: u16,
     /// Packets pass when no program listens (fail-open).
-    pub bypass: bool,
+    pub(crate) bypass: bool,
 }
 
 impl XtQueue {
