@@ -30,7 +30,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conntrack::{self, Doomed};
 use crate::error::KernelError;
+use crate::nfnl::Nfnl;
 use crate::nft::nft_time;
 use crate::plan::TABLE;
 use crate::runner::{run, Runner};
@@ -206,26 +208,33 @@ pub fn update_script(
 pub struct CrowdsecSets {
     runner: Arc<dyn Runner>,
     timeout_update: bool,
+    /// [`crate::Shape::bans_end_flows`]: decisions end their addresses'
+    /// connections as bans do.
+    bans_end_flows: bool,
 }
 
 impl CrowdsecSets {
-    pub(crate) fn new(runner: Arc<dyn Runner>, timeout_update: bool) -> Self {
+    pub(crate) fn new(runner: Arc<dyn Runner>, timeout_update: bool, bans_end_flows: bool) -> Self {
         Self {
             runner,
             timeout_update,
+            bans_end_flows,
         }
     }
 
-    /// See [`replace_script`].
+    /// See [`replace_script`]; then, where bans end flows, the connections
+    /// of every address and range in force end.
     pub fn replace(
         &self,
         addrs: &[(IpAddr, Duration)],
         ranges: &[CsRange],
     ) -> Result<(), KernelError> {
-        self.nft(&replace_script(addrs, ranges))
+        self.nft(&replace_script(addrs, ranges))?;
+        self.end_flows(addrs, ranges)
     }
 
-    /// See [`update_script`].
+    /// See [`update_script`]; then, where bans end flows, the connections
+    /// of the added addresses and of every range (when given) end.
     pub fn update(
         &self,
         add: &[(IpAddr, Duration)],
@@ -236,7 +245,42 @@ impl CrowdsecSets {
         if script.is_empty() {
             return Ok(());
         }
-        self.nft(&script)
+        self.nft(&script)?;
+        self.end_flows(add, ranges.unwrap_or_default())
+    }
+
+    /// Deletes the conntrack entries of the decisions' connections (zero
+    /// durations were left out of the sets, and are here).
+    fn end_flows(
+        &self,
+        addrs: &[(IpAddr, Duration)],
+        ranges: &[CsRange],
+    ) -> Result<(), KernelError> {
+        let doomed = Doomed {
+            addrs: addrs
+                .iter()
+                .filter(|(_, d)| !d.is_zero())
+                .map(|(a, _)| *a)
+                .collect(),
+            ranges: ranges
+                .iter()
+                .filter(|r| !r.timeout.is_zero() && r.first.is_ipv4() == r.last.is_ipv4())
+                .map(|r| (r.first, r.last))
+                .collect(),
+        };
+        if !self.bans_end_flows || doomed.is_empty() {
+            return Ok(());
+        }
+        let what = "end the CrowdSec decisions' connections";
+        let err = |source| KernelError::Netlink { what, source };
+        let mut nl = self
+            .runner
+            .netfilter_socket()
+            .and_then(Nfnl::new)
+            .map_err(err)?;
+        conntrack::end_flows(&mut nl, &doomed)
+            .map(drop)
+            .map_err(err)
     }
 
     /// Elements in the address sets now (`nft -j list set`, two calls):

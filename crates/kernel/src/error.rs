@@ -41,9 +41,9 @@ pub enum KernelError {
         program: String,
         source: std::io::Error,
     },
-    /// A netlink request to nf_tables failed (`errno` from the kernel, or
-    /// no socket in the runner's namespace).
-    #[error("nf_tables netlink request ({what}) failed: {source}")]
+    /// A netfilter netlink request (nf_tables, ctnetlink) failed (`errno`
+    /// from the kernel, or no socket in the runner's namespace).
+    #[error("netfilter netlink request ({what}) failed: {source}")]
     Netlink {
         what: &'static str,
         source: std::io::Error,

@@ -38,7 +38,9 @@ impl Generation {
 
     /// The current generation.
     pub fn read(&mut self) -> io::Result<u32> {
-        let (seq, answer) = self.nl.request(NFT_MSG_GETGEN, 0, AF_UNSPEC, |_| {})?;
+        let (seq, answer) =
+            self.nl
+                .request(crate::nfnl::nft_type(NFT_MSG_GETGEN), 0, AF_UNSPEC, |_| {})?;
         match parse(&answer, seq) {
             Answer::Generation(g) => Ok(g),
             Answer::Error(errno) => Err(io::Error::from_raw_os_error(errno)),
@@ -128,7 +130,13 @@ mod tests {
 
     #[test]
     fn the_request_is_a_getgen_of_the_right_length() {
-        let r = crate::nfnl::encode_request(NFT_MSG_GETGEN, 0, AF_UNSPEC, 7, |_| {});
+        let r = crate::nfnl::encode_request(
+            crate::nfnl::nft_type(NFT_MSG_GETGEN),
+            0,
+            AF_UNSPEC,
+            7,
+            |_| {},
+        );
         assert_eq!(r.len(), 20);
         assert_eq!(u32::from_ne_bytes([r[0], r[1], r[2], r[3]]), 20);
         assert_eq!(u16::from_ne_bytes([r[4], r[5]]), 0x0a10);

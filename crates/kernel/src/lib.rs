@@ -99,6 +99,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod conntrack;
 pub mod crowdsec;
 mod error;
 mod genid;
@@ -114,8 +115,8 @@ pub use error::KernelError;
 pub use nfnl::open_netfilter_socket;
 pub use nft::{BanEntry, MAX_BAN};
 pub use plan::{
-    KernelOptions, KernelPlan, QueuePath, DEFAULT_QUEUE_MARK, DEFAULT_SKIP_MARK, LOG_THRESHOLD,
-    PRIORITY, TABLE,
+    KernelOptions, KernelPlan, QueuePath, Shape, DEFAULT_QUEUE_MARK, DEFAULT_SKIP_MARK,
+    LOG_THRESHOLD, PRIORITY, TABLE,
 };
 pub use runner::{Runner, SystemRunner};
 pub use xtqueue::QUEUE_CHAIN;
@@ -144,6 +145,10 @@ pub struct Capabilities {
     /// (nft_compat, xt_NFQUEUE), written over the runner's netlink socket;
     /// probed only without [`Capabilities::nft_queue`].
     pub xt_queue: bool,
+    /// ctnetlink finds conntrack entries by address (a filtered dump) and
+    /// deletes them, over the runner's netlink socket: a ban then ends its
+    /// peer's connections that way ([`Shape::bans_end_flows`]).
+    pub conntrack_delete: bool,
     /// `iptables`, `ip6tables` and their `-restore` programs are installed
     /// (needed only without the two above).
     pub iptables: bool,
@@ -163,6 +168,15 @@ impl Capabilities {
                 "iptables is not installed for the fallback: apt-get install iptables".into(),
             ))
         }
+    }
+
+    /// How an install draws its table here.
+    pub fn shape(&self) -> Result<Shape, KernelError> {
+        Ok(Shape {
+            path: self.queue_path()?,
+            ban_counters: self.set_counters,
+            bans_end_flows: self.conntrack_delete,
+        })
     }
 }
 
@@ -225,7 +239,7 @@ impl Applied {
 pub struct Firewall {
     runner: Arc<dyn Runner>,
     caps: Capabilities,
-    path: QueuePath,
+    shape: Shape,
     applied: Mutex<Applied>,
     /// iptables-nft `security` tables (by family) that did not exist before
     /// our install: removed again at teardown if nothing else is in them.
@@ -285,6 +299,7 @@ impl Firewall {
             nft_version: version,
             nft_queue,
             xt_queue,
+            conntrack_delete: probe_conntrack_delete(runner),
             set_counters,
             timeout_update,
             iptables: iptables_installed(runner),
@@ -319,13 +334,14 @@ impl Firewall {
     pub fn install_with(plan: &KernelPlan, runner: Arc<dyn Runner>) -> Result<Self, KernelError> {
         plan.validate()?;
         let caps = Self::probe_with(runner.as_ref())?;
-        let path = caps.queue_path()?;
-        let script = nft::install_script(plan, path, caps.set_counters);
+        let shape = caps.shape()?;
+        let path = shape.path;
+        let script = nft::install_script(plan, shape);
         run(runner.as_ref(), "nft", &["-f", "-"], Some(&script))?;
         let fw = Self {
             runner,
             caps,
-            path,
+            shape,
             applied: Mutex::new(Applied::of(plan)),
             created_tables: Mutex::new(Vec::new()),
             generation: Mutex::new(GenWatch::default()),
@@ -391,7 +407,7 @@ impl Firewall {
             // A dump filtered by a missing chain is merely empty: ask for
             // the chain itself.
             let (seq, answer) = nl.request(
-                xtqueue::NFT_MSG_GETCHAIN,
+                nfnl::nft_type(xtqueue::NFT_MSG_GETCHAIN),
                 0,
                 nfnl::NFPROTO_INET,
                 xtqueue::write_chain_name,
@@ -525,7 +541,7 @@ impl Firewall {
         }
         let mut table = !missing.is_empty();
         let mut queue_rule = false;
-        if self.path == QueuePath::XtQueue && holds && !table {
+        if self.shape.path == QueuePath::XtQueue && holds && !table {
             let want = self.applied.lock().map(|a| a.xt_queue()).ok();
             match self.xt_rules()? {
                 None => {
@@ -541,7 +557,7 @@ impl Firewall {
             }
         }
         let mut iptables = false;
-        if self.path == QueuePath::IptablesNfqueue && holds {
+        if self.shape.path == QueuePath::IptablesNfqueue && holds {
             for fam in Family::BOTH {
                 let listing = security_listing(r, fam)?;
                 let ours = iptables::parse(&listing);
@@ -590,7 +606,7 @@ impl Firewall {
     ) -> Result<(), KernelError> {
         let r = self.runner.as_ref();
         if damage.table {
-            let script = nft::install_script(plan, self.path, self.caps.set_counters);
+            let script = nft::install_script(plan, self.shape);
             run(r, "nft", &["-f", "-"], Some(&script))?;
             let live: Vec<(IpAddr, Duration)> =
                 bans.iter().copied().filter(|(_, d)| !d.is_zero()).collect();
@@ -598,7 +614,10 @@ impl Firewall {
                 self.ban(&live)?;
             }
         }
-        if (damage.table || damage.queue_rule) && self.path == QueuePath::XtQueue && plan.holds() {
+        if (damage.table || damage.queue_rule)
+            && self.shape.path == QueuePath::XtQueue
+            && plan.holds()
+        {
             self.put_xt_rule(&Applied::of(plan))?;
         }
         if damage.iptables {
@@ -609,7 +628,7 @@ impl Firewall {
 
     /// How queued packets reach user space.
     pub fn queue_path(&self) -> QueuePath {
-        self.path
+        self.shape.path
     }
 
     /// Packets our rules have sent toward NFQUEUE since install, from the
@@ -625,7 +644,7 @@ impl Firewall {
         if !holds {
             return Ok(None);
         }
-        if self.path == QueuePath::XtQueue {
+        if self.shape.path == QueuePath::XtQueue {
             let rules = self.xt_rules()?.unwrap_or_default();
             let now: u64 = rules
                 .iter()
@@ -636,7 +655,7 @@ impl Firewall {
             h.last = now;
             return Ok(Some(h.base.saturating_add(now)));
         }
-        if self.path != QueuePath::IptablesNfqueue {
+        if self.shape.path != QueuePath::IptablesNfqueue {
             return Ok(None);
         }
         let mut total = 0;
@@ -671,14 +690,14 @@ impl Firewall {
     /// if the queue number, fail-open or the queue mark changed.
     pub fn update(&self, plan: &KernelPlan) -> Result<(), KernelError> {
         plan.validate()?;
-        let script = nft::update_script(plan, self.path, self.caps.set_counters);
+        let script = nft::update_script(plan, self.shape);
         let new = Applied::of(plan);
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         self.nft_script(&script)?;
-        if self.path == QueuePath::XtQueue && new.holds && *applied != new {
+        if self.shape.path == QueuePath::XtQueue && new.holds && *applied != new {
             self.put_xt_rule(&new)?;
         }
-        if self.path == QueuePath::IptablesNfqueue && *applied != new {
+        if self.shape.path == QueuePath::IptablesNfqueue && *applied != new {
             if new.holds && !applied.holds {
                 self.install_iptables_noting_tables(plan)?;
             } else if new.holds {
@@ -716,7 +735,24 @@ impl Firewall {
         if unique.is_empty() {
             return Ok(());
         }
-        self.nft_script(&nft::ban_script(&unique, self.ban_sets()))
+        self.nft_script(&nft::ban_script(&unique, self.ban_sets()))?;
+        self.end_flows(&conntrack::Doomed {
+            addrs: unique.iter().map(|(a, _)| *a).collect(),
+            ranges: Vec::new(),
+        })
+    }
+
+    /// Where bans end flows ([`Shape::bans_end_flows`]): deletes the
+    /// conntrack entries of `doomed`'s connections. Called after the
+    /// addresses are in their sets, so that no packet slips between.
+    fn end_flows(&self, doomed: &conntrack::Doomed) -> Result<(), KernelError> {
+        if !self.shape.bans_end_flows {
+            return Ok(());
+        }
+        self.with_netlink("end the banned peers' connections", |nl| {
+            conntrack::end_flows(nl, doomed)
+        })
+        .map(drop)
     }
 
     /// Makes the ban sets hold exactly `bans` (durations capped at
@@ -732,7 +768,13 @@ impl Firewall {
         }
         let capped: Vec<(IpAddr, Duration)> =
             bans.iter().map(|(a, d)| (*a, (*d).min(MAX_BAN))).collect();
-        self.nft_script(&nft::resync_script(&capped, self.ban_sets()))
+        self.nft_script(&nft::resync_script(&capped, self.ban_sets()))?;
+        // A refused batch may have left some of them without their flows
+        // ended.
+        self.end_flows(&conntrack::Doomed {
+            addrs: capped.iter().map(|(a, _)| *a).collect(),
+            ranges: Vec::new(),
+        })
     }
 
     /// Lifts bans, in one transaction; addresses not banned are fine.
@@ -792,7 +834,11 @@ impl Firewall {
     /// The sets exist only when the installed plan has
     /// [`KernelPlan::crowdsec`].
     pub fn crowdsec_sets(&self) -> crowdsec::CrowdsecSets {
-        crowdsec::CrowdsecSets::new(Arc::clone(&self.runner), self.caps.timeout_update)
+        crowdsec::CrowdsecSets::new(
+            Arc::clone(&self.runner),
+            self.caps.timeout_update,
+            self.shape.bans_end_flows,
+        )
     }
 
     fn ban_sets(&self) -> nft::BanSets {
@@ -930,6 +976,15 @@ fn probe_xt_queue(runner: &dyn Runner) -> bool {
         .and_then(Nfnl::new)
         .and_then(|mut nl| nl.transaction(xtqueue::write_probe))
         .is_ok()
+}
+
+/// Whether ctnetlink answers a filtered dump in the runner's namespace
+/// ([`Capabilities::conntrack_delete`]).
+fn probe_conntrack_delete(runner: &dyn Runner) -> bool {
+    runner
+        .netfilter_socket()
+        .and_then(Nfnl::new)
+        .is_ok_and(|mut nl| conntrack::probe(&mut nl))
 }
 
 fn iptables_installed(runner: &dyn Runner) -> bool {

@@ -1,7 +1,7 @@
-//! nf_tables over netlink, for the few things `nft` cannot do or costs a
-//! program run for: reading the ruleset generation ([`crate::genid`]), and
-//! the xt `NFQUEUE` rule in our own table with its counter
-//! ([`crate::xtqueue`]).
+//! nfnetlink, for the few things `nft` cannot do or costs a program run
+//! for: reading the ruleset generation ([`crate::genid`]), the xt
+//! `NFQUEUE` rule in our own table with its counter ([`crate::xtqueue`]),
+//! and ending a banned address's connections ([`crate::conntrack`]).
 //!
 //! ```text
 //! transaction: BATCH_BEGIN { res_id: NFNL_SUBSYS_NFTABLES }
@@ -33,9 +33,9 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 /// `NFPROTO_INET`: the family of `table inet portcullis`.
 pub(crate) const NFPROTO_INET: u8 = 1;
 
-/// The most datagrams one answer may take before we give up on it (our
-/// dumps are one or two rules; late answers to earlier requests are
-/// skipped).
+/// The most datagrams one nf_tables answer may take before we give up on
+/// it (our dumps are one or two rules; late answers to earlier requests
+/// are skipped).
 const MAX_DATAGRAMS: usize = 64;
 
 /// Opens a `NETLINK_NETFILTER` socket in the calling thread's network
@@ -172,13 +172,13 @@ impl From<Answer> for io::Error {
     }
 }
 
-/// Collects the attributes (after `nfgenmsg`) of the messages of type
+/// Hands `each` the attributes (after `nfgenmsg`) of the messages of type
 /// `ty` answering dump `seq`; true once the dump is done.
 pub(crate) fn take_dump(
     buf: &[u8],
     seq: u32,
     ty: u16,
-    out: &mut Vec<Vec<u8>>,
+    each: &mut impl FnMut(&[u8]),
 ) -> Result<bool, Answer> {
     for m in NlMsgs::new(buf) {
         let m = m.map_err(|_| Answer::Malformed)?;
@@ -195,8 +195,7 @@ pub(crate) fn take_dump(
                 }
             }
             t if t == ty => {
-                let attrs = m.payload.get(NFGENMSG_LEN..).ok_or(Answer::Malformed)?;
-                out.push(attrs.to_vec());
+                each(m.payload.get(NFGENMSG_LEN..).ok_or(Answer::Malformed)?);
             }
             _ => {}
         }
@@ -204,30 +203,24 @@ pub(crate) fn take_dump(
     Ok(false)
 }
 
-/// One nf_tables request outside a transaction: message `msg` for
-/// `family`, `flags` besides the request flag, attributes from `write`.
+/// One request outside a transaction: message type `ty` (subsystem and
+/// message, e.g. [`nft_type`]) for `family`, `flags` besides the request
+/// flag, attributes from `write`.
 pub(crate) fn encode_request(
-    msg: u16,
+    ty: u16,
     flags: u16,
     family: u8,
     seq: u32,
     write: impl FnOnce(&mut MsgWriter<'_>),
 ) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(128);
-    let mut w = MsgWriter::begin(
-        &mut bytes,
-        nft_type(msg),
-        NLM_F_REQUEST | flags,
-        seq,
-        family,
-        0,
-    );
+    let mut w = MsgWriter::begin(&mut bytes, ty, NLM_F_REQUEST | flags, seq, family, 0);
     write(&mut w);
     w.finish();
     bytes
 }
 
-/// A netlink socket for nf_tables requests, kept open.
+/// A netlink socket for nfnetlink requests, kept open.
 #[derive(Debug)]
 pub(crate) struct Nfnl {
     fd: OwnedFd,
@@ -256,14 +249,15 @@ impl Nfnl {
     }
 
     /// Sends `request` and hands each datagram to `take` until it has the
-    /// answer.
+    /// answer, at most `max` datagrams.
     fn converse<T>(
         &mut self,
         request: &[u8],
+        max: usize,
         mut take: impl FnMut(&[u8]) -> Option<Result<T, Answer>>,
     ) -> io::Result<T> {
         socket::send(self.fd.as_raw_fd(), request, MsgFlags::empty())?;
-        for _ in 0..MAX_DATAGRAMS {
+        for _ in 0..max {
             let n = socket::recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())?;
             if let Some(r) = take(&self.buf[..n.min(self.buf.len())]) {
                 return r.map_err(io::Error::from);
@@ -282,25 +276,27 @@ impl Nfnl {
         write(&mut batch);
         let (bytes, seqs) = batch.end();
         let mut pending: BTreeSet<u32> = seqs.into_iter().collect();
-        self.converse(&bytes, |d| match take_acks(d, &mut pending) {
-            Err(e) => Some(Err(e)),
-            Ok(()) if pending.is_empty() => Some(Ok(())),
-            Ok(()) => None,
+        self.converse(&bytes, MAX_DATAGRAMS, |d| {
+            match take_acks(d, &mut pending) {
+                Err(e) => Some(Err(e)),
+                Ok(()) if pending.is_empty() => Some(Ok(())),
+                Ok(()) => None,
+            }
         })
     }
 
-    /// Sends the request `write` builds (message `msg`, `family`, with
-    /// `flags`) and returns the answer's datagrams.
+    /// Sends the request `write` builds (message type `ty`, `family`,
+    /// with `flags`) and returns the answer's datagrams.
     pub(crate) fn request(
         &mut self,
-        msg: u16,
+        ty: u16,
         flags: u16,
         family: u8,
         write: impl FnOnce(&mut MsgWriter<'_>),
     ) -> io::Result<(u32, Vec<u8>)> {
         let seq = self.next_seq();
-        let bytes = encode_request(msg, flags, family, seq, write);
-        self.converse(&bytes, |d| {
+        let bytes = encode_request(ty, flags, family, seq, write);
+        self.converse(&bytes, MAX_DATAGRAMS, |d| {
             let answered = NlMsgs::new(d).any(|m| m.is_ok_and(|m| m.seq == seq));
             answered.then(|| Ok(d.to_vec()))
         })
@@ -316,17 +312,40 @@ impl Nfnl {
         family: u8,
         write: impl FnOnce(&mut MsgWriter<'_>),
     ) -> io::Result<Vec<Vec<u8>>> {
-        let seq = self.next_seq();
-        let bytes = encode_request(msg, NLM_F_DUMP, family, seq, write);
         let mut out = Vec::new();
-        self.converse(&bytes, |d| {
-            match take_dump(d, seq, nft_type(answer), &mut out) {
+        self.dump_each(
+            nft_type(msg),
+            nft_type(answer),
+            family,
+            MAX_DATAGRAMS,
+            write,
+            |attrs| out.push(attrs.to_vec()),
+        )?;
+        Ok(out)
+    }
+
+    /// Dumps objects of any subsystem: request type `ty` (a `GET`, full
+    /// type) with the attributes `write` puts; `each` gets the attributes
+    /// of every `answer`-typed message, as they arrive, over at most `max`
+    /// datagrams.
+    pub(crate) fn dump_each(
+        &mut self,
+        ty: u16,
+        answer: u16,
+        family: u8,
+        max: usize,
+        write: impl FnOnce(&mut MsgWriter<'_>),
+        mut each: impl FnMut(&[u8]),
+    ) -> io::Result<()> {
+        let seq = self.next_seq();
+        let bytes = encode_request(ty, NLM_F_DUMP, family, seq, write);
+        self.converse(&bytes, max, |d| {
+            match take_dump(d, seq, answer, &mut each) {
                 Err(e) => Some(Err(e)),
                 Ok(true) => Some(Ok(())),
                 Ok(false) => None,
             }
-        })?;
-        Ok(out)
+        })
     }
 }
 
@@ -419,17 +438,17 @@ pub(crate) mod tests {
         let mut d = msg(nft_type(6), 9, &[1]);
         d.extend(msg(nft_type(6), 8, &[2])); // an earlier request's
         d.extend(msg(nft_type(3), 9, &[3])); // another type
-        assert_eq!(take_dump(&d, 9, nft_type(6), &mut out), Ok(false));
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0], vec![5, 0, 1, 0, 1, 0, 0, 0]);
+        let mut push = |a: &[u8]| out.push(a.to_vec());
+        assert_eq!(take_dump(&d, 9, nft_type(6), &mut push), Ok(false));
         let done = msg(NLMSG_DONE, 9, &[]);
-        assert_eq!(take_dump(&done, 9, nft_type(6), &mut out), Ok(true));
+        assert_eq!(take_dump(&done, 9, nft_type(6), &mut push), Ok(true));
         assert_eq!(
-            take_dump(&ack(9, 2), 9, nft_type(6), &mut out),
+            take_dump(&ack(9, 2), 9, nft_type(6), &mut push),
             Err(Answer::Errno(2))
         );
+        assert_eq!(out, vec![vec![5, 0, 1, 0, 1, 0, 0, 0]]);
         for cut in 1..d.len() {
-            let r = take_dump(&d[..cut], 9, nft_type(6), &mut Vec::new());
+            let r = take_dump(&d[..cut], 9, nft_type(6), &mut |_: &[u8]| {});
             assert!(matches!(r, Ok(false) | Err(Answer::Malformed)), "{cut}");
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::plan::{KernelPlan, QueuePath, CHAINS, LIST_SETS, TABLE};
+use crate::plan::{KernelPlan, Shape, CHAINS, LIST_SETS, TABLE};
 
 /// Longest ban we set: ten years (nft takes more, but nothing sane needs
 /// it, and it keeps far from the kernel's limits).
@@ -31,16 +31,16 @@ pub(crate) fn remove_probe_table() -> String {
 }
 
 /// Removes a leftover table and installs ours, in one transaction.
-pub(crate) fn install_script(plan: &KernelPlan, path: QueuePath, ban_counters: bool) -> String {
+pub(crate) fn install_script(plan: &KernelPlan, shape: Shape) -> String {
     let mut s = remove_table();
-    s.push_str(&plan.render(path, ban_counters));
+    s.push_str(&plan.render(shape));
     s
 }
 
 /// Replaces every set but the bans and every chain, in one transaction:
 /// the sets and chains are flushed, then the table is declared again (nft
 /// adds to existing objects: elements to the sets, rules to the chains).
-pub(crate) fn update_script(plan: &KernelPlan, path: QueuePath, ban_counters: bool) -> String {
+pub(crate) fn update_script(plan: &KernelPlan, shape: Shape) -> String {
     let mut s = String::new();
     for set in LIST_SETS {
         let _ = writeln!(s, "flush set inet {TABLE} {set}");
@@ -53,7 +53,7 @@ pub(crate) fn update_script(plan: &KernelPlan, path: QueuePath, ban_counters: bo
     {
         let _ = writeln!(s, "flush chain inet {TABLE} {chain}");
     }
-    s.push_str(&plan.render(path, ban_counters));
+    s.push_str(&plan.render(shape));
     s
 }
 

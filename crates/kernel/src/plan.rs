@@ -68,6 +68,34 @@ impl fmt::Display for QueuePath {
     }
 }
 
+/// How a plan is drawn on this kernel: what [`crate::Capabilities`] say
+/// beyond the plan itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// How held packets reach user space.
+    pub path: QueuePath,
+    /// The ban sets count packets per element (`counter`).
+    pub ban_counters: bool,
+    /// A ban deletes its peer's conntrack entries
+    /// ([`crate::Capabilities::conntrack_delete`]), so established packets
+    /// are accepted without looking their peer up in the ban sets (and
+    /// the CrowdSec sets): a banned peer's next packet is new again and
+    /// meets the ban's `drop`.
+    pub bans_end_flows: bool,
+}
+
+impl Shape {
+    /// `path` with per-element ban counters, bans checked on established
+    /// packets too: drawn on any kernel.
+    pub fn of(path: QueuePath) -> Self {
+        Self {
+            path,
+            ban_counters: true,
+            bans_end_flows: false,
+        }
+    }
+}
+
 /// Settings that are not in the rules file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelOptions {
@@ -301,12 +329,13 @@ impl KernelPlan {
     /// (after `add table` + `delete table`, which removes a leftover table
     /// in the same transaction).
     pub fn ruleset_text(&self, path: QueuePath) -> String {
-        self.render(path, true)
+        self.render(Shape::of(path))
     }
 
-    /// The table block. `ban_counters`: declare the ban sets with `counter`
-    /// (per-element packet and byte counts).
-    pub(crate) fn render(&self, path: QueuePath, ban_counters: bool) -> String {
+    /// The table block for `shape`: what [`crate::Firewall::install`]
+    /// loads on a kernel with those capabilities.
+    pub fn render(&self, shape: Shape) -> String {
+        let path = shape.path;
         let mut s = String::with_capacity(
             4096 + 40 * (self.allow4.len() + self.block4.len())
                 + 90 * (self.allow6.len() + self.block6.len()),
@@ -356,7 +385,7 @@ impl KernelPlan {
                 self.ban_set_size(),
                 BAN_GC_INTERVAL_MS
             );
-            if ban_counters {
+            if shape.ban_counters {
                 s.push_str("\t\tcounter\n");
             }
             s.push_str("\t}\n");
@@ -395,7 +424,7 @@ impl KernelPlan {
                 hook.name(),
                 hook.name()
             );
-            for rule in self.base_rules(hook) {
+            for rule in self.base_rules(hook, shape.bans_end_flows) {
                 let _ = writeln!(s, "\t\t{rule}");
             }
             s.push_str("\t}\n");
@@ -431,7 +460,8 @@ impl KernelPlan {
 
     /// The rules of base chain `hook`, in the engine's precedence
     /// (docs/rules.md, "Precedence"). Rules on empty sets are left out.
-    fn base_rules(&self, hook: Hook) -> Vec<String> {
+    /// `bans_end_flows`: see [`Shape::bans_end_flows`].
+    fn base_rules(&self, hook: Hook, bans_end_flows: bool) -> Vec<String> {
         let skip = self.skip_mark;
         let ours = !(self.skip_mark | self.queue_mark);
         // The peer: inbound the source, outbound the destination,
@@ -442,16 +472,17 @@ impl KernelPlan {
             Hook::Forward => &["saddr", "daddr"],
         };
         let mut r = Vec::new();
-        // 0. Established and related packets of peers that are not banned
-        //    are accepted at once: one rule for IPv4 (two for IPv6) before
-        //    anything else, so a flow's packets cost one conntrack state
-        //    check and one ban set lookup (with our mark bits cleared on
-        //    the way, as step 1 does for the rest, where a queue rule might
-        //    see them). Replies of connections
-        //    we accepted never meet a block entry. What must still be seen
-        //    goes on down the chain: a banned peer's packets (dropped at
-        //    step 3, so a ban also ends its open connections), DNS queries
-        //    on a reused socket or a TCP connection, `queue_all` protocols.
+        // 0. Established and related packets are accepted at once, before
+        //    anything else (with our mark bits cleared on the way, as step
+        //    1 does for the rest, where a queue rule might see them):
+        //    replies of connections we accepted never meet a block entry.
+        //    A banned peer's flows must end: where bans delete their
+        //    peers' conntrack entries, its next packet is new and meets
+        //    step 3; elsewhere this rule looks the peer up in the ban sets
+        //    (one rule per family), and its packets go on down to step 3.
+        //    What must still be seen goes on down the chain too: DNS
+        //    queries on a reused socket or a TCP connection, `queue_all`
+        //    protocols.
         if self.user_space {
             let queue_all = if self.queue_all.is_empty() {
                 ""
@@ -464,9 +495,8 @@ impl KernelPlan {
             // 64-byte UDP throughput, measured). But `th dport` reads bytes
             // 2-3 of any transport header (nft shows it on ICMP as `icmp
             // checksum`), so a second rule accepts what has those bytes at
-            // 53 without being TCP or UDP. It comes after both families'
-            // first rules: the common packet still costs one rule (two for
-            // IPv6).
+            // 53 without being TCP or UDP. It comes after the first rules:
+            // the common packet still costs one rule.
             let keep: &[&str] = if self.queue_dns {
                 &[" th dport != 53", " meta l4proto != { tcp, udp }"]
             } else {
@@ -479,9 +509,16 @@ impl KernelPlan {
             } else {
                 String::new()
             };
+            let not_banned: Vec<String> = if bans_end_flows {
+                vec![String::new()]
+            } else {
+                [("ip", "ban4"), ("ip6", "ban6")]
+                    .iter()
+                    .map(|(fam, set)| self.not_in(fam, Some(set), None, peers))
+                    .collect()
+            };
             for keep in keep {
-                for (fam, set) in [("ip", "ban4"), ("ip6", "ban6")] {
-                    let not_banned = self.not_in(fam, set, None, peers);
+                for not_banned in &not_banned {
                     r.push(format!(
                         "ct state established,related{not_banned}{keep}{queue_all}{clear} accept"
                     ));
@@ -494,7 +531,7 @@ impl KernelPlan {
         if hook == Hook::Output {
             r.push(format!("meta mark & {skip:#010x} == {skip:#010x} accept"));
         }
-        r.extend(self.held_established_rules(hook, peers));
+        r.extend(self.held_established_rules(hook, peers, bans_end_flows));
         // Our bits mean what this table says, whatever set them before.
         r.push(format!("meta mark set meta mark & {ours:#010x}"));
         // 1. Loopback.
@@ -632,7 +669,12 @@ impl KernelPlan {
     /// walk six or more rules first; measured on 64-byte UDP with
     /// `queue_all`, that walk cost 10 % of the held packet rate. New
     /// packets still take the whole chain (scan detection, logging).
-    fn held_established_rules(&self, hook: Hook, peers: &[&str]) -> Vec<String> {
+    fn held_established_rules(
+        &self,
+        hook: Hook,
+        peers: &[&str],
+        bans_end_flows: bool,
+    ) -> Vec<String> {
         if !self.user_space {
             return Vec::new();
         }
@@ -648,15 +690,39 @@ impl KernelPlan {
             Hook::Output => "oif != \"lo\" ",
             Hook::Forward => "",
         };
+        // Per family, the sets its peers must not be in.
+        let not_in: Vec<(&str, String)> = [
+            ("ipv4", "ip", "ban4", "allow4", self.allow4.is_empty()),
+            ("ipv6", "ip6", "ban6", "allow6", self.allow6.is_empty()),
+        ]
+        .into_iter()
+        .map(|(nfproto, fam, ban, allow, allow_empty)| {
+            let ban = (!bans_end_flows).then_some(ban);
+            let allow = (!allow_empty).then_some(allow);
+            (nfproto, self.not_in(fam, ban, allow, peers))
+        })
+        .collect();
+        // Nothing to look up: one rule for both families. Else one per
+        // family, the one with nothing to look up named by its family.
+        let conds: Vec<String> = if not_in.iter().all(|(_, n)| n.is_empty()) {
+            vec![String::new()]
+        } else {
+            not_in
+                .into_iter()
+                .map(|(nfproto, n)| {
+                    if n.is_empty() {
+                        format!(" meta nfproto {nfproto}")
+                    } else {
+                        n
+                    }
+                })
+                .collect()
+        };
         let mut r = Vec::new();
-        for (fam, ban, allow, allow_empty) in [
-            ("ip", "ban4", "allow4", self.allow4.is_empty()),
-            ("ip6", "ban6", "allow6", self.allow6.is_empty()),
-        ] {
-            let not_in = self.not_in(fam, ban, (!allow_empty).then_some(allow), peers);
+        for cond in &conds {
             for m in &held {
                 r.push(format!(
-                    "{lo}ct state established,related{not_in} {m} goto to_user"
+                    "{lo}ct state established,related{cond} {m} goto to_user"
                 ));
             }
         }
@@ -664,11 +730,11 @@ impl KernelPlan {
     }
 
     /// ` {fam} {peer} != @{set}` for every peer and every set a peer must
-    /// not be in: the ban set `ban`, the CrowdSec sets in fleet mode, and
-    /// `allow` when given.
-    fn not_in(&self, fam: &str, ban: &str, allow: Option<&str>, peers: &[&str]) -> String {
-        let mut sets = vec![ban];
-        if self.crowdsec.is_some() {
+    /// not be in: the ban set `ban` and the CrowdSec sets in fleet mode
+    /// (when `ban` is given: both are bans), and `allow` when given.
+    fn not_in(&self, fam: &str, ban: Option<&str>, allow: Option<&str>, peers: &[&str]) -> String {
+        let mut sets: Vec<&str> = ban.into_iter().collect();
+        if ban.is_some() && self.crowdsec.is_some() {
             sets.extend(crate::crowdsec::sets_of(fam));
         }
         sets.extend(allow);

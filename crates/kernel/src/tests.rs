@@ -553,7 +553,7 @@ fn a_bans_only_plan_queues_nothing_and_installs_no_iptables_rule() {
     }
     assert!(!text.contains("to_user"), "{text}");
     // A reload flushes only the chains such a table has.
-    let update = nft::update_script(&plan, QueuePath::IptablesNfqueue, true);
+    let update = nft::update_script(&plan, Shape::of(QueuePath::IptablesNfqueue));
     assert!(
         update.contains("flush chain inet portcullis input\n"),
         "{update}"

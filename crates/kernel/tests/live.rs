@@ -73,6 +73,10 @@ fn main() {
             "checks_list_rules_only_after_the_ruleset_generation_moved",
             generation_gated_check,
         ),
+        live(
+            "bans_and_decisions_end_their_peers_conntrack_entries",
+            bans_end_flows,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -82,6 +86,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("iptables", "iptables"),
     ("ping", "iputils-ping"),
+    ("conntrack", "conntrack"),
 ];
 
 fn live(name: &str, f: fn() -> Result<(), Failed>) -> Trial {
@@ -1366,5 +1371,142 @@ fn generation_gated_check() -> Result<(), Failed> {
     check(!present_with(r.as_ref())?, || {
         "rules left after teardown".into()
     })?;
+    Ok(())
+}
+
+/// The conntrack entries of namespace `ns`, one line each (`conntrack -L`,
+/// both families).
+fn ct_entries(lab: &Lab, ns: &str) -> Result<String, Failed> {
+    let mut out = exec(lab, ns, "conntrack", &["-L", "-f", "ipv4"])?;
+    out.push_str(&exec(lab, ns, "conntrack", &["-L", "-f", "ipv6"])?);
+    Ok(out)
+}
+
+/// Whether some entry has `addr` as an original source or destination.
+fn ct_has(entries: &str, addr: &str) -> bool {
+    let (src, dst) = (format!("src={addr} "), format!("dst={addr} "));
+    entries
+        .lines()
+        .any(|l| l.contains(&src) || l.contains(&dst))
+}
+
+/// Issue 9, item 3, where the kernel lets bans delete conntrack entries
+/// (`Capabilities::conntrack_delete`): established packets are accepted
+/// without a ban-set lookup, so a ban (or a CrowdSec decision) must end
+/// its peer's flows by deleting their entries, inbound and outbound, and
+/// leave every other entry alone. A few addresses take filtered dumps,
+/// many (or ranges) one whole dump: both are run.
+fn bans_end_flows() -> Result<(), Failed> {
+    let lab = pair()?;
+    let mut p = plan(&[], &[]);
+    p.crowdsec = Some(1000);
+    let fw = Firewall::install_with(&p, runner(&lab, "b"))?;
+    check(fw.capabilities().conntrack_delete, || {
+        "this kernel answered no filtered ctnetlink dump".into()
+    })?;
+    let input = our_chain(&lab, "b", "list", "input")?;
+    check(
+        input.contains("ct state established,related th dport != 53 ")
+            && !input.contains("established,related ip saddr != @ban4"),
+        || format!("established packets still meet the ban sets:\n{input}"),
+    )?;
+    // Flows: echo requests into b from every address of a's, and from b
+    // out to .3 and ::9 (original destination a's).
+    let flows = |lab: &Lab| -> Result<(), Failed> {
+        let mut cases: Vec<(&str, &str, &str, bool)> = A4
+            .iter()
+            .map(|a| ("a", *a, B4, true))
+            .chain(A6.iter().map(|a| ("a", *a, B6, true)))
+            .collect();
+        cases.push(("b", B4, A4[1], true));
+        cases.push(("b", B6, A6[2], true));
+        // Neighbour discovery may lose a first IPv6 echo: try twice.
+        if pings(lab, &cases).is_err() {
+            pings(lab, &cases)?;
+        }
+        Ok(())
+    };
+    flows(&lab)?;
+    let before = ct_entries(&lab, "b")?;
+    for a in A4.iter().chain(A6.iter()) {
+        check(ct_has(&before, a), || format!("no entry of {a}:\n{before}"))?;
+    }
+    // Three addresses: filtered dumps (.3 has an outbound flow of b's as
+    // well as its own).
+    fw.ban(&[
+        (ip(A4[0]), Duration::from_secs(60)),
+        (ip(A4[1]), Duration::from_secs(60)),
+        (ip(A6[0]), Duration::from_secs(60)),
+    ])?;
+    let after = ct_entries(&lab, "b")?;
+    for gone in [A4[0], A4[1], A6[0]] {
+        check(!ct_has(&after, gone), || {
+            format!("{gone} was banned, its entries stay:\n{after}")
+        })?;
+    }
+    for kept in [A4[2], A4[3], A6[1], A6[2]] {
+        check(ct_has(&after, kept), || {
+            format!("{kept} was not banned, its entries went:\n{after}")
+        })?;
+    }
+    // Banned peers stay out; the others' flows go on.
+    pings(
+        &lab,
+        &[
+            ("a", A4[0], B4, false),
+            ("b", B4, A4[1], false),
+            ("a", A4[2], B4, true),
+        ],
+    )?;
+    // Many addresses: one whole dump per family, matched here.
+    let mut many: Vec<(IpAddr, Duration)> = (20..30u8)
+        .map(|i| (IpAddr::from([198, 18, 1, i]), Duration::from_secs(60)))
+        .collect();
+    many.push((ip(A4[2]), Duration::from_secs(60)));
+    fw.ban(&many)?;
+    let after = ct_entries(&lab, "b")?;
+    check(!ct_has(&after, A4[2]), || {
+        format!(
+            "{} was banned with ten more, its entries stay:\n{after}",
+            A4[2]
+        )
+    })?;
+    check(ct_has(&after, A4[3]) && ct_has(&after, A6[2]), || {
+        format!("unbanned peers' entries went:\n{after}")
+    })?;
+    // CrowdSec: an address decision and a range.
+    let cs = fw.crowdsec_sets();
+    cs.update(
+        &[(ip(A6[2]), Duration::from_secs(60))],
+        &[],
+        Some(&[portcullis_kernel::crowdsec::CsRange {
+            first: ip("198.18.0.10"),
+            last: ip("198.18.0.12"),
+            timeout: Duration::from_secs(60),
+        }]),
+    )?;
+    let after = ct_entries(&lab, "b")?;
+    for gone in [A6[2], A4[3]] {
+        check(!ct_has(&after, gone), || {
+            format!("a CrowdSec decision covers {gone}, its entries stay:\n{after}")
+        })?;
+    }
+    check(ct_has(&after, A6[1]), || {
+        format!("{} has no decision, its entries went:\n{after}", A6[1])
+    })?;
+    fw.teardown()?;
+
+    // Without ctnetlink (a runner with no netlink socket), established
+    // packets meet the ban sets as before.
+    let fw = Firewall::install_with(&plan(&[], &[]), runner_via(&lab, "b", Via::Iptables))?;
+    check(!fw.capabilities().conntrack_delete, || {
+        "conntrack_delete without a netlink socket".into()
+    })?;
+    let input = our_chain(&lab, "b", "list", "input")?;
+    check(
+        input.contains("ct state established,related ip saddr != @ban4"),
+        || format!("no ban lookup for established packets:\n{input}"),
+    )?;
+    fw.teardown()?;
     Ok(())
 }

@@ -200,7 +200,10 @@ fn set_contents_are_merged_and_ipv6_kept_apart() {
     assert!(s.contains("\tset block_tcp {\n\t\ttype inet_service\n\t\tflags interval\n"));
     assert!(s.contains("\tset block_proto {\n\t\ttype inet_proto\n\t\telements"));
     // Without per-element counters.
-    let s = p.render(QueuePath::IptablesNfqueue, false);
+    let s = p.render(Shape {
+        ban_counters: false,
+        ..Shape::of(QueuePath::IptablesNfqueue)
+    });
     assert!(
         s.contains("\tset ban4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tsize 66560\n\t\tgc-interval 100ms\n\t}\n")
     );
@@ -594,4 +597,75 @@ fn established_held_packets_skip_the_chain_but_not_bans_allowlist_or_loopback() 
             chain(&s, hook)
         );
     }
+}
+
+/// Where a ban deletes its peer's conntrack entries, established packets
+/// are accepted (or held) without a ban or CrowdSec set lookup, one rule
+/// for both families; the bans' drops stay for what is new again.
+#[test]
+fn where_bans_end_flows_established_packets_skip_the_ban_sets() {
+    let ends = |p: &KernelPlan| {
+        p.render(Shape {
+            bans_end_flows: true,
+            ..Shape::of(QueuePath::XtQueue)
+        })
+    };
+    let s = ends(&plan(
+        r#"{"crowdsec": {"lapi_url": "http://127.0.0.1:8080/", "api_key_file": "k"}}"#,
+    ));
+    for hook in ["input", "forward", "output"] {
+        let rules = chain(&s, hook);
+        assert_eq!(
+            rules[0],
+            "ct state established,related th dport != 53 accept"
+        );
+        assert_eq!(
+            rules[1],
+            "ct state established,related meta l4proto != { tcp, udp } accept"
+        );
+        assert!(
+            !rules[2].starts_with("ct state established"),
+            "{hook}: {rules:#?}"
+        );
+        // Bans and decisions still drop.
+        assert!(rules.iter().any(|r| r.ends_with("@ban4 counter drop")));
+        assert!(rules.iter().any(|r| r.ends_with("@cs6 counter drop")));
+    }
+    // Held flows: the allowlist is still looked up; a family without one
+    // is named so that the other's allowlisted peers are not held.
+    let s = ends(&plan(
+        r#"{"block": {"domain": ["ads.example"]}, "allow": {"ip": ["198.18.0.7"]},
+            "inline": {"queue_all": ["UDP"]}}"#,
+    ));
+    let input = chain(&s, "input");
+    let held: Vec<&String> = input
+        .iter()
+        .filter(|r| r.contains("established") && r.ends_with("goto to_user"))
+        .collect();
+    assert_eq!(
+        held,
+        [
+            "iif != \"lo\" ct state established,related ip saddr != @allow4 meta l4proto . th dport { tcp . 53, udp . 53 } goto to_user",
+            "iif != \"lo\" ct state established,related ip saddr != @allow4 meta l4proto @queue_proto goto to_user",
+            "iif != \"lo\" ct state established,related meta nfproto ipv6 meta l4proto . th dport { tcp . 53, udp . 53 } goto to_user",
+            "iif != \"lo\" ct state established,related meta nfproto ipv6 meta l4proto @queue_proto goto to_user",
+        ],
+        "{input:#?}"
+    );
+    // No allowlist: one held rule per kind for both families.
+    let s = ends(&plan(r#"{"inline": {"queue_all": ["UDP"]}}"#));
+    let held: Vec<String> = chain(&s, "output")
+        .into_iter()
+        .filter(|r| r.contains("established") && r.ends_with("goto to_user"))
+        .collect();
+    assert_eq!(
+        held,
+        ["oif != \"lo\" ct state established,related meta l4proto @queue_proto goto to_user"]
+    );
+    // Elsewhere the lookups stay.
+    let s = plan("{}").ruleset_text(QueuePath::XtQueue);
+    assert_eq!(
+        chain(&s, "input")[0],
+        "ct state established,related ip saddr != @ban4 th dport != 53 accept"
+    );
 }
