@@ -54,7 +54,11 @@ pub struct QueueConfig {
     /// queue's socket switches on timestamping host-wide), so that
     /// [`Packet::timestamp_micros`] is filled on the prerouting, input and
     /// forward hooks. Without it, and without another socket asking for
-    /// timestamps, packets usually carry none. Default true.
+    /// timestamps, packets usually carry none: take the time they are
+    /// received instead (a held packet is read within microseconds).
+    /// Default false: host-wide timestamping costs every packet of the
+    /// host, in every namespace, a clock read (about 1.7 % of the CPU
+    /// time per new TCP connection through veth, measured with `perf`).
     pub timestamps: bool,
 }
 
@@ -70,7 +74,7 @@ impl QueueConfig {
             rcvbuf: 16 << 20,
             batch: 64,
             spin: Duration::ZERO,
-            timestamps: true,
+            timestamps: false,
         }
     }
 

@@ -142,7 +142,14 @@ pub fn run(plan: &RunPlan) -> Result<ExitCode> {
                 log::warn!("cannot read the ruleset generation ({e}); our kernel rules are listed every second to check them");
             }
             let path = match r {
-                KernelRules::Full => fw.queue_path().to_string(),
+                KernelRules::Full if fw.capabilities().conntrack_delete => format!(
+                    "{}; bans end open connections by deleting their conntrack entries",
+                    fw.queue_path()
+                ),
+                KernelRules::Full => format!(
+                    "{}; established packets are checked against the ban sets (no ctnetlink)",
+                    fw.queue_path()
+                ),
                 KernelRules::BansOnly => "nftables ban sets only (passive)".to_owned(),
             };
             log::info!("kernel rules installed (table inet portcullis); {path}");

@@ -835,7 +835,12 @@ fn control_socket() -> Result<(), Failed> {
     let (code, out) = net.ctl(&["status"]);
     assert_eq!(code, 0, "{out}");
     // This kernel has no nft `queue` but takes the xt target in our table.
-    for want in ["mode:        inline", "kernel:      xt NFQUEUE", "queue 0:"] {
+    for want in [
+        "mode:        inline",
+        "kernel:      xt NFQUEUE",
+        "bans end open connections by deleting their conntrack entries",
+        "queue 0:",
+    ] {
         assert!(out.contains(want), "no {want:?} in:\n{out}");
     }
     assert!(net.ping("a", FW_A));
