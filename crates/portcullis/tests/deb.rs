@@ -204,11 +204,17 @@ fn deb_package() -> Result<(), Failed> {
     // Control fields.
     let field = |f: &str| run("dpkg-deb", &["-f", deb_s, f]).map(|s| s.trim().to_owned());
     let depends = field("Depends")?;
-    for dep in ["libc6", "libpcap0.8", "nftables", "iptables"] {
+    for dep in ["libc6", "libpcap0.8", "nftables"] {
         check(depends.contains(dep), || {
             format!("Depends lacks {dep}: {depends}")
         })?;
     }
+    // Only the fallback queue path needs iptables.
+    let recommends = field("Recommends")?;
+    check(
+        !depends.contains("iptables") && recommends.contains("iptables"),
+        || format!("iptables should be recommended only: Depends {depends}; Recommends {recommends}"),
+    )?;
     check(field("Package")? == "portcullis", || "Package".into())?;
     check(field("Architecture")? == "amd64", || "Architecture".into())?;
 
