@@ -715,6 +715,11 @@ impl Firewall {
     /// already banned gets the new duration (from now). Durations are
     /// capped at [`MAX_BAN`]; a zero duration is an error (it would mean
     /// "forever" to nft). If an address appears twice, the last wins.
+    /// Where bans end flows ([`Shape::bans_end_flows`]), the conntrack
+    /// entries of the banned addresses' connections are deleted next; if
+    /// that fails, the error is returned although the bans are in their
+    /// sets (new connections are refused, open ones may go on until a
+    /// retry, such as [`Firewall::resync_bans`], ends them).
     pub fn ban(&self, bans: &[(IpAddr, Duration)]) -> Result<(), KernelError> {
         if let Some((addr, _)) = bans.iter().find(|(_, d)| d.is_zero()) {
             return Err(KernelError::InvalidBan {

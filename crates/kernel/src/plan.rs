@@ -662,8 +662,9 @@ impl KernelPlan {
     }
 
     /// 0b. Established packets user space must decide (DNS queries under
-    /// domain rules, `queue_all` protocols) of peers that are neither
-    /// banned nor allowlisted, not on loopback: held at once. Steps 1-4
+    /// domain rules, `queue_all` protocols) of peers that are not
+    /// allowlisted (nor banned, looked up only where bans do not end
+    /// flows), not on loopback: held at once. Steps 1-4
     /// would decide them alike (loopback and the allowlist accept, bans
     /// drop, then the same hold), but each packet of a held flow would
     /// walk six or more rules first; measured on 64-byte UDP with

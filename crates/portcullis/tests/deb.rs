@@ -213,7 +213,11 @@ fn deb_package() -> Result<(), Failed> {
     let recommends = field("Recommends")?;
     check(
         !depends.contains("iptables") && recommends.contains("iptables"),
-        || format!("iptables should be recommended only: Depends {depends}; Recommends {recommends}"),
+        || {
+            format!(
+                "iptables should be recommended only: Depends {depends}; Recommends {recommends}"
+            )
+        },
     )?;
     check(field("Package")? == "portcullis", || "Package".into())?;
     check(field("Architecture")? == "amd64", || "Architecture".into())?;
