@@ -249,14 +249,14 @@ pub struct Firewall {
     /// The netlink socket for the xt queue rule ([`QueuePath::XtQueue`]),
     /// opened on first use.
     nl: Mutex<Option<Nfnl>>,
-    /// The xt rule's counter as last read, and what earlier rules (before
-    /// it was put back) had counted: [`Firewall::queue_rule_packets`]
-    /// stays a count since install.
-    xt_hits: Mutex<XtHits>,
+    /// The queue rule's counter as last read, and what earlier rules
+    /// (before it was put back or rewritten) had counted:
+    /// [`Firewall::queue_rule_packets`] stays a count since install.
+    queue_hits: Mutex<QueueHits>,
 }
 
 #[derive(Debug, Default)]
-struct XtHits {
+struct QueueHits {
     base: u64,
     last: u64,
 }
@@ -346,7 +346,7 @@ impl Firewall {
             created_tables: Mutex::new(Vec::new()),
             generation: Mutex::new(GenWatch::default()),
             nl: Mutex::new(None),
-            xt_hits: Mutex::new(XtHits::default()),
+            queue_hits: Mutex::new(QueueHits::default()),
         };
         let r = fw.runner.as_ref();
         let applied = Applied::of(plan);
@@ -380,12 +380,16 @@ impl Firewall {
         self.with_netlink("replace the xt NFQUEUE rule", |nl| {
             nl.transaction(|b| xtqueue::write_replace(b, q))
         })?;
-        // The new rule counts from zero: keep what the old one had
-        // counted when last read.
-        if let Ok(mut h) = self.xt_hits.lock() {
+        self.queue_rule_replaced();
+        Ok(())
+    }
+
+    /// A new queue rule counts from zero: keep what the old one had
+    /// counted when last read.
+    fn queue_rule_replaced(&self) {
+        if let Ok(mut h) = self.queue_hits.lock() {
             h.base = h.base.saturating_add(std::mem::take(&mut h.last));
         }
-        Ok(())
     }
 
     /// The rules of our queue chain: `None` if the chain (or the table)
@@ -622,6 +626,7 @@ impl Firewall {
         }
         if damage.iptables {
             install_iptables(r, &Applied::of(plan))?;
+            self.queue_rule_replaced();
         }
         Ok(())
     }
@@ -632,10 +637,10 @@ impl Firewall {
     }
 
     /// Packets our rules have sent toward NFQUEUE since install, from the
-    /// queue rule's counter: the xt rule's (one netlink dump; a rule put
-    /// back adds to what the old one had counted when last read), or the
-    /// iptables NFQUEUE rules' (IPv4 and IPv6, two programs; since they
-    /// were last put back). With fail-open, packets the kernel
+    /// queue rule's counter: the xt rule's (one netlink dump) or the
+    /// iptables NFQUEUE rules' (IPv4 and IPv6, two programs); a rule put
+    /// back or rewritten adds to what the old one had counted when last
+    /// read. With fail-open, packets the kernel
     /// lets past a full queue show up here and in no queue counter: this
     /// minus what the daemon received is what passed uninspected. `None`
     /// on the nft `queue` path (not counted there yet).
@@ -651,9 +656,7 @@ impl Firewall {
                 .filter(|r| r.queue.is_some())
                 .filter_map(|r| r.packets)
                 .sum();
-            let mut h = self.xt_hits.lock().unwrap_or_else(|e| e.into_inner());
-            h.last = now;
-            return Ok(Some(h.base.saturating_add(now)));
+            return Ok(Some(self.queue_hits_now(now)));
         }
         if self.shape.path != QueuePath::IptablesNfqueue {
             return Ok(None);
@@ -677,7 +680,14 @@ impl Firewall {
             )?;
             total += iptables::queue_rule_packets(&listing);
         }
-        Ok(Some(total))
+        Ok(Some(self.queue_hits_now(total)))
+    }
+
+    /// The count since install, given what the queue rule counts now.
+    fn queue_hits_now(&self, now: u64) -> u64 {
+        let mut h = self.queue_hits.lock().unwrap_or_else(|e| e.into_inner());
+        h.last = now;
+        h.base.saturating_add(now)
     }
 
     /// What [`Firewall::probe`] found at install time.
@@ -700,8 +710,10 @@ impl Firewall {
         if self.shape.path == QueuePath::IptablesNfqueue && *applied != new {
             if new.holds && !applied.holds {
                 self.install_iptables_noting_tables(plan)?;
+                self.queue_rule_replaced();
             } else if new.holds {
                 install_iptables(self.runner.as_ref(), &new)?;
+                self.queue_rule_replaced();
             } else if applied.holds {
                 remove_iptables(self.runner.as_ref())?;
                 self.drop_created_tables();

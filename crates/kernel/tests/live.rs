@@ -940,18 +940,16 @@ fn nfqueue_reach(via: Via) -> Result<(), Failed> {
             log.len()
         )
     })?;
-    if fw.queue_path() == QueuePath::XtQueue {
-        // A new queue rule (fail-open now) counts on from the old one's
-        // count: still a count since install.
-        fw.update(&KernelPlan {
-            fail_open: true,
-            ..p.clone()
-        })?;
-        let after = fw.queue_rule_packets()?;
-        check(after == counted, || {
-            format!("after the rule was replaced: {after:?}, before {counted:?}")
-        })?;
-    }
+    // A new queue rule (fail-open now) counts on from the old one's
+    // count: still a count since install, on either path.
+    fw.update(&KernelPlan {
+        fail_open: true,
+        ..p.clone()
+    })?;
+    let after = fw.queue_rule_packets()?;
+    check(after == counted, || {
+        format!("after the rule was replaced: {after:?}, before {counted:?}")
+    })?;
     fw.teardown()?;
     Ok(())
 }
