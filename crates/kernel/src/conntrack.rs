@@ -60,7 +60,7 @@ const AF_INET6: u8 = 10;
 
 /// Up to this many addresses (and no ranges), filtered dumps; beyond, one
 /// whole dump per family.
-pub(crate) const FILTERED_MAX: usize = 4;
+const FILTERED_MAX: usize = 4;
 
 /// The most datagrams one dump may take: a whole table of several
 /// million entries (about a hundred per datagram) fits.
@@ -88,7 +88,7 @@ const fn family_of(a: &IpAddr) -> u8 {
 
 /// Which end of the original tuple a filtered dump matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum End {
+enum End {
     Src,
     Dst,
 }
@@ -139,15 +139,15 @@ impl<'a> Matcher<'a> {
 
 /// One conntrack entry, as much of it as deleting it takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Entry {
+struct Entry {
     /// The value of `CTA_TUPLE_ORIG`, sent back as it came.
     tuple: Vec<u8>,
     /// `CTA_ID`: deletes this entry, not a later one with the same tuple.
     id: Option<u32>,
     /// `CTA_ZONE` (big-endian), when the entry has one.
     zone: Option<[u8; 2]>,
-    pub(crate) src: Option<IpAddr>,
-    pub(crate) dst: Option<IpAddr>,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
 }
 
 /// Writes a dump request's filter: entries whose original `end` is `a`.
@@ -174,7 +174,7 @@ fn write_filter(w: &mut MsgWriter<'_>, a: IpAddr, end: End) {
 }
 
 /// Reads an entry from a dumped message's attributes.
-pub(crate) fn parse_entry(attrs: &[u8]) -> Result<Entry, DecodeError> {
+fn parse_entry(attrs: &[u8]) -> Result<Entry, DecodeError> {
     let mut e = Entry {
         tuple: Vec::new(),
         id: None,
