@@ -456,6 +456,12 @@ path_down() {
         # shellcheck disable=SC2086
         in_s iptables -D INPUT ${NFQ_SELECT[$TEST]} -m comment --comment "$TABLE" \
             -j NFQUEUE --queue-num "$NFQ_QUEUE" --queue-bypass
+        # iptables-nft leaves its `ip filter` table behind, with empty base
+        # chains that every later packet of every path would cross (2-3 %
+        # of all-queued UDP, measured): remove it once nothing is in it.
+        if [[ -z $(in_s iptables -S | grep -v '^-P ' || true) ]]; then
+            in_s nft delete table ip filter
+        fi
         [[ $path == nfqct ]] && in_s nft delete table inet "$TABLE"
         ;;
     pc | pcblk | pcb)
