@@ -22,9 +22,9 @@
 //!
 //! A few IPv4 addresses are looked up with two filtered dumps each
 //! (original source, original destination: connections from the peer and
-//! to it, forwarded ones under NAT too); IPv6 addresses, many addresses
-//! or ranges (CrowdSec decisions) with one whole dump per family, matched
-//! here. Every entry a dump gives is matched here again before it is
+//! to it, forwarded ones under NAT too); IPv6 addresses, and IPv4 ones
+//! when there are more than four or IPv4 ranges (CrowdSec decisions),
+//! with one whole dump of their family, matched here. Every entry a dump gives is matched here again before it is
 //! deleted: the kernel's filter is not trusted to be right.
 
 use std::collections::HashSet;
@@ -294,9 +294,18 @@ fn find(nl: &mut Nfnl, doomed: &Doomed) -> io::Result<Found> {
         all.unreadable += f.unreadable;
         all.more |= f.more;
     };
-    let v4_only = doomed.addrs.iter().all(IpAddr::is_ipv4);
-    if doomed.ranges.is_empty() && v4_only && doomed.addrs.len() <= FILTERED_MAX {
-        for a in &doomed.addrs {
+    // Each family on its own: a few IPv4 addresses (no IPv4 ranges) by
+    // filtered dumps, the rest by one whole dump of its family.
+    let v4: Vec<IpAddr> = doomed
+        .addrs
+        .iter()
+        .copied()
+        .filter(IpAddr::is_ipv4)
+        .collect();
+    let v4_ranges = doomed.ranges.iter().any(|(a, _)| a.is_ipv4());
+    let filtered = !v4_ranges && v4.len() <= FILTERED_MAX;
+    if filtered {
+        for a in &v4 {
             take(dump(nl, AF_INET, Some((*a, End::Src)), |e| {
                 e.src == Some(*a)
             })?);
@@ -304,14 +313,13 @@ fn find(nl: &mut Nfnl, doomed: &Doomed) -> io::Result<Found> {
                 e.dst == Some(*a)
             })?);
         }
-    } else {
-        let m = Matcher::new(doomed);
-        for family in [AF_INET, AF_INET6] {
-            if doomed.has_family(family) {
-                take(dump(nl, family, None, |e| {
-                    e.src.is_some_and(|a| m.hit(a)) || e.dst.is_some_and(|a| m.hit(a))
-                })?);
-            }
+    }
+    let m = Matcher::new(doomed);
+    for family in [AF_INET, AF_INET6] {
+        if doomed.has_family(family) && !(family == AF_INET && filtered) {
+            take(dump(nl, family, None, |e| {
+                e.src.is_some_and(|a| m.hit(a)) || e.dst.is_some_and(|a| m.hit(a))
+            })?);
         }
     }
     // An entry from a peer to itself, or found by both ends.

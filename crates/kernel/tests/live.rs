@@ -1429,13 +1429,21 @@ fn bans_end_flows() -> Result<(), Failed> {
     for a in A4.iter().chain(A6.iter()) {
         check(ct_has(&before, a), || format!("no entry of {a}:\n{before}"))?;
     }
-    // Three addresses: filtered dumps (.3 has an outbound flow of b's as
-    // well as its own).
+    // Two IPv4 addresses: filtered dumps (.3 has an outbound flow of b's
+    // as well as its own); then one IPv6 address: a whole dump of its
+    // family.
     fw.ban(&[
         (ip(A4[0]), Duration::from_secs(60)),
         (ip(A4[1]), Duration::from_secs(60)),
-        (ip(A6[0]), Duration::from_secs(60)),
     ])?;
+    let after = ct_entries(&lab, "b")?;
+    check(!ct_has(&after, A4[0]) && !ct_has(&after, A4[1]), || {
+        format!("filtered dumps left banned entries:\n{after}")
+    })?;
+    check(ct_has(&after, A6[0]) && ct_has(&after, A4[2]), || {
+        format!("filtered dumps took unbanned entries:\n{after}")
+    })?;
+    fw.ban(&[(ip(A6[0]), Duration::from_secs(60))])?;
     let after = ct_entries(&lab, "b")?;
     for gone in [A4[0], A4[1], A6[0]] {
         check(!ct_has(&after, gone), || {
