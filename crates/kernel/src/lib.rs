@@ -249,6 +249,11 @@ pub struct Firewall {
     /// The netlink socket for the xt queue rule ([`QueuePath::XtQueue`]),
     /// opened on first use.
     nl: Mutex<Option<Nfnl>>,
+    /// The netlink socket that ends banned peers' flows (conntrack dumps
+    /// and deletions), opened on first use: a socket of its own, so that
+    /// a long dump of a full conntrack table never delays a read of the
+    /// queue rule's counter (`status`, metrics) waiting on `nl`.
+    ct_nl: Mutex<Option<Nfnl>>,
     /// The queue rule's counter as last read, and what earlier rules
     /// (before it was put back or rewritten) had counted:
     /// [`Firewall::queue_rule_packets`] stays a count since install.
@@ -346,6 +351,7 @@ impl Firewall {
             created_tables: Mutex::new(Vec::new()),
             generation: Mutex::new(GenWatch::default()),
             nl: Mutex::new(None),
+            ct_nl: Mutex::new(None),
             queue_hits: Mutex::new(QueueHits::default()),
         };
         let r = fw.runner.as_ref();
@@ -377,9 +383,12 @@ impl Firewall {
     /// (one netlink transaction).
     fn put_xt_rule(&self, a: &Applied) -> Result<(), KernelError> {
         let q = a.xt_queue();
-        self.with_netlink("replace the xt NFQUEUE rule", |nl| {
-            nl.transaction(|b| xtqueue::write_replace(b, q))
-        })?;
+        with_netlink(
+            &self.nl,
+            self.runner.as_ref(),
+            "replace the xt NFQUEUE rule",
+            |nl| nl.transaction(|b| xtqueue::write_replace(b, q)),
+        )?;
         self.queue_rule_replaced();
         Ok(())
     }
@@ -395,33 +404,38 @@ impl Firewall {
     /// The rules of our queue chain: `None` if the chain (or the table)
     /// does not exist.
     fn xt_rules(&self) -> Result<Option<Vec<xtqueue::Seen>>, KernelError> {
-        let dumped = self.with_netlink("list the queue chain", |nl| {
-            let rules = match nl.dump(
-                xtqueue::NFT_MSG_GETRULE,
-                xtqueue::NFT_MSG_NEWRULE,
-                nfnl::NFPROTO_INET,
-                xtqueue::write_dump_filter,
-            ) {
-                Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
-                other => other?,
-            };
-            if !rules.is_empty() {
-                return Ok(Some(rules));
-            }
-            // A dump filtered by a missing chain is merely empty: ask for
-            // the chain itself.
-            let (seq, answer) = nl.request(
-                nfnl::nft_type(xtqueue::NFT_MSG_GETCHAIN),
-                0,
-                nfnl::NFPROTO_INET,
-                xtqueue::write_chain_name,
-            )?;
-            match nfnl::error_of(&answer, seq).map_err(std::io::Error::from)? {
-                Some(nix::libc::ENOENT) => Ok(None),
-                Some(e) => Err(std::io::Error::from_raw_os_error(e)),
-                None => Ok(Some(rules)),
-            }
-        })?;
+        let dumped = with_netlink(
+            &self.nl,
+            self.runner.as_ref(),
+            "list the queue chain",
+            |nl| {
+                let rules = match nl.dump(
+                    xtqueue::NFT_MSG_GETRULE,
+                    xtqueue::NFT_MSG_NEWRULE,
+                    nfnl::NFPROTO_INET,
+                    xtqueue::write_dump_filter,
+                ) {
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
+                    other => other?,
+                };
+                if !rules.is_empty() {
+                    return Ok(Some(rules));
+                }
+                // A dump filtered by a missing chain is merely empty: ask for
+                // the chain itself.
+                let (seq, answer) = nl.request(
+                    nfnl::nft_type(xtqueue::NFT_MSG_GETCHAIN),
+                    0,
+                    nfnl::NFPROTO_INET,
+                    xtqueue::write_chain_name,
+                )?;
+                match nfnl::error_of(&answer, seq).map_err(std::io::Error::from)? {
+                    Some(nix::libc::ENOENT) => Ok(None),
+                    Some(e) => Err(std::io::Error::from_raw_os_error(e)),
+                    None => Ok(Some(rules)),
+                }
+            },
+        )?;
         let Some(rules) = dumped else {
             return Ok(None);
         };
@@ -434,27 +448,6 @@ impl Firewall {
                 what: "read the queue chain",
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             })
-    }
-
-    /// Runs `f` on the netlink socket, opening it (in the runner's
-    /// namespace) on first use.
-    fn with_netlink<T>(
-        &self,
-        what: &'static str,
-        f: impl FnOnce(&mut Nfnl) -> std::io::Result<T>,
-    ) -> Result<T, KernelError> {
-        let err = |source| KernelError::Netlink { what, source };
-        let mut slot = self.nl.lock().unwrap_or_else(|e| e.into_inner());
-        let nl = match slot.take() {
-            Some(nl) => slot.insert(nl),
-            None => slot.insert(
-                self.runner
-                    .netfilter_socket()
-                    .and_then(Nfnl::new)
-                    .map_err(err)?,
-            ),
-        };
-        f(nl).map_err(err)
     }
 
     /// [`install_iptables`], noting which `security` tables it creates.
@@ -766,9 +759,12 @@ impl Firewall {
         if !self.shape.bans_end_flows {
             return Ok(());
         }
-        self.with_netlink("end the banned peers' connections", |nl| {
-            conntrack::end_flows(nl, doomed)
-        })
+        with_netlink(
+            &self.ct_nl,
+            self.runner.as_ref(),
+            "end the banned peers' connections",
+            |nl| conntrack::end_flows(nl, doomed),
+        )
         .map(drop)
     }
 
@@ -993,6 +989,23 @@ fn probe_xt_queue(runner: &dyn Runner) -> bool {
         .and_then(Nfnl::new)
         .and_then(|mut nl| nl.transaction(xtqueue::write_probe))
         .is_ok()
+}
+
+/// Runs `f` on the netlink socket in `slot`, opening it (in `runner`'s
+/// namespace) on first use.
+fn with_netlink<T>(
+    slot: &Mutex<Option<Nfnl>>,
+    runner: &dyn Runner,
+    what: &'static str,
+    f: impl FnOnce(&mut Nfnl) -> std::io::Result<T>,
+) -> Result<T, KernelError> {
+    let err = |source| KernelError::Netlink { what, source };
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    let nl = match slot.take() {
+        Some(nl) => slot.insert(nl),
+        None => slot.insert(runner.netfilter_socket().and_then(Nfnl::new).map_err(err)?),
+    };
+    f(nl).map_err(err)
 }
 
 /// Whether ctnetlink answers a filtered dump in the runner's namespace
