@@ -102,6 +102,7 @@ use std::time::Duration;
 mod conntrack;
 pub mod crowdsec;
 mod error;
+mod flow_ender;
 mod genid;
 pub mod iptables;
 mod nfnl;
@@ -112,6 +113,7 @@ mod runner;
 mod xtqueue;
 
 pub use error::KernelError;
+pub use flow_ender::FlowEnding;
 pub use nfnl::open_netfilter_socket;
 pub use nft::{BanEntry, MAX_BAN};
 pub use plan::{
@@ -121,6 +123,7 @@ pub use plan::{
 pub use runner::{Runner, SystemRunner};
 pub use xtqueue::QUEUE_CHAIN;
 
+use flow_ender::FlowEnder;
 use iptables::Family;
 use nfnl::Nfnl;
 use runner::run;
@@ -249,11 +252,11 @@ pub struct Firewall {
     /// The netlink socket for the xt queue rule ([`QueuePath::XtQueue`]),
     /// opened on first use.
     nl: Mutex<Option<Nfnl>>,
-    /// The netlink socket that ends banned peers' flows (conntrack dumps
-    /// and deletions), opened on first use: a socket of its own, so that
-    /// a long dump of a full conntrack table never delays a read of the
-    /// queue rule's counter (`status`, metrics) waiting on `nl`.
-    ct_nl: Mutex<Option<Nfnl>>,
+    /// Where bans end flows ([`Shape::bans_end_flows`]): the thread that
+    /// does, with a netlink socket of its own (a long dump of a full
+    /// conntrack table delays neither the next ban nor a read of the
+    /// queue rule's counter).
+    ender: Option<FlowEnder>,
     /// The queue rule's counter as last read, and what earlier rules
     /// (before it was put back or rewritten) had counted:
     /// [`Firewall::queue_rule_packets`] stays a count since install.
@@ -342,6 +345,15 @@ impl Firewall {
         let shape = caps.shape()?;
         let path = shape.path;
         let script = nft::install_script(plan, shape);
+        let ender = match shape.bans_end_flows {
+            true => Some(FlowEnder::start(Arc::clone(&runner)).map_err(|source| {
+                KernelError::Netlink {
+                    what: "start the thread that ends banned peers' flows",
+                    source,
+                }
+            })?),
+            false => None,
+        };
         run(runner.as_ref(), "nft", &["-f", "-"], Some(&script))?;
         let fw = Self {
             runner,
@@ -351,7 +363,7 @@ impl Firewall {
             created_tables: Mutex::new(Vec::new()),
             generation: Mutex::new(GenWatch::default()),
             nl: Mutex::new(None),
-            ct_nl: Mutex::new(None),
+            ender,
             queue_hits: Mutex::new(QueueHits::default()),
         };
         let r = fw.runner.as_ref();
@@ -720,11 +732,11 @@ impl Firewall {
     /// already banned gets the new duration (from now). Durations are
     /// capped at [`MAX_BAN`]; a zero duration is an error (it would mean
     /// "forever" to nft). If an address appears twice, the last wins.
-    /// Where bans end flows ([`Shape::bans_end_flows`]), the conntrack
-    /// entries of the banned addresses' connections are deleted next; if
-    /// that fails, the error is returned although the bans are in their
-    /// sets (new connections are refused, open ones may go on until a
-    /// retry, such as [`Firewall::resync_bans`], ends them).
+    /// Where bans end flows ([`Shape::bans_end_flows`]), the banned
+    /// addresses then go to the flow-ending thread, which deletes the
+    /// conntrack entries of their connections without holding up this
+    /// call or the next: [`Firewall::flow_ending`] says how that went
+    /// (failures included), [`Firewall::settle_flows`] waits for it.
     pub fn ban(&self, bans: &[(IpAddr, Duration)]) -> Result<(), KernelError> {
         if let Some((addr, _)) = bans.iter().find(|(_, d)| d.is_zero()) {
             return Err(KernelError::InvalidBan {
@@ -746,26 +758,33 @@ impl Firewall {
             return Ok(());
         }
         self.nft_script(&nft::ban_script(&unique, self.ban_sets()))?;
-        self.end_flows(&conntrack::Doomed {
-            addrs: unique.iter().map(|(a, _)| *a).collect(),
-            ranges: Vec::new(),
-        })
+        self.end_flows(unique.iter().map(|(a, _)| *a).collect());
+        Ok(())
     }
 
-    /// Where bans end flows ([`Shape::bans_end_flows`]): deletes the
-    /// conntrack entries of `doomed`'s connections. Called after the
-    /// addresses are in their sets, so that no packet slips between.
-    fn end_flows(&self, doomed: &conntrack::Doomed) -> Result<(), KernelError> {
-        if !self.shape.bans_end_flows {
-            return Ok(());
+    /// Where bans end flows ([`Shape::bans_end_flows`]): hands `addrs` to
+    /// the flow-ending thread. Called after the addresses are in their
+    /// sets, so that no packet slips between.
+    fn end_flows(&self, addrs: Vec<IpAddr>) {
+        if let Some(e) = &self.ender {
+            e.submit(conntrack::Doomed {
+                addrs,
+                ranges: Vec::new(),
+            });
         }
-        with_netlink(
-            &self.ct_nl,
-            self.runner.as_ref(),
-            "end the banned peers' connections",
-            |nl| conntrack::end_flows(nl, doomed),
-        )
-        .map(drop)
+    }
+
+    /// What the flow-ending thread has done since install: `None` where
+    /// bans do not end flows ([`Shape::bans_end_flows`]).
+    pub fn flow_ending(&self) -> Option<FlowEnding> {
+        self.ender.as_ref().map(FlowEnder::done)
+    }
+
+    /// Waits up to `timeout` until the flows of every ban so far have
+    /// been through the flow-ending thread; its record then, or `None`
+    /// (timed out, or bans do not end flows).
+    pub fn settle_flows(&self, timeout: Duration) -> Option<FlowEnding> {
+        self.ender.as_ref().and_then(|e| e.settle(timeout))
     }
 
     /// Makes the ban sets hold exactly `bans` (durations capped at
@@ -784,10 +803,8 @@ impl Firewall {
         self.nft_script(&nft::resync_script(&capped, self.ban_sets()))?;
         // A refused batch may have left some of them without their flows
         // ended.
-        self.end_flows(&conntrack::Doomed {
-            addrs: capped.iter().map(|(a, _)| *a).collect(),
-            ranges: Vec::new(),
-        })
+        self.end_flows(capped.iter().map(|(a, _)| *a).collect());
+        Ok(())
     }
 
     /// Lifts bans, in one transaction; addresses not banned are fine.
@@ -813,7 +830,9 @@ impl Firewall {
     /// nothing more is queued), then the table, which is removed even if
     /// the iptables step failed (the first error is returned).
     /// Idempotent.
-    pub fn teardown(self) -> Result<(), KernelError> {
+    pub fn teardown(mut self) -> Result<(), KernelError> {
+        // Stop ending flows first: the bans go with the table.
+        drop(self.ender.take());
         let iptables = if self.caps.iptables {
             remove_iptables(self.runner.as_ref()).map(drop)
         } else {

@@ -215,14 +215,16 @@ fn status_text(s: &Status) -> String {
     if s.bans_enforced || *k != KernelStatus::default() {
         let _ = writeln!(
             t,
-            "kernel ops:  rules restored {} ({} tries failed); bans refused {} ({} enforced later), unbans refused {}, {} waiting for a retry, {} not handed over (queue full)",
+            "kernel ops:  rules restored {} ({} tries failed); bans refused {} ({} enforced later), unbans refused {}, {} waiting for a retry, {} not handed over (queue full); {} open connections ended by bans ({} failures)",
             k.rules_restored,
             k.rules_restore_failed,
             k.bans_failed,
             k.bans_enforced_late,
             k.unbans_failed,
             k.retrying,
-            k.commands_dropped
+            k.commands_dropped,
+            k.flows_ended,
+            k.flow_end_failures
         );
     }
     t

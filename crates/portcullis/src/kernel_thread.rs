@@ -93,6 +93,12 @@ pub struct KernelStats {
     pub unbans_failed: AtomicU64,
     /// Bans and unbans waiting for another try now (gauge).
     pub retrying: AtomicU64,
+    /// Conntrack entries of banned peers deleted (their flows ended), as
+    /// the firewall's flow-ending thread reports them.
+    pub flows_ended: AtomicU64,
+    /// Times ending banned peers' flows did not happen: failed passes,
+    /// and addresses beyond the thread's bound.
+    pub flow_end_failures: AtomicU64,
     /// Events of the kernel thread lost because the packet thread did not
     /// take them in time.
     pub events_dropped: AtomicU64,
@@ -229,6 +235,7 @@ pub fn spawn(
                         {
                             links.report(ev);
                         }
+                        flow_ending(f, &links.stats);
                     }
                 }
                 if let Some((f, _)) = &fw {
@@ -415,6 +422,29 @@ pub fn spawn(
             }
         })
         .context("starting the kernel thread")
+}
+
+/// Takes the flow-ending thread's record into `stats`, and logs what
+/// failed since the last look (the bans themselves are in force: new
+/// connections are refused, open ones may go on).
+fn flow_ending(f: &Firewall, stats: &KernelStats) {
+    let Some(done) = f.flow_ending() else {
+        return;
+    };
+    stats
+        .flows_ended
+        .store(done.entries_deleted, Ordering::Relaxed);
+    let failures = done.failed + done.overflowed;
+    let before = stats.flow_end_failures.swap(failures, Ordering::Relaxed);
+    if failures > before {
+        log::error!(
+            "ending banned peers' open connections failed {} more times ({} addresses over the bound): {}; \
+             the bans hold for new connections",
+            failures - before,
+            done.overflowed,
+            done.last_error.as_deref().unwrap_or("no message")
+        );
+    }
 }
 
 /// Tries again the bans and unbans that are due. A failed batch may have

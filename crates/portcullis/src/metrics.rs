@@ -373,6 +373,18 @@ pub fn render(s: &Status) -> String {
         [plain(k.retrying)],
     );
     e.family(
+        "portcullis_ban_flows_ended_total",
+        Kind::Counter,
+        "Conntrack entries of banned peers deleted: open connections bans ended.",
+        [plain(k.flows_ended)],
+    );
+    e.family(
+        "portcullis_ban_flow_end_failures_total",
+        Kind::Counter,
+        "Times ending banned peers' open connections did not happen (a failed pass, or an address beyond the bound).",
+        [plain(k.flow_end_failures)],
+    );
+    e.family(
         "portcullis_kernel_commands_dropped_total",
         Kind::Counter,
         "Bans and unbans never handed to the kernel: the kernel thread's queue was full.",

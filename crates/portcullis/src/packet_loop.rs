@@ -476,6 +476,8 @@ fn kernel_status(k: &KernelStats, commands_dropped: u64) -> KernelStatus {
         bans_enforced_late: n(&k.bans_enforced_late),
         unbans_failed: n(&k.unbans_failed),
         retrying: n(&k.retrying),
+        flows_ended: n(&k.flows_ended),
+        flow_end_failures: n(&k.flow_end_failures),
         commands_dropped,
     }
 }

@@ -89,6 +89,14 @@ pub struct KernelStatus {
     pub unbans_failed: u64,
     /// Bans and unbans waiting for another try now (gauge).
     pub retrying: u64,
+    /// Conntrack entries of banned peers deleted: the open connections
+    /// bans ended.
+    #[serde(default)]
+    pub flows_ended: u64,
+    /// Times ending banned peers' connections did not happen (a failed
+    /// pass, logged with its error; or an address beyond the bound).
+    #[serde(default)]
+    pub flow_end_failures: u64,
     /// Bans and unbans never handed to the kernel thread: its queue was
     /// full (the ban holds in user space only; `enforced: false`).
     pub commands_dropped: u64,

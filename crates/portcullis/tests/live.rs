@@ -1722,6 +1722,20 @@ fn ban_ends_flows() -> Result<(), Failed> {
         )
         .into());
     }
+    // The ended connection is counted (the kernel thread reads the
+    // flow-ending thread's record every second), with no failure.
+    let kernel = wait_for(Duration::from_secs(3), || {
+        let (_, out) = net.ctl(&["status", "--json"]);
+        let k = json(&out)["kernel"].clone();
+        (k["flows_ended"].as_u64().unwrap_or(0) >= 1).then_some(k)
+    });
+    let Some(k) = kernel else {
+        let (_, out) = net.ctl(&["status", "--json"]);
+        return Err(format!("no ended flow in the status:\n{out}").into());
+    };
+    if k["flow_end_failures"] != 0 {
+        return Err(format!("ending flows failed: {k}").into());
+    }
     net.stop()?;
     net.assert_clean()
 }

@@ -95,6 +95,8 @@ fn known() -> Status {
             bans_enforced_late: 53,
             unbans_failed: 54,
             retrying: 55,
+            flows_ended: 61,
+            flow_end_failures: 62,
             commands_dropped: 56,
         },
         fleet: None,
@@ -311,6 +313,8 @@ fn render_reports_every_value_of_the_snapshot_under_its_name() {
         ("portcullis_kernel_commands_failed_total{command=unban}", 54),
         ("portcullis_kernel_retrying", 55),
         ("portcullis_kernel_commands_dropped_total", 56),
+        ("portcullis_ban_flows_ended_total", 61),
+        ("portcullis_ban_flow_end_failures_total", 62),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
