@@ -27,7 +27,7 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::conntrack::{self, Doomed};
@@ -202,6 +202,30 @@ pub fn update_script(
     s
 }
 
+/// The ranges of `ranges` that go into the sets (zero timeouts and mixed
+/// families are left out), as `(first, last)`.
+fn live(ranges: &[CsRange]) -> impl Iterator<Item = (IpAddr, IpAddr)> + '_ {
+    ranges
+        .iter()
+        .filter(|r| !r.timeout.is_zero() && r.first.is_ipv4() == r.last.is_ipv4())
+        .map(|r| (r.first, r.last))
+}
+
+/// Of `ranges`, those no single range of `before` holds whole: the ones
+/// whose flows have not been ended yet (a range grown or joined with
+/// another is ended again, whole: a wider dump, never a missed flow).
+fn uncovered(
+    ranges: impl Iterator<Item = (IpAddr, IpAddr)>,
+    before: &[(IpAddr, IpAddr)],
+) -> Vec<(IpAddr, IpAddr)> {
+    let holds = |(lo, hi): (IpAddr, IpAddr), (first, last): (IpAddr, IpAddr)| {
+        lo.is_ipv4() == first.is_ipv4() && lo <= first && last <= hi
+    };
+    ranges
+        .filter(|r| !before.iter().any(|b| holds(*b, *r)))
+        .collect()
+}
+
 /// The CrowdSec sets, for the thread that keeps them
 /// ([`crate::Firewall::crowdsec_sets`]).
 #[derive(Debug, Clone)]
@@ -211,6 +235,11 @@ pub struct CrowdsecSets {
     /// [`crate::Shape::bans_end_flows`]: decisions end their addresses'
     /// connections as bans do.
     bans_end_flows: bool,
+    /// The ranges last put into the sets, as `(first, last)`: an update
+    /// ends the flows only of ranges these do not already cover (each
+    /// range's flows ended when it came; a range that expires or shrinks
+    /// ends nothing, where a whole dump per family would be taken again).
+    ranges_in: Arc<Mutex<Vec<(IpAddr, IpAddr)>>>,
 }
 
 impl CrowdsecSets {
@@ -219,6 +248,7 @@ impl CrowdsecSets {
             runner,
             timeout_update,
             bans_end_flows,
+            ranges_in: Arc::default(),
         }
     }
 
@@ -230,11 +260,14 @@ impl CrowdsecSets {
         ranges: &[CsRange],
     ) -> Result<(), KernelError> {
         self.nft(&replace_script(addrs, ranges))?;
-        self.end_flows(addrs, ranges)
+        let all: Vec<(IpAddr, IpAddr)> = live(ranges).collect();
+        self.note_ranges(ranges);
+        self.end_flows(addrs, all)
     }
 
     /// See [`update_script`]; then, where bans end flows, the connections
-    /// of the added addresses and of every range (when given) end.
+    /// of the added addresses end, and of the ranges (when given) that
+    /// the ranges put in before do not cover.
     pub fn update(
         &self,
         add: &[(IpAddr, Duration)],
@@ -246,7 +279,22 @@ impl CrowdsecSets {
             return Ok(());
         }
         self.nft(&script)?;
-        self.end_flows(add, ranges.unwrap_or_default())
+        let fresh = match ranges {
+            Some(r) => {
+                let before = self.ranges_in.lock().map(|g| g.clone()).unwrap_or_default();
+                let fresh = uncovered(live(r), &before);
+                self.note_ranges(r);
+                fresh
+            }
+            None => Vec::new(),
+        };
+        self.end_flows(add, fresh)
+    }
+
+    fn note_ranges(&self, ranges: &[CsRange]) {
+        if let Ok(mut g) = self.ranges_in.lock() {
+            *g = live(ranges).collect();
+        }
     }
 
     /// Deletes the conntrack entries of the decisions' connections (zero
@@ -254,7 +302,7 @@ impl CrowdsecSets {
     fn end_flows(
         &self,
         addrs: &[(IpAddr, Duration)],
-        ranges: &[CsRange],
+        ranges: Vec<(IpAddr, IpAddr)>,
     ) -> Result<(), KernelError> {
         let doomed = Doomed {
             addrs: addrs
@@ -262,11 +310,7 @@ impl CrowdsecSets {
                 .filter(|(_, d)| !d.is_zero())
                 .map(|(a, _)| *a)
                 .collect(),
-            ranges: ranges
-                .iter()
-                .filter(|r| !r.timeout.is_zero() && r.first.is_ipv4() == r.last.is_ipv4())
-                .map(|r| (r.first, r.last))
-                .collect(),
+            ranges,
         };
         if !self.bans_end_flows || doomed.is_empty() {
             return Ok(());
@@ -370,6 +414,46 @@ mod tests {
         assert_eq!(
             update_script(&[], &[], Some(&[]), true),
             "flush set inet portcullis csr4\nflush set inet portcullis csr6\n"
+        );
+    }
+
+    /// Issue 9: a range decision's flows end when it comes; an update
+    /// that only shrinks, splits or drops ranges ends nothing again (each
+    /// range taken would be a whole dump per family), one that grows or
+    /// adds a range ends that range.
+    #[test]
+    fn only_ranges_not_held_by_one_before_have_their_flows_ended() {
+        let r = |lo: &str, hi: &str| (a(lo), a(hi));
+        let before = [r("198.18.0.0", "198.18.0.255"), r("2001:2::", "2001:2::ff")];
+        let after = [
+            // Split by a hole: both halves were covered.
+            r("198.18.0.0", "198.18.0.9"),
+            r("198.18.0.20", "198.18.0.255"),
+            // Grown past its old end.
+            r("2001:2::", "2001:2::1ff"),
+            // New.
+            r("198.18.5.0", "198.18.5.255"),
+            // The same numbers in the other family are not covered.
+            r("::ffff:c612:1", "::ffff:c612:2"),
+        ];
+        assert_eq!(
+            uncovered(after.iter().copied(), &before),
+            vec![after[2], after[3], after[4]]
+        );
+        // Zero timeouts and mixed families never go in.
+        let cs = |first: &str, last: &str, secs: u64| CsRange {
+            first: a(first),
+            last: a(last),
+            timeout: Duration::from_secs(secs),
+        };
+        let ranges = [
+            cs("198.18.0.0", "198.18.0.9", 60),
+            cs("198.18.1.0", "198.18.1.9", 0),
+            cs("198.18.2.0", "2001:2::", 60),
+        ];
+        assert_eq!(
+            live(&ranges).collect::<Vec<_>>(),
+            vec![r("198.18.0.0", "198.18.0.9")]
         );
     }
 }
