@@ -56,7 +56,7 @@ use std::time::Duration;
 use libtest_mimic::{Arguments, Failed, Trial};
 use portcullis_engine::config::Config;
 use portcullis_engine::{Action, DetectorMode, Direction, Engine, PacketIn, Timestamp, Verdict};
-use portcullis_testnet::{enter, live_trial, wait_for, Lab};
+use portcullis_testnet::{enter, live_trial, path_str as s, wait_for, Lab};
 use portcullis_wire::LinkType;
 use serde_json::{json, Value};
 
@@ -907,10 +907,6 @@ impl Net {
         }
         Ok(())
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// How `explain` compared with the engine for one case.

@@ -15,11 +15,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed};
-use portcullis_testnet::{live_trial, wait_for, Lab};
+use portcullis_testnet::{check, live_trial, path_str as s, wait_for, Lab};
 
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -52,10 +52,6 @@ struct Fleet {
     lapi: Option<u32>,
     starts: u32,
     daemons: Vec<(String, u32)>,
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 impl Fleet {
@@ -292,10 +288,6 @@ impl Fleet {
         }
         Ok(())
     }
-}
-
-fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
-    portcullis_testnet::check(cond, msg)
 }
 
 fn two_daemons() -> Result<(), Failed> {

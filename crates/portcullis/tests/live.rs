@@ -12,11 +12,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use portcullis_testnet::{enter, join, live_trial, wait_for, Lab};
+use portcullis_testnet::{enter, join, json_lines, live_trial, path_str as s, wait_for, Lab};
 use serde_json::Value;
 
 const TOOLS: &[(&str, &str)] = &[
@@ -301,11 +301,7 @@ impl Net {
     }
 
     fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.path("events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        json_lines(&self.path("events.jsonl"))
     }
 
     /// Waits for an event matching `f`.
@@ -443,10 +439,6 @@ impl Net {
             .unwrap_or_else(|| "NO ANSWER".into());
         (status, out)
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn scan_events(net: &Net, src: &str) -> Result<(Value, Value), Failed> {

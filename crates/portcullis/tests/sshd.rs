@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed};
-use portcullis_testnet::{check, live_trial, run, wait_for, which, Lab};
+use portcullis_testnet::{check, json_lines, live_trial, path_str as s, run, wait_for, which, Lab};
 use serde_json::Value;
 
 const TOOLS: &[(&str, &str)] = &[
@@ -82,11 +82,7 @@ impl Session {
     }
 
     fn events(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.path("events.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        json_lines(&self.path("events.jsonl"))
     }
 
     fn event(&self, what: &str, f: impl Fn(&Value) -> bool) -> Result<Value, Failed> {
@@ -222,10 +218,6 @@ impl Drop for Session {
         // Then `lab` (a field, dropped after this) kills the client and
         // sshd and deletes the namespaces.
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The processes whose parent is `pid` (`/proc/*/stat`).

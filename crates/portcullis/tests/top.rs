@@ -13,12 +13,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use portcullis_testnet::{live_trial, wait_for, Lab};
+use portcullis_testnet::{live_trial, path_str as s, wait_for, Lab};
 
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -53,10 +53,6 @@ fn main() {
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_portcullis")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn no_terminal() -> Result<(), Failed> {

@@ -54,6 +54,24 @@ pub fn join<T>(h: std::thread::JoinHandle<Result<T, String>>) -> Result<T, libte
         .map_err(libtest_mimic::Failed::from)
 }
 
+/// `p` as a program argument. Panics on a path that is not UTF-8: the
+/// tests' paths are temporary folders they make, which are.
+#[allow(clippy::expect_used)]
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// The JSON values of a JSON Lines file (an event log) as far as it is
+/// written: a missing file is empty, and a line still being written (not
+/// yet whole JSON) is left out.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// `Ok` if `cond` holds, else a test failure with the message `msg` makes.
 pub fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), libtest_mimic::Failed> {
     if cond {
