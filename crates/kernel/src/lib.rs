@@ -345,15 +345,14 @@ impl Firewall {
         let shape = caps.shape()?;
         let path = shape.path;
         let script = nft::install_script(plan, shape);
-        let ender = match shape.bans_end_flows {
-            true => Some(FlowEnder::start(Arc::clone(&runner)).map_err(|source| {
-                KernelError::Netlink {
-                    what: "start the thread that ends banned peers' flows",
-                    source,
-                }
-            })?),
-            false => None,
-        };
+        let ender = shape
+            .bans_end_flows
+            .then(|| FlowEnder::start(Arc::clone(&runner)))
+            .transpose()
+            .map_err(|source| KernelError::Netlink {
+                what: "start the thread that ends banned peers' flows",
+                source,
+            })?;
         run(runner.as_ref(), "nft", &["-f", "-"], Some(&script))?;
         let fw = Self {
             runner,
@@ -395,12 +394,9 @@ impl Firewall {
     /// (one netlink transaction).
     fn put_xt_rule(&self, a: &Applied) -> Result<(), KernelError> {
         let q = a.xt_queue();
-        with_netlink(
-            &self.nl,
-            self.runner.as_ref(),
-            "replace the xt NFQUEUE rule",
-            |nl| nl.transaction(|b| xtqueue::write_replace(b, q)),
-        )?;
+        self.with_netlink("replace the xt NFQUEUE rule", |nl| {
+            nl.transaction(|b| xtqueue::write_replace(b, q))
+        })?;
         self.queue_rule_replaced();
         Ok(())
     }
@@ -416,38 +412,33 @@ impl Firewall {
     /// The rules of our queue chain: `None` if the chain (or the table)
     /// does not exist.
     fn xt_rules(&self) -> Result<Option<Vec<xtqueue::Seen>>, KernelError> {
-        let dumped = with_netlink(
-            &self.nl,
-            self.runner.as_ref(),
-            "list the queue chain",
-            |nl| {
-                let rules = match nl.dump(
-                    xtqueue::NFT_MSG_GETRULE,
-                    xtqueue::NFT_MSG_NEWRULE,
-                    nfnl::NFPROTO_INET,
-                    xtqueue::write_dump_filter,
-                ) {
-                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
-                    other => other?,
-                };
-                if !rules.is_empty() {
-                    return Ok(Some(rules));
-                }
-                // A dump filtered by a missing chain is merely empty: ask for
-                // the chain itself.
-                let (seq, answer) = nl.request(
-                    nfnl::nft_type(xtqueue::NFT_MSG_GETCHAIN),
-                    0,
-                    nfnl::NFPROTO_INET,
-                    xtqueue::write_chain_name,
-                )?;
-                match nfnl::error_of(&answer, seq).map_err(std::io::Error::from)? {
-                    Some(nix::libc::ENOENT) => Ok(None),
-                    Some(e) => Err(std::io::Error::from_raw_os_error(e)),
-                    None => Ok(Some(rules)),
-                }
-            },
-        )?;
+        let dumped = self.with_netlink("list the queue chain", |nl| {
+            let rules = match nl.dump(
+                xtqueue::NFT_MSG_GETRULE,
+                xtqueue::NFT_MSG_NEWRULE,
+                nfnl::NFPROTO_INET,
+                xtqueue::write_dump_filter,
+            ) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
+                other => other?,
+            };
+            if !rules.is_empty() {
+                return Ok(Some(rules));
+            }
+            // A dump filtered by a missing chain is merely empty: ask for
+            // the chain itself.
+            let (seq, answer) = nl.request(
+                nfnl::nft_type(xtqueue::NFT_MSG_GETCHAIN),
+                0,
+                nfnl::NFPROTO_INET,
+                xtqueue::write_chain_name,
+            )?;
+            match nfnl::error_of(&answer, seq).map_err(std::io::Error::from)? {
+                Some(nix::libc::ENOENT) => Ok(None),
+                Some(e) => Err(std::io::Error::from_raw_os_error(e)),
+                None => Ok(Some(rules)),
+            }
+        })?;
         let Some(rules) = dumped else {
             return Ok(None);
         };
@@ -460,6 +451,27 @@ impl Firewall {
                 what: "read the queue chain",
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             })
+    }
+
+    /// Runs `f` on the netlink socket, opening it (in the runner's
+    /// namespace) on first use.
+    fn with_netlink<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut Nfnl) -> std::io::Result<T>,
+    ) -> Result<T, KernelError> {
+        let err = |source| KernelError::Netlink { what, source };
+        let mut slot = self.nl.lock().unwrap_or_else(|e| e.into_inner());
+        let nl = match slot.take() {
+            Some(nl) => slot.insert(nl),
+            None => slot.insert(
+                self.runner
+                    .netfilter_socket()
+                    .and_then(Nfnl::new)
+                    .map_err(err)?,
+            ),
+        };
+        f(nl).map_err(err)
     }
 
     /// [`install_iptables`], noting which `security` tables it creates.
@@ -1008,23 +1020,6 @@ fn probe_xt_queue(runner: &dyn Runner) -> bool {
         .and_then(Nfnl::new)
         .and_then(|mut nl| nl.transaction(xtqueue::write_probe))
         .is_ok()
-}
-
-/// Runs `f` on the netlink socket in `slot`, opening it (in `runner`'s
-/// namespace) on first use.
-fn with_netlink<T>(
-    slot: &Mutex<Option<Nfnl>>,
-    runner: &dyn Runner,
-    what: &'static str,
-    f: impl FnOnce(&mut Nfnl) -> std::io::Result<T>,
-) -> Result<T, KernelError> {
-    let err = |source| KernelError::Netlink { what, source };
-    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-    let nl = match slot.take() {
-        Some(nl) => slot.insert(nl),
-        None => slot.insert(runner.netfilter_socket().and_then(Nfnl::new).map_err(err)?),
-    };
-    f(nl).map_err(err)
 }
 
 /// Whether ctnetlink answers a filtered dump in the runner's namespace
