@@ -28,7 +28,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::conntrack::{self, Doomed};
 use crate::error::KernelError;
@@ -202,24 +202,34 @@ pub fn update_script(
     s
 }
 
-/// The ranges of `ranges` that go into the sets (zero timeouts and mixed
-/// families are left out), as `(first, last)`.
-fn live(ranges: &[CsRange]) -> impl Iterator<Item = (IpAddr, IpAddr)> + '_ {
+/// The ranges of `ranges` that go into the sets: zero timeouts and mixed
+/// families are left out.
+fn live(ranges: &[CsRange]) -> impl Iterator<Item = &CsRange> {
     ranges
         .iter()
         .filter(|r| !r.timeout.is_zero() && r.first.is_ipv4() == r.last.is_ipv4())
-        .map(|r| (r.first, r.last))
 }
 
-/// Of `ranges`, those no single range of `before` holds whole: the ones
-/// whose flows have not been ended yet (a range grown or joined with
-/// another is ended again, whole: a wider dump, never a missed flow).
+fn ends(r: &CsRange) -> (IpAddr, IpAddr) {
+    (r.first, r.last)
+}
+
+/// A range put into the sets, and when the kernel's timeout ends it (no
+/// later than this).
+type InForce = (IpAddr, IpAddr, Instant);
+
+/// Of `ranges`, those no single range of `before` still in force at `now`
+/// holds whole: the ones whose flows may not have been ended (a range
+/// grown or joined with another is ended again, whole: a wider dump, never
+/// a missed flow; one the kernel's timeout has ended may have let
+/// connections in since).
 fn uncovered(
     ranges: impl Iterator<Item = (IpAddr, IpAddr)>,
-    before: &[(IpAddr, IpAddr)],
+    before: &[InForce],
+    now: Instant,
 ) -> Vec<(IpAddr, IpAddr)> {
-    let holds = |(lo, hi): (IpAddr, IpAddr), (first, last): (IpAddr, IpAddr)| {
-        lo.is_ipv4() == first.is_ipv4() && lo <= first && last <= hi
+    let holds = |(lo, hi, until): InForce, (first, last): (IpAddr, IpAddr)| {
+        until > now && lo.is_ipv4() == first.is_ipv4() && lo <= first && last <= hi
     };
     ranges
         .filter(|r| !before.iter().any(|b| holds(*b, *r)))
@@ -235,11 +245,11 @@ pub struct CrowdsecSets {
     /// [`crate::Shape::bans_end_flows`]: decisions end their addresses'
     /// connections as bans do.
     bans_end_flows: bool,
-    /// The ranges last put into the sets, as `(first, last)`: an update
+    /// The ranges last put into the sets, until when: an update
     /// ends the flows only of ranges these do not already cover (each
     /// range's flows ended when it came; a range that expires or shrinks
     /// ends nothing, where a whole dump per family would be taken again).
-    ranges_in: Arc<Mutex<Vec<(IpAddr, IpAddr)>>>,
+    ranges_in: Arc<Mutex<Vec<InForce>>>,
 }
 
 impl CrowdsecSets {
@@ -259,9 +269,11 @@ impl CrowdsecSets {
         addrs: &[(IpAddr, Duration)],
         ranges: &[CsRange],
     ) -> Result<(), KernelError> {
+        // Before the sets change: the kernel's timeouts end no earlier.
+        let at = Instant::now();
         self.nft(&replace_script(addrs, ranges))?;
-        let all: Vec<(IpAddr, IpAddr)> = live(ranges).collect();
-        self.note_ranges(ranges);
+        let all: Vec<(IpAddr, IpAddr)> = live(ranges).map(ends).collect();
+        self.note_ranges(ranges, at);
         self.end_flows(addrs, all)
     }
 
@@ -278,12 +290,13 @@ impl CrowdsecSets {
         if script.is_empty() {
             return Ok(());
         }
+        let at = Instant::now();
         self.nft(&script)?;
         let fresh = match ranges {
             Some(r) => {
                 let before = self.ranges_in.lock().map(|g| g.clone()).unwrap_or_default();
-                let fresh = uncovered(live(r), &before);
-                self.note_ranges(r);
+                let fresh = uncovered(live(r).map(ends), &before, at);
+                self.note_ranges(r, at);
                 fresh
             }
             None => Vec::new(),
@@ -291,9 +304,12 @@ impl CrowdsecSets {
         self.end_flows(add, fresh)
     }
 
-    fn note_ranges(&self, ranges: &[CsRange]) {
+    /// Notes `ranges` as put into the sets at `at`.
+    fn note_ranges(&self, ranges: &[CsRange], at: Instant) {
         if let Ok(mut g) = self.ranges_in.lock() {
-            *g = live(ranges).collect();
+            *g = live(ranges)
+                .map(|r| (r.first, r.last, at + r.timeout))
+                .collect();
         }
     }
 
@@ -420,11 +436,18 @@ mod tests {
     /// Issue 9: a range decision's flows end when it comes; an update
     /// that only shrinks, splits or drops ranges ends nothing again (each
     /// range taken would be a whole dump per family), one that grows or
-    /// adds a range ends that range.
+    /// adds a range ends that range, and so does one that comes back after
+    /// the kernel's timeout ended it (connections may have come in since).
     #[test]
     fn only_ranges_not_held_by_one_before_have_their_flows_ended() {
         let r = |lo: &str, hi: &str| (a(lo), a(hi));
-        let before = [r("198.18.0.0", "198.18.0.255"), r("2001:2::", "2001:2::ff")];
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let before = [
+            (a("198.18.0.0"), a("198.18.0.255"), later),
+            (a("2001:2::"), a("2001:2::ff"), later),
+            (a("198.18.9.0"), a("198.18.9.255"), now),
+        ];
         let after = [
             // Split by a hole: both halves were covered.
             r("198.18.0.0", "198.18.0.9"),
@@ -435,10 +458,12 @@ mod tests {
             r("198.18.5.0", "198.18.5.255"),
             // The same numbers in the other family are not covered.
             r("::ffff:c612:1", "::ffff:c612:2"),
+            // Inside a range whose timeout has run out.
+            r("198.18.9.1", "198.18.9.2"),
         ];
         assert_eq!(
-            uncovered(after.iter().copied(), &before),
-            vec![after[2], after[3], after[4]]
+            uncovered(after.iter().copied(), &before, now),
+            vec![after[2], after[3], after[4], after[5]]
         );
         // Zero timeouts and mixed families never go in.
         let cs = |first: &str, last: &str, secs: u64| CsRange {
@@ -452,7 +477,7 @@ mod tests {
             cs("198.18.2.0", "2001:2::", 60),
         ];
         assert_eq!(
-            live(&ranges).collect::<Vec<_>>(),
+            live(&ranges).map(ends).collect::<Vec<_>>(),
             vec![r("198.18.0.0", "198.18.0.9")]
         );
     }
