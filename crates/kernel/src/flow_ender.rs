@@ -10,6 +10,11 @@
 //! works is gathered and ended in its next pass, so a flood of bans costs
 //! one pass per table walk, not one per batch.
 //!
+//! A pass that fails (a netlink error) is tried again, with what arrived
+//! meanwhile, after 1, 2, 4 and 8 s; after [`MAX_ATTEMPTS`] failed passes
+//! its addresses are given up (the bans hold for new connections all the
+//! same).
+//!
 //! **Invariant: bounded and never silent.** At most [`MAX_PENDING`]
 //! addresses wait (more are counted as not ended); every pass's outcome is
 //! counted in [`FlowEnding`], with the last failure's message.
@@ -28,6 +33,13 @@ use crate::runner::Runner;
 /// times the default ban table (`scan.max_bans`, 16,384).
 pub(crate) const MAX_PENDING: usize = 1 << 18;
 
+/// Passes over the same addresses before they are given up.
+pub(crate) const MAX_ATTEMPTS: u32 = 5;
+
+/// The wait before the first retry of a failed pass; doubled for each
+/// further one.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+
 /// What the flow-ending thread has done since the start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowEnding {
@@ -41,6 +53,8 @@ pub struct FlowEnding {
     /// Addresses and ranges not ended because the most that may wait
     /// (262,144 of each) were waiting.
     pub overflowed: u64,
+    /// Addresses and ranges given up after five failed passes.
+    pub abandoned: u64,
     /// The last failure's message.
     pub last_error: Option<String>,
 }
@@ -51,13 +65,36 @@ struct State {
     ranges: HashSet<(IpAddr, IpAddr)>,
     /// A pass is running.
     busy: bool,
+    /// Failed passes over what waits, and when to try again (`addrs` and
+    /// `ranges` hold what failed, with what arrived since).
+    attempts: u32,
+    retry_at: Option<Instant>,
     stop: bool,
     done: FlowEnding,
 }
 
 impl State {
+    fn waiting(&self) -> bool {
+        !self.addrs.is_empty() || !self.ranges.is_empty()
+    }
+
     fn idle(&self) -> bool {
-        !self.busy && self.addrs.is_empty() && self.ranges.is_empty()
+        !self.busy && !self.waiting()
+    }
+
+    /// Takes back what a failed pass had: another pass after the backoff,
+    /// or given up after [`MAX_ATTEMPTS`].
+    fn failed(&mut self, doomed: Doomed, first_retry: Duration, now: Instant) {
+        self.attempts += 1;
+        if self.attempts >= MAX_ATTEMPTS {
+            self.done.abandoned += (doomed.addrs.len() + doomed.ranges.len()) as u64;
+            self.attempts = 0;
+            self.retry_at = None;
+            return;
+        }
+        self.addrs.extend(doomed.addrs);
+        self.ranges.extend(doomed.ranges);
+        self.retry_at = Some(now + first_retry * (1 << (self.attempts - 1)));
     }
 }
 
@@ -86,11 +123,16 @@ impl FlowEnder {
     /// Starts the thread; its netlink socket is opened through `runner` on
     /// first use (in the runner's namespace).
     pub(crate) fn start(runner: Arc<dyn Runner>) -> std::io::Result<Self> {
+        Self::start_with(runner, RETRY_FIRST)
+    }
+
+    /// [`FlowEnder::start`] with the first retry after `first_retry`.
+    fn start_with(runner: Arc<dyn Runner>, first_retry: Duration) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
         let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("flow-ender".into())
-            .spawn(move || work(&s, runner.as_ref()))?;
+            .spawn(move || work(&s, runner.as_ref(), first_retry))?;
         Ok(Self {
             shared,
             thread: Some(thread),
@@ -126,8 +168,8 @@ impl FlowEnder {
         self.shared.lock().done.clone()
     }
 
-    /// Waits until everything handed over has been through a pass (or
-    /// `timeout` passed: `None`).
+    /// Waits until everything handed over has been through a pass that
+    /// worked or was given up (or `timeout` passed: `None`).
     pub(crate) fn settle(&self, timeout: Duration) -> Option<FlowEnding> {
         let end = Instant::now() + timeout;
         let mut st = self.shared.lock();
@@ -155,16 +197,30 @@ impl Drop for FlowEnder {
     }
 }
 
-fn work(shared: &Shared, runner: &dyn Runner) {
+fn work(shared: &Shared, runner: &dyn Runner, first_retry: Duration) {
     let mut nl: Option<Nfnl> = None;
     loop {
         let doomed = {
             let mut st = shared.lock();
-            while !st.stop && st.addrs.is_empty() && st.ranges.is_empty() {
-                st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
-            if st.stop {
-                return;
+            // Work waits, and a failed pass's backoff (if any) is over.
+            loop {
+                if st.stop {
+                    return;
+                }
+                let now = Instant::now();
+                match st.retry_at {
+                    _ if !st.waiting() => {
+                        st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                    Some(at) if at > now => {
+                        st = shared
+                            .changed
+                            .wait_timeout(st, at - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    _ => break,
+                }
             }
             st.busy = true;
             Doomed {
@@ -185,7 +241,11 @@ fn work(shared: &Shared, runner: &dyn Runner) {
         st.busy = false;
         st.done.passes += 1;
         match result {
-            Ok(n) => st.done.entries_deleted += n,
+            Ok(n) => {
+                st.done.entries_deleted += n;
+                st.attempts = 0;
+                st.retry_at = None;
+            }
             Err(e) => {
                 st.done.failed += 1;
                 st.done.last_error = Some(format!(
@@ -193,6 +253,7 @@ fn work(shared: &Shared, runner: &dyn Runner) {
                     doomed.addrs.len(),
                     doomed.ranges.len()
                 ));
+                st.failed(doomed, first_retry, Instant::now());
             }
         }
         drop(st);
@@ -222,22 +283,68 @@ mod tests {
         }
     }
 
-    /// Without a netlink socket every pass fails, and says so: nothing is
+    /// Without a netlink socket every pass fails, and says so: it is
+    /// tried again with backoff, then given up and counted; nothing is
     /// lost silently, and `settle` returns once the work is through.
     #[test]
-    fn a_pass_that_cannot_open_its_socket_is_counted_with_its_error() {
-        let ender = FlowEnder::start(Arc::new(NoNetlink)).expect("thread");
+    fn a_pass_that_cannot_open_its_socket_is_retried_then_given_up_and_counted() {
+        let first = Duration::from_millis(20);
+        let ender = FlowEnder::start_with(Arc::new(NoNetlink), first).expect("thread");
+        let t = Instant::now();
         ender.submit(Doomed {
             addrs: vec!["198.18.0.1".parse().unwrap(), "2001:2::1".parse().unwrap()],
             ranges: vec![],
         });
         let done = ender.settle(Duration::from_secs(10)).expect("settled");
-        assert_eq!((done.passes, done.failed, done.entries_deleted), (1, 1, 0));
+        let m = u64::from(MAX_ATTEMPTS);
+        assert_eq!(
+            (
+                done.passes,
+                done.failed,
+                done.entries_deleted,
+                done.abandoned
+            ),
+            (m, m, 0, 2)
+        );
+        // The backoff: 20 + 40 + 80 + 160 ms between the five passes.
+        assert!(t.elapsed() >= first * 15, "{:?}", t.elapsed());
         let err = done.last_error.expect("the failure's message");
         assert!(err.contains("2 banned addresses"), "{err}");
         // Nothing handed over: nothing to do.
         ender.submit(Doomed::default());
-        assert_eq!(ender.settle(Duration::from_secs(1)).unwrap().passes, 1);
+        assert_eq!(ender.settle(Duration::from_secs(1)).unwrap().passes, m);
+    }
+
+    /// A failed pass keeps its addresses for the next, with what arrives
+    /// meanwhile; a pass that works clears the attempts.
+    #[test]
+    fn a_failed_pass_keeps_its_addresses_for_the_retry() {
+        let mut st = State::default();
+        let now = Instant::now();
+        let a: IpAddr = "198.18.0.1".parse().unwrap();
+        st.failed(
+            Doomed {
+                addrs: vec![a],
+                ranges: vec![],
+            },
+            Duration::from_secs(1),
+            now,
+        );
+        assert!(st.addrs.contains(&a) && !st.idle());
+        assert_eq!(
+            (st.attempts, st.retry_at),
+            (1, Some(now + Duration::from_secs(1)))
+        );
+        st.addrs.clear();
+        st.failed(
+            Doomed {
+                addrs: vec![a],
+                ranges: vec![],
+            },
+            Duration::from_secs(1),
+            now,
+        );
+        assert_eq!(st.retry_at, Some(now + Duration::from_secs(2)));
     }
 
     #[test]

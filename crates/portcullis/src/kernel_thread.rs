@@ -96,8 +96,9 @@ pub struct KernelStats {
     /// Conntrack entries of banned peers deleted (their flows ended), as
     /// the firewall's flow-ending thread reports them.
     pub flows_ended: AtomicU64,
-    /// Times ending banned peers' flows did not happen: failed passes,
-    /// and addresses beyond the thread's bound.
+    /// Times ending banned peers' flows did not happen: failed passes
+    /// (each tried again, four times at most), and addresses beyond the
+    /// thread's bound.
     pub flow_end_failures: AtomicU64,
     /// Events of the kernel thread lost because the packet thread did not
     /// take them in time.
