@@ -315,35 +315,29 @@ mod tests {
         assert_eq!(ender.settle(Duration::from_secs(1)).unwrap().passes, m);
     }
 
-    /// A failed pass keeps its addresses for the next, with what arrives
-    /// meanwhile; a pass that works clears the attempts.
+    /// A failed pass keeps its addresses for the next, and each failure
+    /// doubles the wait.
     #[test]
     fn a_failed_pass_keeps_its_addresses_for_the_retry() {
         let mut st = State::default();
         let now = Instant::now();
         let a: IpAddr = "198.18.0.1".parse().unwrap();
-        st.failed(
-            Doomed {
+        let fail = |st: &mut State| {
+            let doomed = Doomed {
                 addrs: vec![a],
                 ranges: vec![],
-            },
-            Duration::from_secs(1),
-            now,
-        );
+            };
+            st.failed(doomed, Duration::from_secs(1), now);
+        };
+        fail(&mut st);
         assert!(st.addrs.contains(&a) && !st.idle());
         assert_eq!(
             (st.attempts, st.retry_at),
             (1, Some(now + Duration::from_secs(1)))
         );
         st.addrs.clear();
-        st.failed(
-            Doomed {
-                addrs: vec![a],
-                ranges: vec![],
-            },
-            Duration::from_secs(1),
-            now,
-        );
+        fail(&mut st);
+        assert!(st.addrs.contains(&a));
         assert_eq!(st.retry_at, Some(now + Duration::from_secs(2)));
     }
 
