@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use crate::conntrack::{self, Doomed};
 use crate::error::KernelError;
 use crate::nfnl::Nfnl;
-use crate::nft::nft_time;
+use crate::nft::{nft_time, MAX_BAN};
 use crate::plan::TABLE;
 use crate::runner::{run, Runner};
 
@@ -109,9 +109,8 @@ fn timed_addrs(addrs: &[(IpAddr, Duration)], set: &str) -> Vec<String> {
 }
 
 fn timed_ranges(ranges: &[CsRange], v4: bool) -> Vec<String> {
-    ranges
-        .iter()
-        .filter(|r| r.first.is_ipv4() == v4 && r.last.is_ipv4() == v4 && !r.timeout.is_zero())
+    live(ranges)
+        .filter(|r| r.first.is_ipv4() == v4)
         .map(|r| {
             let t = nft_time(r.timeout);
             if r.first == r.last {
@@ -218,6 +217,15 @@ fn ends(r: &CsRange) -> (IpAddr, IpAddr) {
 /// later than this).
 type InForce = (IpAddr, IpAddr, Instant);
 
+/// `ranges` put into the sets at `at`, each until the kernel's timeout
+/// ends it: capped at [`MAX_BAN`] as the script caps it (a range whose end
+/// a clock cannot hold is left out, so counts as never ended).
+fn in_force(ranges: &[CsRange], at: Instant) -> Vec<InForce> {
+    live(ranges)
+        .filter_map(|r| Some((r.first, r.last, at.checked_add(r.timeout.min(MAX_BAN))?)))
+        .collect()
+}
+
 /// Of `ranges`, those no single range of `before` still in force at `now`
 /// holds whole: the ones whose flows may not have been ended (a range
 /// grown or joined with another is ended again, whole: a wider dump, never
@@ -307,9 +315,7 @@ impl CrowdsecSets {
     /// Notes `ranges` as put into the sets at `at`.
     fn note_ranges(&self, ranges: &[CsRange], at: Instant) {
         if let Ok(mut g) = self.ranges_in.lock() {
-            *g = live(ranges)
-                .map(|r| (r.first, r.last, at + r.timeout))
-                .collect();
+            *g = in_force(ranges, at);
         }
     }
 
@@ -479,6 +485,26 @@ mod tests {
         assert_eq!(
             live(&ranges).map(ends).collect::<Vec<_>>(),
             vec![r("198.18.0.0", "198.18.0.9")]
+        );
+        // In force as long as the kernel keeps it: the script caps
+        // timeouts at MAX_BAN, so the record does too (and a duration no
+        // clock could add does not panic).
+        let long = [
+            cs("198.18.3.0", "198.18.3.9", 60),
+            cs("198.18.4.0", "198.18.4.9", 100 * 365 * 24 * 3600),
+            cs("198.18.5.0", "198.18.5.9", u64::MAX),
+        ];
+        assert_eq!(
+            in_force(&long, now),
+            vec![
+                (
+                    a("198.18.3.0"),
+                    a("198.18.3.9"),
+                    now + Duration::from_secs(60)
+                ),
+                (a("198.18.4.0"), a("198.18.4.9"), now + MAX_BAN),
+                (a("198.18.5.0"), a("198.18.5.9"), now + MAX_BAN),
+            ]
         );
     }
 }
