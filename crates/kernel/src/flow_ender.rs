@@ -82,6 +82,25 @@ impl State {
         !self.busy && !self.waiting()
     }
 
+    /// Adds `doomed` to what waits, up to [`MAX_PENDING`] of each kind
+    /// (the rest is counted in `overflowed`).
+    fn take_in(&mut self, doomed: Doomed) {
+        for a in doomed.addrs {
+            if self.addrs.len() < MAX_PENDING || self.addrs.contains(&a) {
+                self.addrs.insert(a);
+            } else {
+                self.done.overflowed += 1;
+            }
+        }
+        for r in doomed.ranges {
+            if self.ranges.len() < MAX_PENDING || self.ranges.contains(&r) {
+                self.ranges.insert(r);
+            } else {
+                self.done.overflowed += 1;
+            }
+        }
+    }
+
     /// Takes back what a failed pass had: another pass after the backoff,
     /// or given up after [`MAX_ATTEMPTS`].
     fn failed(&mut self, doomed: Doomed, first_retry: Duration, now: Instant) {
@@ -92,8 +111,7 @@ impl State {
             self.retry_at = None;
             return;
         }
-        self.addrs.extend(doomed.addrs);
-        self.ranges.extend(doomed.ranges);
+        self.take_in(doomed);
         self.retry_at = Some(now + first_retry * (1 << (self.attempts - 1)));
     }
 }
@@ -144,22 +162,7 @@ impl FlowEnder {
         if doomed.is_empty() {
             return;
         }
-        let mut st = self.shared.lock();
-        for a in doomed.addrs {
-            if st.addrs.len() < MAX_PENDING || st.addrs.contains(&a) {
-                st.addrs.insert(a);
-            } else {
-                st.done.overflowed += 1;
-            }
-        }
-        for r in doomed.ranges {
-            if st.ranges.len() < MAX_PENDING || st.ranges.contains(&r) {
-                st.ranges.insert(r);
-            } else {
-                st.done.overflowed += 1;
-            }
-        }
-        drop(st);
+        self.shared.lock().take_in(doomed);
         self.shared.changed.notify_all();
     }
 
@@ -359,8 +362,22 @@ mod tests {
             addrs: many[..10].to_vec(),
             ranges: vec![],
         });
-        let st = ender.shared.lock();
+        let mut st = ender.shared.lock();
         assert_eq!(st.addrs.len(), MAX_PENDING);
         assert_eq!(st.done.overflowed, 3);
+        // A failed pass taken back into a full queue stays in the bound.
+        let failed: Vec<IpAddr> = (0..5u32)
+            .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i)))
+            .collect();
+        st.failed(
+            Doomed {
+                addrs: failed,
+                ranges: vec![],
+            },
+            Duration::from_secs(1),
+            Instant::now(),
+        );
+        assert_eq!(st.addrs.len(), MAX_PENDING);
+        assert_eq!(st.done.overflowed, 8);
     }
 }

@@ -439,10 +439,11 @@ fn flow_ending(f: &Firewall, stats: &KernelStats) {
     let before = stats.flow_end_failures.swap(failures, Ordering::Relaxed);
     if failures > before {
         log::error!(
-            "ending banned peers' open connections failed {} more times ({} addresses over the bound): {}; \
-             the bans hold for new connections",
+            "ending banned peers' open connections failed {} more times (since the start: {} addresses \
+             over the bound, {} given up after five tries): {}; the bans hold for new connections",
             failures - before,
             done.overflowed,
+            done.abandoned,
             done.last_error.as_deref().unwrap_or("no message")
         );
     }
