@@ -211,18 +211,17 @@ fn work(shared: &Shared, runner: &dyn Runner, first_retry: Duration) {
                     return;
                 }
                 let now = Instant::now();
-                match st.retry_at {
-                    _ if !st.waiting() => {
-                        st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
-                    }
-                    Some(at) if at > now => {
-                        st = shared
-                            .changed
-                            .wait_timeout(st, at - now)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    }
-                    _ => break,
+                if !st.waiting() {
+                    st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                } else if let Some(left) = st.retry_at.and_then(|at| at.checked_duration_since(now))
+                {
+                    st = shared
+                        .changed
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                } else {
+                    break;
                 }
             }
             st.busy = true;
